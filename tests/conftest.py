@@ -1,0 +1,46 @@
+"""Fixtures shared by every test file: the tiny models of tiny_models.py, built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Tests never reach a model hub: set before transformers / huggingface_hub read it at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A function name -> folder of a saved tiny model: 'bert' (classifier), 'gpt2', 'llama'."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    built = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = tiny_models.BUILDERS[name](root / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny, tmp_path_factory):
+    """A function name -> exported ONNX artifact of a tiny model (with_past for 'gpt2-past'/'llama-past')."""
+    from toolchain.export import ExportConfig, export
+
+    root = tmp_path_factory.mktemp("tiny-onnx")
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            base, _, past = name.partition("-")
+            built[name] = export(tiny(base), ExportConfig(with_past=bool(past)), root / name)
+        return built[name]
+
+    return get

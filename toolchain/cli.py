@@ -1,0 +1,132 @@
+"""The `toolchain` command line: a thin click group over the stage functions.
+
+Heavy libraries (torch, onnxruntime) are imported inside commands so `toolchain --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import ToolchainError
+
+
+def reports_errors(fn):
+    """Turn the toolchain's own errors into one clear line, its fix, and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ToolchainError as exc:
+            click.secho(f"error: {exc.problem}", fg="red", err=True)
+            if exc.fix:
+                click.echo(f"  fix: {exc.fix}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit(data, as_json: bool, table=None) -> None:
+    """Print `data` as JSON for scripts, or as the human table."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif table is not None:
+        click.echo(table)
+
+
+def format_table(rows: list[list], headers: list[str]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="toolchain")
+def main():
+    """Make a Hugging Face transformer smaller and faster, and prove it stayed accurate."""
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--verify/--no-verify", default=True, help="Check every file against its sha256.")
+@reports_errors
+def info(artifact, as_json, verify):
+    """Show what ARTIFACT is and how it was made (its manifest)."""
+    from .artifact import Artifact
+
+    art = Artifact.load(artifact)
+    problems = art.verify() if verify else []
+    data = json.loads(art.manifest.to_json()) | {"path": str(art.path), "content_hash": art.content_hash,
+                                                 "size_bytes": art.size_bytes("**/*"), "problems": problems}
+    rows = [[r.stage, json.dumps(r.config, sort_keys=True)[:70], f"{r.finished - r.started:.1f}s",
+             ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(r.metrics).items())[:90]] for r in art.manifest.lineage]
+    head = (f"{art.path}: {art.format} artifact, task {art.task}, model type {art.manifest.model_type}, "
+            f"{len(art.manifest.files)} files, {data['size_bytes'] / 1e6:.1f} MB, "
+            f"{'verified' if verify and not problems else 'NOT verified' if problems else 'unchecked'}")
+    emit(data, as_json, head + "\n" + format_table(rows, ["stage", "config", "time", "metrics"]))
+    if problems:
+        for p in problems:
+            click.secho(f"  {p}", fg="red", err=True)
+        sys.exit(9)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@main.command()
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
+              help="Task head to export; inferred from the model's architecture when omitted.")
+@click.option("--with-past", is_flag=True, help="Export the KV cache as inputs/outputs (text-generation).")
+@click.option("--opset", type=int, help="ONNX opset (default: optimum's for the architecture).")
+@click.option("--atol", type=float, help="Parity tolerance (max abs diff vs PyTorch).")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pickle, force, as_json):
+    """Export MODEL (built-in name, folder, torch artifact or hub id) to ONNX at OUT, checked against PyTorch."""
+    from .export import ExportConfig, export as run_export
+
+    cfg = _config(ExportConfig, task=task, with_past=with_past, opset=opset, atol=atol,
+                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    art = run_export(model, cfg, out, force=force)
+    m = art.manifest.lineage[-1].metrics
+    p = m["parity"]
+    emit({"artifact": str(art.path), **m}, as_json,
+         f"exported {model} -> {art.onnx_path} ({art.onnx_path.stat().st_size / 1e6:.1f} MB) in {m['export_seconds']:.1f}s\n"
+         f"parity vs PyTorch: max abs diff {p['max_abs_diff']:.2e} on {p['worst_output']} "
+         f"(tolerance {p['atol']:g}, shapes {p['shapes']}): ok")
+
+
+def _config(cls, **kwargs):
+    """Build a stage config from CLI options; a bad value is a clear error, not a traceback."""
+    from .config import config_from_dict
+
+    return config_from_dict(cls, {k: v for k, v in kwargs.items() if v is not None}, where="option")

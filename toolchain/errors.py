@@ -1,0 +1,81 @@
+"""The toolchain's own errors: each names the problem and the fix, and maps to a distinct exit code.
+
+The CLI prints `error: <problem>` and `  fix: <fix>` and exits with the code, so scripts can tell
+a missing file from a failed parity check without parsing text.
+"""
+
+from __future__ import annotations
+
+
+class ToolchainError(Exception):
+    """Base class: a problem the user can fix. Never raised for bugs in the toolchain itself."""
+
+    exit_code = 1
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return self.problem if not self.fix else f"{self.problem} (fix: {self.fix})"
+
+
+class InputNotFound(ToolchainError):
+    """A path, built-in name or hub id that does not resolve to anything."""
+
+    exit_code = 3
+
+
+class BadModel(ToolchainError):
+    """A folder or file that is not a usable model: no config, corrupt weights, wrong shapes."""
+
+    exit_code = 4
+
+
+class DataError(ToolchainError):
+    """A dataset that cannot be used: missing columns, no rows, bad encoding, unknown labels."""
+
+    exit_code = 5
+
+
+class OutputExists(ToolchainError):
+    """The output folder already holds something the toolchain would overwrite."""
+
+    exit_code = 6
+
+
+class CheckFailed(ToolchainError):
+    """A numerical check (export parity, accuracy budget) failed: the artifact is not shipped."""
+
+    exit_code = 7
+
+
+class RecipeError(ToolchainError):
+    """A recipe or stage config that does not validate: unknown key, wrong type, bad value."""
+
+    exit_code = 8
+
+
+class IntegrityError(ToolchainError):
+    """An artifact or bundle whose files do not match the hashes in its manifest."""
+
+    exit_code = 9
+
+
+class UnsafeInput(ToolchainError):
+    """Input that would run code or read outside its folder: pickles, remote code, ../ paths."""
+
+    exit_code = 10
+
+
+class MissingPackage(ToolchainError):
+    """An optional package (a built-in asset, onnxruntime-gpu, ...) that is not installed."""
+
+    exit_code = 11
+
+
+class Unsupported(ToolchainError):
+    """A task, architecture or option combination the toolchain does not handle."""
+
+    exit_code = 12

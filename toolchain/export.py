@@ -1,0 +1,171 @@
+"""Export a PyTorch model to ONNX with optimum's exporter, then check ONNX Runtime against PyTorch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import parity
+from .artifact import TASKS, Artifact, hash_payload, write_artifact
+from .config import config_to_dict
+from .errors import CheckFailed, Unsupported
+from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
+
+# Parity tolerances, as optimum's ATOL_FOR_VALIDATION: fp32 graph rewrites move logits by ~1e-6..1e-4;
+# deep decoders with 50k-wide logits accumulate more.
+DEFAULT_ATOL = {"text-classification": 1e-4, "feature-extraction": 1e-4, "text-generation": 1e-3}
+OPTIMUM_TASK = {"text-classification": "text-classification", "feature-extraction": "feature-extraction",
+                "text-generation": "text-generation"}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    task: str | None = None  # inferred from the model's architecture when None
+    with_past: bool = False  # export the KV cache as inputs/outputs (text-generation only)
+    opset: int | None = None  # optimum's default for the architecture when None
+    atol: float | None = None  # parity tolerance; DEFAULT_ATOL[task] when None
+    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
+    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
+
+    def __post_init__(self):
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.with_past and self.task not in (None, "text-generation"):
+            raise ValueError("with_past applies to text-generation only")
+        if self.opset is not None and not 11 <= self.opset <= 21:
+            raise ValueError(f"opset {self.opset} is outside the supported 11..21")
+        if self.atol is not None and not self.atol > 0:
+            raise ValueError("atol must be positive")
+
+
+def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *, force: bool = False) -> Artifact:
+    """Export `src` (built-in name, folder, torch artifact or hub id) to an ONNX artifact at `out`.
+
+    >>> export("minilm", ExportConfig(), "runs/minilm-onnx")  # doctest: +SKIP
+    """
+    source = src if isinstance(src, ModelSource) else resolve_model(src)
+    config = source.config
+    task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
+    if cfg.with_past and task != "text-generation":
+        raise Unsupported(f"--with-past needs a text-generation model; {source.spec} is {task}", "drop --with-past")
+    model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    atol = cfg.atol or DEFAULT_ATOL[task]
+    input_hash = source.artifact.content_hash if source.artifact else _folder_hash(source)
+    with write_artifact(
+        out, stage="export", config=config_to_dict(cfg) | {"source": source.spec}, format="onnx", task=task,
+        model_type=config.model_type, parent=source.artifact, force=force,
+    ) as o:
+        o.record.input_hash = input_hash
+        started = time.perf_counter()
+        _optimum_export(model, o.folder, task, cfg)
+        o.record.metrics["export_seconds"] = round(time.perf_counter() - started, 3)
+        tokenizer.save_pretrained(o.folder)
+        model.config.save_pretrained(o.folder)
+        result = check_export(model, tokenizer, o.folder / "model.onnx", task, cfg.with_past, atol)
+        o.record.metrics["parity"] = result.as_metrics()
+        o.record.config["with_past"] = cfg.with_past
+        if not result.ok:
+            raise CheckFailed(
+                f"export parity failed: output {result.worst_output!r} differs from PyTorch by "
+                f"{result.max_abs_diff:.3g} (tolerance {atol:g})",
+                "raise --atol only if this difference is acceptable, or try another --opset",
+            )
+    return Artifact.load(out)
+
+
+def _folder_hash(source: ModelSource) -> str | None:
+    if not source.local:
+        return None
+    return hashlib.sha256(json.dumps(hash_payload(Path(source.location)), sort_keys=True).encode()).hexdigest()
+
+
+def _optimum_export(model, folder: Path, task: str, cfg: ExportConfig) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    optimum_task = OPTIMUM_TASK[task] + ("-with-past" if cfg.with_past else "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow are expected
+        # optimum validates too, but on random ids and only one shape; we check real text below.
+        onnx_export_from_model(model, folder, task=optimum_task, opset=cfg.opset, do_validation=False)
+    model.eval()  # the TorchScript exporter can leave modules in train mode (dropout on)
+
+
+def check_export(model, tokenizer, onnx_path: Path, task: str, with_past: bool, atol: float) -> parity.ParityResult:
+    """Compare ONNX Runtime with PyTorch on real text at each of parity.SHAPES."""
+    from .runtime import make_session
+
+    session = make_session(onnx_path)
+    if task == "text-generation":
+        tokenizer.padding_side = "left"  # how batched generation pads
+    results = []
+    for batch, seq in parity.SHAPES:
+        enc = parity.tokenize(tokenizer, batch, seq)
+        if with_past:
+            ref, feeds, valid = _torch_with_past(model, enc, session)
+        else:
+            feeds = parity.onnx_feeds(session, enc)
+            ref, valid = _torch_outputs(model, feeds, task), enc["attention_mask"]
+        names = [o.name for o in session.get_outputs()]
+        got = dict(zip(names, session.run(None, feeds)))
+        results.append(parity.compare(_mask(ref, valid), _mask(got, valid), atol))
+    return parity.merge(results)
+
+
+def _mask(outputs: dict, valid: np.ndarray) -> dict:
+    """Zero positions that are padding: their values are unconstrained and differ between runtimes."""
+    out = {}
+    for k, v in outputs.items():
+        v = np.asarray(v)
+        if v.ndim >= 2 and v.shape[:2] == valid.shape:
+            v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 2))
+        out[k] = v
+    return out
+
+
+def _torch_outputs(model, feeds: dict, task: str) -> dict:
+    import torch
+
+    kwargs = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.inference_mode():
+        out = model(**kwargs)
+    if task == "feature-extraction":
+        return {"last_hidden_state": out.last_hidden_state.numpy()}
+    return {"logits": out.logits.numpy()}
+
+
+def _torch_with_past(model, enc: dict, session):
+    """Run a prefix through PyTorch to build the cache, then compare the next tokens' step."""
+    import torch
+
+    p = parity.PAST_PREFIX
+    mask = enc["attention_mask"]
+    pos = parity.position_ids(mask)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    with torch.inference_mode():
+        first = model(input_ids=t(enc["input_ids"][:, :p]), attention_mask=t(mask[:, :p]),
+                      position_ids=t(pos[:, :p]), use_cache=True)
+        past = {}
+        for i, (k, v) in enumerate(_legacy(first.past_key_values)):
+            past[f"past_key_values.{i}.key"] = k.numpy().copy()
+            past[f"past_key_values.{i}.value"] = v.numpy().copy()
+        second = model(input_ids=t(enc["input_ids"][:, p:]), attention_mask=t(mask), position_ids=t(pos[:, p:]),
+                       past_key_values=first.past_key_values, use_cache=True)
+    ref = {"logits": second.logits.numpy()}
+    for i, (k, v) in enumerate(_legacy(second.past_key_values)):
+        ref[f"present.{i}.key"], ref[f"present.{i}.value"] = k.numpy(), v.numpy()
+    step = {"input_ids": enc["input_ids"][:, p:], "attention_mask": mask}
+    feeds = parity.onnx_feeds(session, step, past)
+    return ref, feeds, mask[:, p:]
+
+
+def _legacy(cache):
+    if hasattr(cache, "to_legacy_cache"):
+        return cache.to_legacy_cache()
+    return cache

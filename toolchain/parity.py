@@ -1,0 +1,96 @@
+"""Numerical checks of a converted model against its source, on real tokenized text.
+
+Every conversion (export, optimization, quantization) compares outputs on at least two
+batch/sequence shapes and records the max abs difference and the tolerance it was held to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Real sentences, so attention patterns and logits look like deployment, not like random ids.
+SAMPLE_TEXTS = [
+    "A gripping, beautifully acted drama that earns every one of its tears.",
+    "The plot is thin and the jokes land with a dull thud.",
+    "To be, or not to be, that is the question.",
+    "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune,",
+    "It is a charming, funny and moving film about growing up.",
+    "An overlong, self-satisfied mess that wastes a good cast.",
+]
+# (batch, sequence length): one single short sentence, one padded batch.
+SHAPES = ((1, 8), (4, 24))
+PAST_PREFIX = 6  # tokens run through PyTorch first to make the KV cache that the ONNX model is fed
+
+
+@dataclass
+class ParityResult:
+    max_abs_diff: float
+    atol: float
+    worst_output: str
+    per_output: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.max_abs_diff)) and self.max_abs_diff <= self.atol
+
+    def as_metrics(self) -> dict:
+        return {"max_abs_diff": self.max_abs_diff, "atol": self.atol, "worst_output": self.worst_output,
+                "per_output": self.per_output, "shapes": [list(s) for s in SHAPES]}
+
+
+def tokenize(tokenizer, batch: int, seq: int) -> dict[str, np.ndarray]:
+    texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(batch)]
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+    return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], atol: float) -> ParityResult:
+    """Max abs difference over the outputs both sides produced."""
+    per = {}
+    for name, ref in reference.items():
+        if name in candidate:
+            cand = np.asarray(candidate[name], dtype=np.float64)
+            per[name] = float(np.max(np.abs(np.asarray(ref, dtype=np.float64) - cand))) if ref.size else 0.0
+    if not per:
+        raise ValueError(f"no common outputs: reference {list(reference)}, candidate {list(candidate)}")
+    worst = max(per, key=lambda k: per[k] if np.isfinite(per[k]) else np.inf)
+    return ParityResult(per[worst], atol, worst, per)
+
+
+def merge(results: list[ParityResult]) -> ParityResult:
+    """The worst of several shapes' results."""
+    worst = max(results, key=lambda r: r.max_abs_diff if np.isfinite(r.max_abs_diff) else np.inf)
+    per = {}
+    for r in results:
+        for k, v in r.per_output.items():
+            per[k] = max(per.get(k, 0.0), v)
+    return ParityResult(worst.max_abs_diff, worst.atol, worst.worst_output, per)
+
+
+def onnx_feeds(session, enc: dict[str, np.ndarray], past: dict[str, np.ndarray] | None = None) -> dict:
+    """Inputs for `session` from tokenizer output, adding position ids and past key/values it declares."""
+    feeds = {}
+    names = [i.name for i in session.get_inputs()]
+    total = enc["attention_mask"].shape[1]
+    seq = enc["input_ids"].shape[1]
+    for name in names:
+        if name in enc:
+            feeds[name] = enc[name]
+        elif name == "position_ids":
+            feeds[name] = position_ids(enc["attention_mask"])[:, total - seq:]
+        elif name == "token_type_ids":
+            feeds[name] = np.zeros_like(enc["input_ids"])
+        elif past is not None and name in past:
+            feeds[name] = past[name]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise ValueError(f"cannot build ONNX input(s) {missing}")
+    return feeds
+
+
+def position_ids(mask: np.ndarray) -> np.ndarray:
+    """Positions that skip padding, as Hugging Face generation computes them."""
+    pos = np.cumsum(mask, axis=1) - 1
+    return np.where(mask == 0, 1, pos).astype(np.int64)

@@ -1,0 +1,71 @@
+"""Open ONNX files safely and build ONNX Runtime sessions with recorded options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import BadModel, InputNotFound, MissingPackage, UnsafeInput
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def check_onnx_file(path: str | Path):
+    """Parse `path` without loading external data; refuse external data outside its folder."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFound(f"{path} does not exist", "check the path, or export the model first")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise BadModel(f"{path} is not a valid ONNX model ({type(exc).__name__})", "re-export the model") from None
+    if not model.graph.node:
+        raise BadModel(f"{path} holds an empty ONNX graph", "re-export the model")
+    for tensor in external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (path.parent / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(path.parent.resolve()):
+            raise UnsafeInput(
+                f"{path}: tensor {tensor.name!r} reads external data from {location!r}, outside the model's folder",
+                "only use ONNX files whose external data sits beside them",
+            )
+    return model
+
+
+def external_tensors(model):
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, provider_options: dict | None = None):
+    """An InferenceSession on one provider (short name: cpu, cuda, tensorrt), full graph optimization."""
+    import onnxruntime as ort
+
+    check_onnx_file(path)
+    name = PROVIDERS.get(provider, provider)
+    if name not in ort.get_available_providers():
+        raise MissingPackage(
+            f"execution provider {provider} is not available (have: {', '.join(ort.get_available_providers())})",
+            "install toolchain[gpu] (onnxruntime-gpu) on a machine with a GPU",
+        )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    providers = [(name, provider_options or {})]
+    if name != "CPUExecutionProvider":
+        providers.append(("CPUExecutionProvider", {}))
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise BadModel(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}", "re-export the model") from None

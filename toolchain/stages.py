@@ -1,0 +1,12 @@
+"""The one table of stages: name -> (config class, function). Recipes and the CLI both use it.
+
+Every function has the shape `stage(src, cfg, out, *, force=False) -> Artifact`.
+"""
+
+from __future__ import annotations
+
+from .export import ExportConfig, export
+
+STAGES = {
+    "export": (ExportConfig, export),
+}
