@@ -1,0 +1,279 @@
+"""Datasets: the built-in rotten-tomatoes and hamlet, user CSV / JSONL / Parquet files, hub datasets.
+
+Classification data becomes three fixed splits (train / validation / test) of (text, pair, label)
+with a stable label <-> id map. Tokenization pads dynamically per batch; `calibration_batches`
+gives later stages (static quantization, pruning importance) samples of the task data.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import assets
+from .errors import DataError, InputNotFound, MissingPackage
+
+SPLITS = ("train", "validation", "test")
+SEED = 42  # the split seed: fixed so every machine sees the same test set
+FRACTIONS = (0.8, 0.1, 0.1)
+MIN_PER_CLASS = 3  # one example per split at least
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: np.ndarray  # int64 ids into ClassificationData.label_names
+    pairs: list[str] | None = None  # second text of sentence-pair tasks (MRPC, NLI)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int | None) -> "Split":
+        """The first n examples (splits are already shuffled), or all when n is None."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.texts[:n], self.labels[:n], self.pairs[:n] if self.pairs else None)
+
+
+@dataclass
+class ClassificationData:
+    name: str
+    label_names: list[str]
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.label_names)}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise DataError(f"{self.name} has no split {name!r}", f"use one of: {', '.join(self.splits)}")
+        return self.splits[name]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits.items()}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to load: a built-in name, a file, or a hub dataset id, and which columns hold what."""
+
+    source: str = "rotten-tomatoes"
+    text_column: str = "text"
+    label_column: str = "label"
+    pair_column: str | None = None
+
+
+def load_classification(spec: DataSpec | str) -> ClassificationData:
+    """Load labelled text and split it (seeded, stratified) unless the source has its own splits."""
+    spec = DataSpec(spec) if isinstance(spec, str) else spec
+    if spec.source == "rotten-tomatoes":
+        texts, labels = _rotten_tomatoes()
+        return _split(spec.source, texts, None, labels, ["rotten", "fresh"])
+    if spec.source == "hamlet":
+        raise DataError("hamlet is plain text, not a labelled dataset", "use it with a text-generation model")
+    path = Path(spec.source).expanduser()
+    if path.exists():
+        rows = read_rows(path)
+        return _from_rows(spec, str(path), rows)
+    if spec.source.startswith((".", "/", "~")) or Path(spec.source).suffix in (".csv", ".jsonl", ".json", ".parquet"):
+        raise InputNotFound(f"{spec.source} does not exist", "check the path")
+    return _from_hub(spec)
+
+
+def _rotten_tomatoes() -> tuple[list[str], list[str]]:
+    path = assets.asset_file("rotten-tomatoes")
+    texts, labels, seen = [], [], set()
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            # The corpus also holds plot summaries ('plot'); only reviews carry a sentiment.
+            if row["category"] in ("fresh", "rotten") and row["text"] not in seen:
+                seen.add(row["text"])
+                texts.append(row["text"])
+                labels.append(row["category"])
+    return texts, labels
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a CSV, JSONL or Parquet file as dicts; bad encoding and empty files are DataErrors."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        elif suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+        else:
+            raise DataError(f"{path}: unknown file type {suffix!r}", "use .csv, .tsv, .jsonl or .parquet")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not valid UTF-8 (byte {exc.start})", "re-save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: line {exc.lineno} is not valid JSON", "write one JSON object per line") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read: {exc}", "check the file") from None
+    if not rows:
+        raise DataError(f"{path} has no rows", "pass a file with a header and at least one row per class and split")
+    if not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: every row must be an object with named columns", "write one JSON object per line")
+    return rows
+
+
+def _from_rows(spec: DataSpec, name: str, rows: list[dict]) -> ClassificationData:
+    columns = [spec.text_column, spec.label_column] + ([spec.pair_column] if spec.pair_column else [])
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise DataError(
+            f"{name} has no column {missing[0]!r} (columns: {', '.join(map(str, rows[0]))})",
+            "name the right columns with --text-column / --label-column / --pair-column",
+        )
+    texts = [_text(r[spec.text_column], name, i) for i, r in enumerate(rows)]
+    pairs = [_text(r[spec.pair_column], name, i) for i, r in enumerate(rows)] if spec.pair_column else None
+    labels = [r[spec.label_column] for r in rows]
+    return _split(name, texts, pairs, labels, label_names(labels))
+
+
+def _text(value, name: str, row: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{name}: row {row + 1} has an empty or non-text value", "remove or fix that row")
+    return value
+
+
+def label_names(labels: list) -> list[str]:
+    """A stable order for label values: numeric order when all are integers, else sorted text."""
+    values = {str(v).strip() for v in labels}
+    if all(v.lstrip("-").isdigit() for v in values):
+        return sorted(values, key=int)
+    return sorted(values)
+
+
+def _split(name: str, texts: list[str], pairs: list[str] | None, labels: list, names: list[str]) -> ClassificationData:
+    """Seeded stratified split: per class, shuffle and cut 80/10/10, so every machine gets the same sets."""
+    ids = np.array([names.index(str(v).strip()) for v in labels], dtype=np.int64)
+    if len(names) < 2:
+        raise DataError(f"{name} has a single class ({names[0]!r})", "a classifier needs at least two labels")
+    rng = np.random.default_rng(SEED)
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for label in range(len(names)):
+        members = np.flatnonzero(ids == label)
+        if len(members) < MIN_PER_CLASS:
+            raise DataError(
+                f"{name}: class {names[label]!r} has {len(members)} examples; the split needs {MIN_PER_CLASS}",
+                "add examples of that class, or drop it",
+            )
+        members = rng.permutation(members)
+        n_test = math.ceil(len(members) * FRACTIONS[2])
+        n_val = max(1, round(len(members) * FRACTIONS[1]))
+        parts["test"] += members[:n_test].tolist()
+        parts["validation"] += members[n_test:n_test + n_val].tolist()
+        parts["train"] += members[n_test + n_val:].tolist()
+    data = ClassificationData(name, names)
+    for split, idx in parts.items():
+        idx = rng.permutation(np.array(idx, dtype=np.int64))
+        data.splits[split] = Split([texts[i] for i in idx], ids[idx], [pairs[i] for i in idx] if pairs else None)
+    return data
+
+
+def _from_hub(spec: DataSpec) -> ClassificationData:
+    """A hub dataset such as glue/sst2 or glue/mrpc (needs internet); its test labels are hidden, so
+    its validation split serves as test and a tenth of train as validation."""
+    try:
+        import datasets
+    except ImportError:
+        raise MissingPackage("hub datasets need the package datasets", "pip install datasets") from None
+    path, _, config = spec.source.partition("/")
+    try:
+        ds = datasets.load_dataset(path, config or None)
+    except Exception as exc:  # datasets raises many types for 'not found' and 'offline'
+        raise InputNotFound(
+            f"{spec.source!r} is not a built-in dataset (rotten-tomatoes), a local file, or a reachable hub dataset "
+            f"({type(exc).__name__})",
+            "check the name, or pass a CSV / JSONL / Parquet file",
+        ) from None
+    pair = spec.pair_column
+    text_col = spec.text_column if spec.text_column in ds["train"].column_names else ds["train"].column_names[0]
+    feature = ds["train"].features.get(spec.label_column)
+    names = list(getattr(feature, "names", None) or label_names(ds["train"][spec.label_column]))
+    data = ClassificationData(spec.source, names)
+
+    def split_of(rows, idx):
+        labels = np.array([rows[spec.label_column][i] for i in idx], dtype=np.int64)
+        return Split([rows[text_col][i] for i in idx], labels, [rows[pair][i] for i in idx] if pair else None)
+
+    train = ds["train"][:]
+    order = np.random.default_rng(SEED).permutation(len(ds["train"]))
+    n_val = len(order) // 10
+    data.splits["train"] = split_of(train, order[n_val:])
+    data.splits["validation"] = split_of(train, order[:n_val])
+    test = ds["validation"][:]
+    data.splits["test"] = split_of(test, range(len(ds["validation"])))
+    return data
+
+
+def load_text(source: str = "hamlet") -> str:
+    """Plain text for language-model perplexity: the built-in hamlet or a UTF-8 .txt file."""
+    if source == "hamlet":
+        path = assets.asset_file("hamlet")
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise InputNotFound(f"{source} does not exist", "pass hamlet or a path to a .txt file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not valid UTF-8 (byte {exc.start})", "re-save the file as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path} is empty", "pass a file with text in it")
+    return text
+
+
+def tokenize_split(tokenizer, split: Split, max_length: int) -> list[dict[str, list[int]]]:
+    """One unpadded encoding per example; padding happens per batch (dynamic padding)."""
+    enc = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)
+    return [{k: enc[k][i] for k in enc.keys()} for i in range(len(split))]
+
+
+def pad_batch(tokenizer, examples: list[dict[str, list[int]]]) -> dict[str, np.ndarray]:
+    """Pad a list of encodings to the longest one: int64 numpy arrays for torch and onnxruntime."""
+    batch = tokenizer.pad(examples, padding="longest", return_tensors="np")
+    return {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()}
+
+
+def batches(tokenizer, split: Split, batch_size: int, max_length: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """(padded inputs, labels) in split order, padded per batch."""
+    encoded = tokenize_split(tokenizer, split, max_length)
+    for start in range(0, len(encoded), batch_size):
+        yield pad_batch(tokenizer, encoded[start:start + batch_size]), split.labels[start:start + batch_size]
+
+
+def calibration_batches(tokenizer, data: ClassificationData | str, n: int, max_length: int = 128,
+                        split: str = "train") -> list[dict[str, np.ndarray]]:
+    """`n` single-example batches of task data, the same for every stage that calibrates on them.
+
+    Classification data gives its first n examples of `split`; plain text gives n windows of text.
+    """
+    if isinstance(data, str):
+        ids = tokenizer(data)["input_ids"]
+        window = max_length
+        starts = range(0, max(1, len(ids) - window), max(1, (len(ids) - window) // max(n, 1)))
+        out = [{"input_ids": np.array([ids[s:s + window]], dtype=np.int64),
+                "attention_mask": np.ones((1, len(ids[s:s + window])), dtype=np.int64)} for s in starts]
+        return out[:n]
+    examples = tokenize_split(tokenizer, data.split(split).subset(n), max_length)
+    return [pad_batch(tokenizer, [e]) for e in examples]
