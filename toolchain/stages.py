@@ -6,7 +6,9 @@ Every function has the shape `stage(src, cfg, out, *, force=False) -> Artifact`.
 from __future__ import annotations
 
 from .export import ExportConfig, export
+from .finetune import FinetuneConfig, finetune
 
 STAGES = {
+    "finetune": (FinetuneConfig, finetune),
     "export": (ExportConfig, export),
 }
