@@ -78,6 +78,8 @@ def add_limits(rows: list[dict], peaks: dict[str, dict], peak_key) -> None:
             row["peak_gflops"] = peak["gflops"]
             if row["gflops"] is not None:
                 row["fraction_of_peak"] = row["gflops"] / peak["gflops"]
+                if row["fraction_of_peak"] > 1:  # a peak measured while the machine was busy
+                    row["notes"].append("above the measured peak: re-measure it on a quiet machine (--refresh-peak)")
 
 
 def add_speedups(rows: list[dict], baseline: str) -> None:
