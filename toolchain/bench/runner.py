@@ -95,11 +95,11 @@ def run_provider(targets: list[Target], workloads: dict[str, list[Workload]], pr
     try:
         for t in targets:
             reason = unavailable(provider, t, machine)
-            entry = None if reason else _start(t, provider, cfg, machine, workloads[t.label])
-            if isinstance(entry, Entry):
-                entries.append(entry)
+            started = ("skipped", reason) if reason else _start(t, provider, cfg, machine, workloads[t.label])
+            if isinstance(started, Entry):
+                entries.append(started)
                 continue
-            status, message = ("skipped", reason) if reason else entry
+            status, message = started
             rows += [_status_row(t, provider, w, status, message) for w in workloads[t.label]]
             progress(per_target)
         for i in range(len(next(iter(workloads.values())))):
