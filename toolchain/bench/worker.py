@@ -291,7 +291,7 @@ class Worker:
         if cmd == "load":
             cls = OnnxRunner if req["format"] == "onnx" else TorchRunner
             self.runner = cls(req)
-            return {"load_s": self.runner.load_s, "rss_mb": peak_rss_mb(), "session": self.runner.info()}
+            return {"load_s": self.runner.load_s, "session": self.runner.info()}
         if cmd == "prepare":
             self.runner.prepare(req["batches"])
             self.keys = {req["key"]: 0}
