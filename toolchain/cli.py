@@ -212,3 +212,71 @@ def _config(cls, **kwargs):
     from .config import config_from_dict
 
     return config_from_dict(cls, {k: v for k, v in kwargs.items() if v is not None}, where="option")
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--providers", default="cpu", show_default=True,
+              help="Execution providers, comma-separated (cpu,cuda,tensorrt); one not available is a 'skipped' row.")
+@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--seq", default="16,64,128", show_default=True, help="Fixed sequence lengths (unless --data).")
+@click.option("--data", help="Real texts instead of fixed lengths: a dataset's test split (rotten-tomatoes, a file) "
+                             "or hamlet; padded per batch.")
+@click.option("--max-length", type=int, help="Truncate real texts to this many tokens (default 128).")
+@click.option("--threads", type=int, help="Threads for torch and onnxruntime alike (default: all usable cores).")
+@click.option("--runs", type=int, help="Timed calls per artifact and configuration (default 50).")
+@click.option("--warmup", type=int, help="Untimed calls first (default 5).")
+@click.option("--block", type=int, help="Calls per artifact before the next one's turn (default 5).")
+@click.option("--baseline", help="Artifact the speedup column is relative to (default: the first).")
+@click.option("--torch-compile", is_flag=True, help="Run torch artifacts through torch.compile instead of eager.")
+@click.option("--decode-tokens", type=int, help="Causal LMs: greedy decode steps after each prefill (default 16).")
+@click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
+@click.option("--trt-int8", is_flag=True, help="TensorRT: allow int8 kernels.")
+@click.option("--no-peak", is_flag=True, help="Skip the GEMM peak (no fraction-of-peak column).")
+@click.option("--refresh-peak", is_flag=True, help="Re-measure this machine's GEMM peak instead of using the cache.")
+@click.option("--no-store", is_flag=True, help="Do not write the results into the artifacts' manifests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@reports_errors
+def bench(artifacts, providers, batch, seq, data, max_length, threads, runs, warmup, block, baseline, torch_compile,
+          decode_tokens, trt_fp16, trt_int8, no_peak, refresh_peak, no_store, as_json):
+    """Time ARTIFACTS (torch or ONNX) side by side: latency, throughput, memory, fraction of the machine's peak."""
+    from tqdm import tqdm
+
+    from .bench import BenchConfig, bench as run_bench
+    from .bench.results import table_rows
+
+    cfg = _config(BenchConfig, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+                  batch=_ints(batch, "--batch"), seq=_ints(seq, "--seq"), data=data, max_length=max_length,
+                  threads=threads, runs=runs, warmup=warmup, block=block, baseline=baseline,
+                  torch_compile=torch_compile, decode_tokens=decode_tokens, trt_fp16=trt_fp16, trt_int8=trt_int8,
+                  peak=not no_peak, refresh_peak=refresh_peak, store=not no_store)
+    n_shapes = len(cfg.batch) * (1 if cfg.data else len(cfg.seq))
+    total = len(cfg.providers) * len(artifacts) * n_shapes * (cfg.runs + cfg.warmup)
+    with tqdm(total=total, desc="bench", unit="call", leave=False, disable=None) as bar:
+        result = run_bench(list(artifacts), cfg, progress=bar.update)
+    rows, headers = table_rows(result)
+    emit(result, as_json, _bench_header(result) + "\n" + format_table(rows, headers) + _bench_footer(result))
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+
+
+def _bench_header(result: dict) -> str:
+    m = result["machine"]
+    isa = " ".join(k.upper().replace("AVX512", "AVX-512") for k, v in m["isa"].items() if v) or "no SIMD flags read"
+    gpu = ", ".join(f"{g['name']} (driver {g['driver']})" for g in m["gpu"]) or "no GPU"
+    ort = m["onnxruntime"]
+    peaks = "; ".join(f"{k} {v['gflops']:.0f} GFLOP/s ({v['source']})" if v.get("gflops") else f"{k}: {v.get('error')}"
+                      for k, v in result["peaks"].items())
+    return (f"machine: {m['cpu_model']}, {m['cores_usable']} usable cores, {m['threads_used']} threads used, {isa}; "
+            f"onnxruntime {ort['version']} ({', '.join(p.replace('ExecutionProvider', '') for p in ort['providers'])}); "
+            f"{gpu}\npeak (GEMM): {peaks or 'not measured'}; speedup vs {result['baseline']} (its p50 / p50)\n")
+
+
+def _bench_footer(result: dict) -> str:
+    stored = [f"{a['label']}: {', '.join(a['stored_as'])}" for a in result["artifacts"] if a["stored_as"]]
+    return "\nstored in manifests: " + "; ".join(stored) if stored else ""
