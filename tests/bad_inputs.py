@@ -10,6 +10,7 @@ each) and, if it needs one, a situation (one builder). tests/test_bad_input.py r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -70,6 +71,21 @@ def rehash(folder: Path) -> None:
     data = json.loads((folder / MANIFEST).read_text())
     data["files"] = hash_payload(folder)
     (folder / MANIFEST).write_text(json.dumps(data))
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path below `root` (hidden ones too) with its content hash or link target: "nothing written"
+    means this is the same before and after a command."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
 
 
 def _edit_json(path: Path, **changes) -> None:
@@ -154,7 +170,7 @@ def _hostile_pickle(dest: Path) -> None:
 
 
 CUSTOM_CODE = """import pathlib
-pathlib.Path(__file__).parent.parent.joinpath("CODE-RAN").write_text("ran")
+pathlib.Path({marker!r}).write_text("ran")
 from transformers import BertConfig, BertForSequenceClassification
 class EvilConfig(BertConfig):
     model_type = "evil-bert"
@@ -164,8 +180,8 @@ class EvilModel(BertForSequenceClassification):
 
 
 def _custom_code(dest: Path) -> None:
-    """A folder whose config asks for its own Python code: running it would create ../CODE-RAN."""
-    (dest / "evil.py").write_text(CUSTOM_CODE)
+    """A folder whose config asks for its own Python code: running it would create CODE-RAN beside it."""
+    (dest / "evil.py").write_text(CUSTOM_CODE.format(marker=str(dest.parent / "CODE-RAN")))
     _edit_json(dest / "config.json", model_type="evil-bert",
                auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"})
 

@@ -3,7 +3,6 @@ line, no traceback, and nothing written anywhere in the test's folder."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import bad_inputs
-from bad_inputs import CONFIG_ROWS, DATA_FILE, ROWS, SITUATIONS, Kit
+from bad_inputs import CONFIG_ROWS, DATA_FILE, ROWS, SITUATIONS, Kit, snapshot
 from toolchain.cli import main
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -29,20 +28,6 @@ def materialize(row: bad_inputs.Row, root: Path, kit: Kit) -> list[str]:
         SITUATIONS[name].build(folder, kit)
         paths[name] = str(folder / DATA_FILE.get(name, "data.csv")) if name.startswith("data") else str(folder)
     return [PLACEHOLDER.sub(lambda m: paths[m.group(1)], a) for a in row.args.split()]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path below `root` (hidden ones too) with its content hash or link target."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = "-> " + os.readlink(p)
-        elif p.is_file():
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-        else:
-            out[rel] = "dir"
-    return out
 
 
 @pytest.fixture
