@@ -33,8 +33,8 @@ def examples(default: int):
 
 text = st.text(max_size=12)
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=12)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 digests = st.text("0123456789abcdef", min_size=64, max_size=64)
 rel_paths = st.lists(st.text("abcxyz_-.0123", min_size=1, max_size=6).filter(lambda p: p not in (".", "..")),

@@ -67,7 +67,8 @@ class Manifest:
             data = json.loads(text)
         # ValueError covers integers too long to convert; RecursionError, absurdly deep nesting.
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise IntegrityError(f"{where} is not valid JSON ({_first_line(exc)})", "re-run the stage that made it") from None
+            raise IntegrityError(f"{where} is not valid JSON ({_first_line(exc)})",
+                                 "re-run the stage that made it") from None
         if not isinstance(data, dict):
             raise IntegrityError(f"{where} is not a JSON object", "re-run the stage that made it")
         version = data.get("schema_version")
@@ -82,7 +83,8 @@ class Manifest:
                 raise TypeError("lineage is not a list of records")
             manifest = cls(lineage=[StageRecord(**r) for r in lineage], **data)
         except TypeError as exc:
-            raise IntegrityError(f"{where} is malformed ({_first_line(exc)})", "re-run the stage that made it") from None
+            raise IntegrityError(f"{where} is malformed ({_first_line(exc)})",
+                                 "re-run the stage that made it") from None
         _check_manifest_types(manifest, where)
         return manifest
 

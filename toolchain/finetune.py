@@ -91,7 +91,8 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     The Trainer writes a checkpoint in place, trainer_state.json last, so a run killed while saving
     leaves a newer folder without it (or with it half-written) that it would otherwise resume from.
     """
-    steps = {int(m.group(1)): p for p in folder.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    steps = {int(m.group(1)): p for p in folder.glob("checkpoint-*")
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
     for ckpt in (steps[k] for k in sorted(steps, reverse=True)):
         try:
             json.loads((ckpt / "trainer_state.json").read_text())

@@ -135,7 +135,8 @@ def _check_pickles(folder: Path) -> None:
             torch.load(path, map_location="meta", weights_only=True)
         except pickle.UnpicklingError as exc:
             if "Weights only load failed" not in str(exc):
-                raise BadModel(f"{path} is not a readable checkpoint: {_first_line(exc)}", "re-save the model") from None
+                raise BadModel(f"{path} is not a readable checkpoint: {_first_line(exc)}",
+                               "re-save the model") from None
             found = re.search(r"GLOBAL (\S+)", str(exc))
             what = f"it calls {found.group(1)}" if found else "it holds objects that are not tensors"
             raise UnsafeInput(f"{path} would run code when unpickled ({what}); it was not loaded",
