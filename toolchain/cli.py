@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
 
 import click
 
@@ -16,10 +18,15 @@ from .errors import ToolchainError
 
 
 def reports_errors(fn):
-    """Turn the toolchain's own errors into one clear line, its fix, and the error's exit code."""
+    """Turn the toolchain's own errors into one clear line, its fix, and the error's exit code.
+
+    SIGTERM (what `kill`, schedulers and containers send) is handled like Ctrl-C: the stage unwinds,
+    its partial output is removed, previous artifacts stay as they were.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = _terminate_like_interrupt()
         try:
             return fn(*args, **kwargs)
         except ToolchainError as exc:
@@ -27,11 +34,28 @@ def reports_errors(fn):
             if exc.fix:
                 click.echo(f"  fix: {exc.fix}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+            click.echo(f"interrupted ({signal.Signals(signum).name}): no new artifact was written; "
+                       "earlier ones are untouched", err=True)
+            click.echo("  fix: run the same command again (finetune resumes from its last checkpoint)", err=True)
+            sys.exit(128 + signum)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt(SIGTERM); returns the handler to restore (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def emit(data, as_json: bool, table=None) -> None:
@@ -81,10 +105,39 @@ def info(artifact, as_json, verify):
             f"{len(art.manifest.files)} files, {data['size_bytes'] / 1e6:.1f} MB, "
             f"{'verified' if verify and not problems else 'NOT verified' if problems else 'unchecked'}")
     emit(data, as_json, head + "\n" + format_table(rows, ["stage", "config", "time", "metrics"]))
+    _raise_problems(art.path, problems)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--smoke", is_flag=True, help="Also run one inference on sample text (ONNX artifacts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reports_errors
+def verify(path, smoke, as_json):
+    """Check every file of the artifact at PATH against its manifest: changed, missing or extra files exit 9."""
+    import dataclasses
+
+    from .verify import verify as run_verify
+
+    report = run_verify(path, smoke=smoke)
+    head = (f"{report.path}: {report.kind}, {report.files} files, "
+            + (f"{len(report.problems)} problem(s)" if report.problems else "every hash matches"))
+    if report.smoke:
+        head += "\nsmoke inference: " + ", ".join(f"{k} {v}" for k, v in report.smoke["outputs"].items()) + ", finite"
+    emit(dataclasses.asdict(report), as_json, head)
+    _raise_problems(report.path, report.problems)
+
+
+def _raise_problems(path, problems: list[str]) -> None:
+    """List every changed, missing or extra file, then fail with exit 9 (IntegrityError)."""
+    from .errors import IntegrityError
+
+    for p in problems:
+        click.secho(f"  {p}", fg="red", err=True)
     if problems:
-        for p in problems:
-            click.secho(f"  {p}", fg="red", err=True)
-        sys.exit(9)
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise IntegrityError(f"{path} does not match its manifest: {problems[0]}{more}",
+                             "rebuild it with the stage that made it; do not ship it")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
