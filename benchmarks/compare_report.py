@@ -7,6 +7,7 @@ percentile), so a figure in the table can always be traced to the runs behind it
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -304,7 +305,7 @@ def write(result: dict, out: Path, readme: Path | None = None) -> list[Path]:
         written.append(out / "scaling.png")
     (out / "compare.md").write_text("# The toolchain against the alternatives\n\n" + markdown(result))
     if readme is not None:
-        image = Path(out.resolve().relative_to(readme.resolve().parent)) / "scaling.png"
+        image = Path(os.path.relpath(out.resolve(), readme.resolve().parent)) / "scaling.png"
         update_readme(readme, markdown(result, image=str(image)))
         written.append(readme)
     return written
