@@ -83,8 +83,9 @@ def lineage_summary(path: Path) -> str:
     """The stages that made an artifact, in order (e.g. finetune > distill > prune > export > optimize > quantize)."""
     if not Artifact.is_artifact(path):
         return "model folder"
-    stages = [r.stage for r in Artifact.load(path).manifest.lineage]
-    return " > ".join(stages)
+    records = Artifact.load(path).manifest.lineage
+    return " > ".join(f"{r.stage} {r.config['mode']}" if r.stage == "quantize" and r.config.get("mode") else r.stage
+                      for r in records)
 
 
 def recipe_steps(recipe_file: Path, names: tuple[str, ...], quick: bool, overrides: dict | None = None):
