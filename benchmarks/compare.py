@@ -244,7 +244,7 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
         plan = Plan(**{**asdict(plan), "eval_samples": eval_samples})
     run = default_run(run_dir)
     teacher_dir = vs.teacher_path(teacher, run)
-    work = Path(work) / ("quick" if quick else "full")
+    work = Path(work)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     phases, load_start = Phases(), os.getloadavg()
     openmp = calm_openmp(usable_cores())

@@ -19,6 +19,7 @@ from typing import Callable
 
 from toolchain.artifact import Artifact, write_artifact
 from toolchain.errors import InputNotFound, ToolchainError
+from toolchain.modeling import resolve_model, source_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER_RECIPE = ROOT / "models" / "minilm-rotten-tomatoes.yaml"
@@ -131,9 +132,14 @@ def run_steps(recipe_file: Path, names: tuple[str, ...], model: str, out: Path, 
 
 
 def teacher_variants(teacher: Path, work: Path, quick: bool, echo) -> list[Variant]:
-    """The toolchain's ONNX fp32 export, dynamic int8 and accuracy-aware static int8 of the teacher."""
-    overrides = {"int8-static": {"eval_max_samples": 200, "calibration_samples": 32}} if quick else None
-    made = run_steps(CLASSIFIER_RECIPE, TEACHER_STEPS, str(teacher), work / "teacher", quick, echo, overrides)
+    """The toolchain's ONNX fp32 export, dynamic int8 and accuracy-aware static int8 of the teacher.
+
+    --quick scores the accuracy loop on part of the validation split, in a folder of its own, so a quick
+    run never replaces (or is mistaken for) the full run's artifacts.
+    """
+    overrides = {"int8-static": {"eval_max_samples": 200, "calibration_samples": 64}} if quick else None
+    out = work / ("teacher-quick" if quick else "teacher")
+    made = run_steps(CLASSIFIER_RECIPE, TEACHER_STEPS, str(teacher), out, quick, echo, overrides)
     spec = [("tc-onnx", "onnx", "toolchain ONNX fp32", "toolchain export (optimum exporter, parity-checked)"),
             ("tc-int8-dynamic", "int8-dynamic", "toolchain int8 dynamic",
              "toolchain optimize (fusions) > quantize dynamic (CPU preset, per-channel)"),
@@ -192,7 +198,8 @@ def optimum_variant(teacher: Path, work: Path, preset: str, echo) -> Variant:
     out = work / "optimum-int8"
     parent = Artifact.load(teacher) if Artifact.is_artifact(teacher) else None
     config = {"export": "ORTModelForSequenceClassification.from_pretrained(export=True)", "optimization": "O2",
-              "quantization": f"AutoQuantizationConfig.{preset}(is_static=False, per_channel=True)"}
+              "quantization": f"AutoQuantizationConfig.{preset}(is_static=False, per_channel=True)",
+              "teacher_hash": source_hash(resolve_model(str(teacher)))}  # a plain folder has no artifact hash
     try:
         if not _reusable(out, "optimum-pipeline", config, parent):
             model_file, metrics = _run_optimum(teacher, work / "optimum", preset, echo)
