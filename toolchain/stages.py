@@ -5,8 +5,10 @@ Every function has the shape `stage(src, cfg, out, *, force=False) -> Artifact`.
 
 from __future__ import annotations
 
+from .distill import DistillConfig, distill
 from .export import ExportConfig, export
 
 STAGES = {
+    "distill": (DistillConfig, distill),
     "export": (ExportConfig, export),
 }
