@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -125,6 +126,88 @@ def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pi
          f"(tolerance {p['atol']:g}, shapes {p['shapes']}): ok")
 
 
+def data_options(fn):
+    """--data and the column options shared by every command that reads labelled text."""
+    for opt in reversed([
+        click.option("--data", default="rotten-tomatoes", show_default=True,
+                     help="Built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id (glue/sst2)."),
+        click.option("--text-column", default="text", show_default=True),
+        click.option("--label-column", default="label", show_default=True),
+        click.option("--pair-column", default=None, help="Second text column of sentence-pair tasks."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@data_options
+@click.option("--epochs", type=float, help="Training epochs (default 3).")
+@click.option("--lr", "learning_rate", type=float, help="Learning rate (default 5e-5).")
+@click.option("--batch-size", type=int, help="Training batch size (default 32).")
+@click.option("--max-length", type=int, help="Tokens per example (default 64).")
+@click.option("--seed", type=int, help="Random seed (default 42).")
+@click.option("--max-train-samples", type=int, help="Train on the first N examples only.")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def finetune(model, out, as_json, force, **options):
+    """Fine-tune MODEL into a sequence classifier on --data; best checkpoint by validation accuracy.
+
+    An interrupted run resumes from its last epoch checkpoint when started again with the same options.
+    """
+    from .finetune import FinetuneConfig, finetune as run_finetune
+
+    art = run_finetune(model, _config(FinetuneConfig, **options), out, force=force)
+    results = {k: v for k, v in art.manifest.results.items() if k.startswith("evaluate/")}
+    rows = [[k.split("/")[-1], v["accuracy"], v["macro_f1"], v["n"]] for k, v in sorted(results.items())]
+    emit({"artifact": str(art.path), **art.manifest.lineage[-1].metrics, "results": results}, as_json,
+         f"fine-tuned {model} -> {art.path} in {art.manifest.lineage[-1].metrics['train_seconds']:.0f}s\n"
+         + format_table(rows, ["split", "accuracy", "macro F1", "n"]))
+
+
+@main.command()
+@click.argument("artifact")
+@data_options
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--reference", help="Another artifact: report how often its predictions agree with ARTIFACT's.")
+@click.option("--batch-size", type=int, help="Evaluation batch size (default 32; int8 depends on it).")
+@click.option("--max-length", type=int, help="Tokens per example (default 128).")
+@click.option("--max-samples", type=int, help="Score only the first N examples.")
+@click.option("--window", type=int, help="Causal LM: tokens per perplexity window (default 512).")
+@click.option("--stride", type=int, help="Causal LM: tokens scored per window (default 256).")
+@click.option("--max-tokens", type=int, help="Causal LM: score only the first N tokens.")
+@click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def evaluate(artifact, reference, provider, as_json, **options):
+    """Score ARTIFACT (torch or ONNX) on --data; the result is stored in its manifest.
+
+    Classification: accuracy, macro F1, confusion matrix. Causal LM (use --data hamlet or a .txt):
+    perplexity over strided windows, and top-1 agreement with --reference.
+    """
+    from .evaluate import EvaluateConfig, Runner, evaluate as run_evaluate
+
+    cfg = _config(EvaluateConfig, **options)
+    result = run_evaluate(artifact, cfg, reference=reference, runner=Runner(artifact, provider))
+    emit(result, as_json, _evaluation_table(artifact, result))
+
+
+def _evaluation_table(artifact, r: dict) -> str:
+    if "perplexity" in r:
+        rows = [[artifact, r["perplexity"], r["tokens"], r.get("top1_agreement")]]
+        return format_table(rows, ["artifact", "perplexity", "tokens", "top-1 agreement"])
+    rows = [[artifact, r["split"], r["accuracy"], r["macro_f1"], r.get("agreement"), r["n"], r["batch_size"]]]
+    table = format_table(rows, ["artifact", "split", "accuracy", "macro F1", "agreement", "n", "batch"])
+    labels = r["labels"]
+    cm = format_table([[labels[i]] + row for i, row in enumerate(r["confusion_matrix"])],
+                      ["true \\ predicted"] + labels)
+    return table + "\n\n" + cm
+
+
 def _config(cls, **kwargs):
     """Build a stage config from CLI options; a bad value is a clear error, not a traceback."""
     from .config import config_from_dict
@@ -201,16 +284,21 @@ def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
     # Trainer prints its logs on stdout; keep stdout for the result (JSON for scripts).
     with contextlib.redirect_stdout(sys.stderr):
         art = run_distill(teacher, cfg, out, force=force)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, process 0 reports
     m = art.manifest.lineage[-1].metrics
     v, t, s = m["validation"], m["train"], m["student"]
-    score = f"accuracy {v['accuracy']:.4f}" if "accuracy" in v else f"perplexity {v['perplexity']:.2f}"
+    if "accuracy" in v:
+        score = f"validation accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f} ({v['n']} examples)"
+    else:
+        teacher_ppl = m["teacher"]["validation"]["perplexity"]
+        score = f"held-out perplexity {v['perplexity']:.2f} (teacher {teacher_ppl:.2f}, {v['tokens']} tokens)"
     rows = [[i + 1] + [e.get(k) for k in ("total", "ce", "kd", "hidden", "attention")]
             for i, e in enumerate(t["losses_by_epoch"])]
     emit({"artifact": str(art.path), **m}, as_json,
          f"distilled {teacher} -> {art.path}: {s['num_layers']}-layer student, {s['params'] / 1e6:.2f}M params "
-         f"(teacher {m['teacher']['params'] / 1e6:.2f}M), trained in {t['wall_seconds']:.1f}s on {t['device']}\n"
-         f"validation {score} (loss {v['loss']:.4f}, {v['examples']} examples)\n"
-         + format_table(rows, ["epoch", "loss", "ce", "kd", "hidden", "attention"]))
+         f"(teacher {m['teacher']['params'] / 1e6:.2f}M), trained in {t['wall_seconds']:.1f}s on {t['device']} "
+         f"x{t['world_size']}\n{score}\n" + format_table(rows, ["epoch", "loss", "ce", "kd", "hidden", "attention"]))
 
 
 def _as_tuple(value):

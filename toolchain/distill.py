@@ -44,7 +44,8 @@ from .errors import BadModel, CheckFailed, DataError, Unsupported
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
 LM_VALIDATION_FRACTION = 0.1  # the last tenth of a plain text's windows is held out for perplexity
-RELOAD_ATOL = 1e-4  # saved-and-reloaded student vs the trained one, fp32 logits
+RELOAD_ATOL = 1e-4
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")  # saved-and-reloaded student vs the trained one, fp32 logits
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     student, kept = make_student(teacher, cfg, task, tokenizer)
     teacher_info = {"mode": mode, "params": sum(p.numel() for p in teacher.parameters()),
                     "num_layers": students.num_layers(teacher.config)}
+    if task == "text-generation":
+        teacher_info["validation"] = held_out_perplexity(torch_logits(teacher), data, cfg.max_length)
     cache = None
     if mode == "cached":
         with args.main_process_first(local=False, desc="teacher logits"):
@@ -178,8 +181,8 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     if mode != "online":
         teacher = None  # not in memory while the student trains
         gc.collect()
-    result = train(cfg, task, student, teacher, tokenizer, data, cache, args)
-    metrics = {"teacher": teacher_info, "student": student_summary(student, kept)} | result
+    train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args)
+    metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics}
     if args.process_index == 0:
         write_student(source, cfg, out, force, task, student, tokenizer, data, metrics)
     if args.world_size > 1:
@@ -350,11 +353,9 @@ def check_vocab(student, teacher, source: ModelSource, tokenizer) -> None:
     fix = "use a student that shares the teacher's tokenizer (e.g. one built from the teacher: --student-layers)"
     if s != t:
         raise BadModel(f"the student's vocabulary has {s} tokens, the teacher's {t}", fix)
-    try:
-        s_tok = load_tokenizer(source)
-    except BadModel:
+    if source.local and not any((Path(source.location) / f).is_file() for f in TOKENIZER_FILES):
         return  # a student folder without a tokenizer uses the teacher's
-    if s_tok.get_vocab() != tokenizer.get_vocab():
+    if load_tokenizer(source).get_vocab() != tokenizer.get_vocab():
         raise BadModel("the student's tokenizer maps tokens to other ids than the teacher's", fix)
 
 
@@ -478,23 +479,24 @@ def training_args(cfg: DistillConfig, task: str, progress: bool):
     return TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="toolchain-distill-"),  # Trainer wants one; nothing is saved there
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=2 * cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio, lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-        eval_strategy="no" if cfg.max_steps else "epoch", save_strategy="no",
-        logging_strategy="steps", logging_steps=0.1, report_to=[], disable_tqdm=not progress,
-        remove_unused_columns=False, label_names=["labels"], prediction_loss_only=task == "text-generation",
-        dataloader_pin_memory=cuda, log_level="warning",
+        # Validation runs once, after training, through evaluate.py on the saved student.
+        eval_strategy="no", save_strategy="no", logging_strategy="steps", logging_steps=0.1, report_to=[],
+        disable_tqdm=not progress, log_level="warning", remove_unused_columns=False, label_names=["labels"],
+        # Batches of similar length pad less (short reviews: ~2x faster); LM windows are all one length.
+        group_by_length=task == "text-classification", dataloader_pin_memory=cuda,
     )
 
 
 def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: DistillData, cache, args) -> dict:
-    """Run the Trainer; returns the metrics for the lineage record (wall time, losses, validation)."""
+    """Run the Trainer; returns the training metrics for the lineage record (wall time, losses)."""
     import shutil
 
-    from .kd_trainer import DistillTrainer, KDObjective, StudentWithProjections, accuracy, use_eager_attention
+    from .kd_trainer import DistillTrainer, KDObjective, StudentWithProjections, use_eager_attention
 
     layer_map = None
     if cfg.needs_features:
@@ -506,37 +508,20 @@ def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: Dist
     model = StudentWithProjections(student, width, attentions=cfg.attention_weight > 0)
     if teacher is not None:
         teacher.to(args.device).eval()
-    trainer = DistillTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-        data_collator=Collator(tokenizer.pad_token_id, task, cache),
-        compute_metrics=accuracy if task == "text-classification" else None,
-        objective=KDObjective(cfg, task, teacher, layer_map),
-    )
+    trainer = DistillTrainer(model=model, args=args, train_dataset=data.train,
+                             data_collator=Collator(tokenizer.pad_token_id, task, cache),
+                             objective=KDObjective(cfg, task, teacher, layer_map))
     started = time.perf_counter()
     state = trainer.train()
     wall = time.perf_counter() - started
     trainer.close_epoch()  # a max_steps run can stop inside an epoch
-    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    last = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
     shutil.rmtree(args.output_dir, ignore_errors=True)
     student.to("cpu")
-    return {
-        "train": {"wall_seconds": round(wall, 2), "steps": trainer.state.global_step, "epochs": cfg.epochs,
-                  "examples": len(data.train), "world_size": args.world_size,
-                  "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", "device": str(args.device),
-                  "final_loss": round(state.training_loss, 5), "losses_by_epoch": trainer.epoch_losses,
-                  "layer_map": list(layer_map) if layer_map else None},
-        "validation": validation_metrics(last, task, len(data.validation)),
-    }
-
-
-def validation_metrics(logs: dict, task: str, n: int) -> dict:
-    out = {"examples": n, "loss": round(logs["eval_loss"], 5)}
-    if task == "text-classification":
-        out["accuracy"] = round(logs["eval_accuracy"], 5)
-    else:
-        out["perplexity"] = round(math.exp(logs["eval_loss"]), 4)  # token CE averaged over equal-length windows
-    return out
+    return {"wall_seconds": round(wall, 2), "steps": trainer.state.global_step, "epochs": cfg.epochs,
+            "examples": len(data.train), "world_size": args.world_size,
+            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", "device": str(args.device),
+            "final_loss": round(state.training_loss, 5), "losses_by_epoch": trainer.epoch_losses,
+            "layer_map": list(layer_map) if layer_map else None}
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -544,22 +529,25 @@ def validation_metrics(logs: dict, task: str, n: int) -> dict:
 
 def write_student(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str, student, tokenizer,
                   data: DistillData, metrics: dict) -> None:
-    """Save the student (HF folder + tokenizer) as a torch artifact, checked to reload to the same logits."""
+    """Save the student (HF folder + tokenizer) as a torch artifact, reloaded and scored on validation data."""
+    from .evaluate import Runner
+
     student = student.float().eval()
     with write_artifact(out, stage="distill", config=config_to_dict(cfg) | {"teacher": source.spec}, format="torch",
                         task=task, model_type=student.config.model_type, parent=source.artifact, force=force) as o:
         o.record.input_hash = source_hash(source)
         student.save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
+        runner = Runner(o.folder)  # the saved folder, loaded as any user would load it
         o.record.metrics.update(metrics)
-        o.record.metrics["reload"] = check_reload(student, o.folder, task, data, tokenizer)
+        o.record.metrics["reload"] = check_reload(student, runner.model, task, data, tokenizer)
+        o.record.metrics["validation"] = validate(o.folder, runner, cfg, task, data)
 
 
-def check_reload(student, folder: Path, task: str, data: DistillData, tokenizer) -> dict:
-    """Reload the saved folder as a user would and compare logits with the trained student."""
+def check_reload(student, reloaded, task: str, data: DistillData, tokenizer) -> dict:
+    """The saved-and-reloaded student must give the trained student's logits (its config captures its structure)."""
     import torch
 
-    reloaded = load_model(resolve_model(str(folder)), task)
     batch = Collator(tokenizer.pad_token_id, task)(data.validation[:8])
     with torch.no_grad():
         a = student(**model_inputs(student, batch)).logits
@@ -570,3 +558,40 @@ def check_reload(student, folder: Path, task: str, data: DistillData, tokenizer)
         raise CheckFailed(f"the saved student does not reproduce the trained one (max abs diff {diff:.3g})",
                           "report this: the student's structure is not captured by its config")
     return {"max_abs_diff": diff, "atol": RELOAD_ATOL}
+
+
+def validate(folder: Path, runner, cfg: DistillConfig, task: str, data: DistillData) -> dict:
+    """Validation accuracy / macro F1 (classifier) or held-out perplexity (causal LM), through evaluate.py."""
+    from .evaluate import EvaluateConfig, evaluate
+
+    if task == "text-generation":
+        return held_out_perplexity(runner.logits, data, cfg.max_length)
+    ecfg = EvaluateConfig(cfg.data or "rotten-tomatoes", "validation", cfg.text_column, cfg.label_column,
+                          cfg.pair_column, max_length=cfg.max_length, max_samples=cfg.max_eval_examples)
+    result = evaluate(folder, ecfg, record=False, runner=runner)
+    return {k: result[k] for k in ("accuracy", "macro_f1", "n")}
+
+
+def held_out_perplexity(logits_fn, data: DistillData, window: int) -> dict:
+    """Perplexity on the held-out tail of the text, scored in the training windows' length."""
+    import numpy as np
+
+    from .evaluate import strided_nll
+
+    ids = np.array([t for e in data.validation for t in e["input_ids"]], dtype=np.int64)
+    nll, count, _ = strided_nll(logits_fn, ids, window, window)
+    return {"perplexity": round(math.exp(nll / count), 4), "tokens": int(count), "window": window}
+
+
+def torch_logits(model):
+    """A numpy-in, numpy-out logits function of a torch model, as evaluate.Runner.logits is."""
+    import torch
+
+    device = next(model.parameters()).device
+
+    def logits(batch: dict):
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(v).to(device) for k, v in model_inputs(model, batch).items()}
+            return model(**inputs).logits.float().cpu().numpy()
+
+    return logits

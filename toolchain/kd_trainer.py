@@ -179,9 +179,3 @@ class _EpochLosses(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.trainer.close_epoch()
-
-
-def accuracy(pred) -> dict:
-    """Trainer compute_metrics for classifiers."""
-    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    return {"accuracy": float((logits.argmax(-1) == pred.label_ids).mean())}

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from .distill import DistillConfig, distill
 from .export import ExportConfig, export
+from .finetune import FinetuneConfig, finetune
 
 STAGES = {
+    "finetune": (FinetuneConfig, finetune),
     "distill": (DistillConfig, distill),
     "export": (ExportConfig, export),
 }
