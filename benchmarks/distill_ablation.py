@@ -13,6 +13,7 @@ interrupted run resumes; pass --fresh to retrain.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -80,7 +81,8 @@ def variant_row(name: str, args) -> dict:
                   "max_train_examples": args.max_train_examples}
         cfg = DistillConfig(**(shared | VARIANTS[name]))
         print(f"== {name}: distilling", file=sys.stderr, flush=True)
-        distill(args.teacher, cfg, out, force=True)
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer's log lines; stdout carries the table
+            distill(args.teacher, cfg, out, force=True)
     m = Artifact.load(out).manifest.lineage[-1].metrics
     acc = evaluate(out, EvaluateConfig(args.data, "test", max_length=args.max_length))  # recorded in its manifest
     t = m["train"]

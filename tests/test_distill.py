@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertModel
+from transformers import BertModel
 
 from toolchain import kd_losses, students
 from toolchain.artifact import Artifact
@@ -233,8 +234,7 @@ def test_distill_classifier_writes_a_checked_artifact_and_reuses_the_cache(tiny,
     assert reloaded.config.num_hidden_layers == 1
     again = _metrics(distill(str(tiny("bert")), cfg, tmp_path / "s2", progress=False))
     assert again["teacher"]["cache_hit"] is True and again["teacher"]["cache_key"] == m["teacher"]["cache_key"]
-    longer = distill(str(tiny("bert")), DistillConfig(**{**cfg.__dict__, "max_length": 12}), tmp_path / "s3",
-                     progress=False)
+    longer = distill(str(tiny("bert")), dataclasses.replace(cfg, max_length=12), tmp_path / "s3", progress=False)
     assert _metrics(longer)["teacher"]["cache_key"] != m["teacher"]["cache_key"]
 
 
@@ -307,7 +307,7 @@ def test_student_with_another_vocabulary_is_refused(tiny, reviews, tmp_path):
 
 def test_mismatched_label_sets_are_refused(tiny, tmp_path):
     data = _reviews(tmp_path, labels=("fresh", "rotten"))
-    with pytest.raises(DataError, match="are not the teacher's"):
+    with pytest.raises(DataError, match="label 'fresh' in the data is not one the model knows"):
         distill(str(tiny("bert")), DistillConfig(data=str(data)), tmp_path / "s", progress=False)
     three = tmp_path / "three"
     import tiny_models

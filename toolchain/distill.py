@@ -225,10 +225,11 @@ def prepare_data(cfg: DistillConfig, tokenizer, teacher_config, task: str) -> Di
 
 def _classification_data(cfg: DistillConfig, tokenizer, teacher_config) -> DistillData:
     from .data import DataSpec, load_classification, tokenize_split
+    from .evaluate import map_labels
 
     spec = DataSpec(cfg.data or "rotten-tomatoes", cfg.text_column, cfg.label_column, cfg.pair_column)
     data = load_classification(spec)
-    to_teacher = label_mapping(data.label_names, teacher_config)
+    to_teacher = map_labels(data.label_names, teacher_config)  # the teacher's ids, matched by label name
 
     def encode(split: str, n: int | None, indexed: bool) -> list[dict]:
         part = data.split(split).subset(n)
@@ -238,22 +239,6 @@ def _classification_data(cfg: DistillConfig, tokenizer, teacher_config) -> Disti
 
     return DistillData(spec.source, encode("train", cfg.max_train_examples, True),
                        encode("validation", cfg.max_eval_examples, False))
-
-
-def label_mapping(data_names: list[str], teacher_config) -> list[int]:
-    """Teacher class id of each data label id; the label sets must be the same."""
-    t_names = [str(teacher_config.id2label[i]) for i in range(teacher_config.num_labels)]
-    if len(t_names) != len(data_names):
-        raise DataError(f"the data has {len(data_names)} labels {data_names}, but the teacher predicts "
-                        f"{len(t_names)} {t_names}", "distill on data with the labels the teacher was trained on")
-    unnamed = all(n == f"LABEL_{i}" for i, n in enumerate(t_names))
-    numbered = data_names == [str(i) for i in range(len(data_names))]
-    if unnamed or numbered:
-        return list(range(len(data_names)))  # by position
-    if sorted(t_names) != sorted(data_names):
-        raise DataError(f"the data's labels {data_names} are not the teacher's {t_names}",
-                        "distill on data with the labels the teacher was trained on, or relabel it")
-    return [t_names.index(n) for n in data_names]
 
 
 def _text_data(cfg: DistillConfig, tokenizer) -> DistillData:
@@ -275,7 +260,11 @@ def _text_data(cfg: DistillConfig, tokenizer) -> DistillData:
 
 
 class Collator:
-    """Pads a list of examples into a batch (right padding); adds cached teacher rows when given a cache."""
+    """Pads a list of examples into a batch; adds cached teacher rows when given a cache.
+
+    Always right padding, whatever the tokenizer's padding side: cached LM rows are stored from
+    position 0, and a token's prediction sits at the position before it.
+    """
 
     def __init__(self, pad_id: int, task: str, cache=None):
         self.pad_id, self.task, self.cache = pad_id, task, cache

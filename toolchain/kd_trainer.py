@@ -15,6 +15,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from . import kd_losses
+from .distill import model_inputs
 
 
 @dataclass
@@ -52,11 +53,10 @@ class StudentWithProjections(nn.Module):
         self.projections = nn.ModuleList([projection(d, teacher_width) for _ in range(n)]) if teacher_width else None
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        kwargs = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        out = self.student(input_ids=input_ids, output_hidden_states=self.projections is not None,
-                           output_attentions=self.attentions, **kwargs)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        inputs = {k: v for k, v in model_inputs(self.student, batch).items() if v is not None}
+        out = self.student(**inputs, output_hidden_states=self.projections is not None,
+                           output_attentions=self.attentions)
         projected = None
         if self.projections is not None:
             projected = [p(h) for p, h in zip(self.projections, out.hidden_states[1:])]
@@ -99,8 +99,6 @@ class KDObjective:
             return TeacherOut(values, index)
         if self.teacher is None:
             raise RuntimeError("no teacher: the batch carries no cached logits and no teacher runs online")
-        from .distill import model_inputs
-
         with torch.no_grad():
             out = self.teacher(**model_inputs(self.teacher, batch), output_hidden_states=self.cfg.hidden_weight > 0,
                                output_attentions=self.cfg.attention_weight > 0)

@@ -16,6 +16,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 SHARD_EXAMPLES = 2048
 CACHE_VERSION = 1
@@ -34,8 +38,8 @@ class TeacherCache:
     """Teacher rows of every training example, in memory: `values` [rows, C or k], `index` [rows, k] or None."""
 
     folder: Path
-    values: "torch.Tensor"  # noqa: F821
-    index: "torch.Tensor | None"  # noqa: F821
+    values: torch.Tensor
+    index: torch.Tensor | None
     offsets: list[int]  # rows of example i are offsets[i]:offsets[i+1]
 
     @classmethod
