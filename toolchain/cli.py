@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import signal
+import os
 import sys
 import threading
 
@@ -333,3 +334,91 @@ def _bench_header(result: dict) -> str:
 def _bench_footer(result: dict) -> str:
     stored = [f"{a['label']}: {', '.join(a['stored_as'])}" for a in result["artifacts"] if a["stored_as"]]
     return "\nstored in manifests: " + "; ".join(stored) if stored else ""
+def _int_list(value: str | None, name: str):
+    """'0,2,4' -> (0, 2, 4); a bare '3' -> 3 (a count); bad text is a usage error."""
+    if value is None:
+        return None
+    try:
+        if "," not in value:
+            return int(value)
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or a comma-separated list of numbers", param_hint=name)
+
+
+@main.command()
+@click.argument("teacher")
+@click.argument("out", type=click.Path())
+@click.option("--student", help="A ready student (folder, torch artifact), e.g. a pruned model to recover.")
+@click.option("--student-layers", help="Layers to keep: a count (3: evenly spaced) or teacher indices (0,2,4).")
+@click.option("--hidden-size", "student_hidden_size", type=int, help="Narrower student hidden size.")
+@click.option("--intermediate-size", "student_intermediate_size", type=int, help="Narrower student FFN size.")
+@click.option("--num-heads", "student_num_heads", type=int, help="Student attention heads (default: keep head size).")
+@click.option("--init", "student_init", type=click.Choice(["copy", "random"]), help="Copy teacher layers (default) or random.")
+@click.option("--data", help="Built-in, file or hub dataset (default: rotten-tomatoes, or hamlet for LMs).")
+@click.option("--text-column")
+@click.option("--label-column")
+@click.option("--pair-column")
+@click.option("--max-length", type=int, help="Tokens per example / text window (default 128).")
+@click.option("--max-train-examples", type=int, help="Train on the first N examples only (quick runs).")
+@click.option("--max-eval-examples", type=int, help="Validate on the first N examples only.")
+@click.option("--epochs", type=float, help="Training epochs (default 2).")
+@click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, help="Per-device batch size (default 32).")
+@click.option("--grad-accum", type=int, help="Gradient accumulation steps (default 1).")
+@click.option("--lr", type=float, help="Learning rate (default 5e-5).")
+@click.option("--seed", type=int)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="auto: bf16/fp16 on CUDA, fp32 on CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--temperature", "-T", type=float, help="Softmax temperature of the soft targets (default 2).")
+@click.option("--alpha", type=float, help="Weight of the hard-label loss; 1 - alpha on the soft loss (default 0.5).")
+@click.option("--logit-loss", type=click.Choice(["kl", "mse"]), help="Soft logit loss (default kl).")
+@click.option("--hidden-weight", type=float, help="Weight of the hidden-state loss (default 0: off).")
+@click.option("--hidden-loss", type=click.Choice(["mse", "cosine"]))
+@click.option("--attention-weight", type=float, help="Weight of the attention-map KL (default 0: off).")
+@click.option("--layer-map", help="Teacher layer per student layer for feature losses, e.g. 1,3,5.")
+@click.option("--boundary-weight", type=float, help="Up-weight examples near the teacher's decision boundary (beta).")
+@click.option("--teacher-mode", type=click.Choice(["auto", "online", "cached"]), help="Teacher beside the student, "
+              "or its logits cached on disk.")
+@click.option("--cache-dir", type=click.Path(), help="Where cached teacher logits live.")
+@click.option("--cache-top-k", type=int, help="Cache only the teacher's top-k logits per row (large vocabularies).")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
+    """Distill TEACHER (torch artifact, folder or built-in) into a smaller student at OUT.
+
+    \b
+    toolchain distill runs/teacher runs/student --student-layers 0,2,4 -T 2 --alpha 0.5
+    torchrun --nproc_per_node 4 -m toolchain distill runs/teacher runs/student --student-layers 3
+    """
+    import contextlib
+
+    from .distill import DistillConfig, distill as run_distill
+
+    cfg = _config(DistillConfig, student_layers=_int_list(student_layers, "--student-layers"),
+                  layer_map=_as_tuple(_int_list(layer_map, "--layer-map")), **options)
+    # Trainer prints its logs on stdout; keep stdout for the result (JSON for scripts).
+    with contextlib.redirect_stdout(sys.stderr):
+        art = run_distill(teacher, cfg, out, force=force)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, process 0 reports
+    m = art.manifest.lineage[-1].metrics
+    v, t, s = m["validation"], m["train"], m["student"]
+    if "accuracy" in v:
+        score = f"validation accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f} ({v['n']} examples)"
+    else:
+        teacher_ppl = m["teacher"]["validation"]["perplexity"]
+        score = f"held-out perplexity {v['perplexity']:.2f} (teacher {teacher_ppl:.2f}, {v['tokens']} tokens)"
+    rows = [[i + 1] + [e.get(k) for k in ("total", "ce", "kd", "hidden", "attention")]
+            for i, e in enumerate(t["losses_by_epoch"])]
+    emit({"artifact": str(art.path), **m}, as_json,
+         f"distilled {teacher} -> {art.path}: {s['num_layers']}-layer student, {s['params'] / 1e6:.2f}M params "
+         f"(teacher {m['teacher']['params'] / 1e6:.2f}M), trained in {t['wall_seconds']:.1f}s on {t['device']} "
+         f"x{t['world_size']}\n{score}\n" + format_table(rows, ["epoch", "loss", "ce", "kd", "hidden", "attention"]))
+
+
+def _as_tuple(value):
+    return (value,) if isinstance(value, int) else value

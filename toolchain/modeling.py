@@ -8,6 +8,7 @@ caller asks for it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import assets
-from .artifact import TASKS, Artifact
+from .artifact import TASKS, Artifact, hash_payload
 from .errors import BadModel, InputNotFound, Unsupported, UnsafeInput
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -82,6 +83,15 @@ def _local_source(spec: str, path: Path, trust_remote_code: bool = False) -> Mod
             "pass a folder saved with save_pretrained, a built-in name (minilm, smollm2-135m) or a hub id",
         )
     return ModelSource(spec, str(path), local=True, trust_remote_code=trust_remote_code)
+
+
+def source_hash(source: ModelSource) -> str | None:
+    """A content hash of a model: the artifact's, or one over a local folder's files; None for hub ids."""
+    if source.artifact is not None:
+        return source.artifact.content_hash
+    if not source.local:
+        return None
+    return hashlib.sha256(json.dumps(hash_payload(Path(source.location)), sort_keys=True).encode()).hexdigest()
 
 
 def infer_task(config) -> str:

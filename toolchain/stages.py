@@ -5,10 +5,12 @@ Every function has the shape `stage(src, cfg, out, *, force=False) -> Artifact`.
 
 from __future__ import annotations
 
+from .distill import DistillConfig, distill
 from .export import ExportConfig, export
 from .finetune import FinetuneConfig, finetune
 
 STAGES = {
     "finetune": (FinetuneConfig, finetune),
+    "distill": (DistillConfig, distill),
     "export": (ExportConfig, export),
 }
