@@ -6,7 +6,9 @@ Every function has the shape `stage(src, cfg, out, *, force=False) -> Artifact`.
 from __future__ import annotations
 
 from .export import ExportConfig, export
+from .prune import PruneConfig, prune
 
 STAGES = {
     "export": (ExportConfig, export),
+    "prune": (PruneConfig, prune),
 }
