@@ -125,6 +125,88 @@ def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pi
          f"(tolerance {p['atol']:g}, shapes {p['shapes']}): ok")
 
 
+def data_options(fn):
+    """--data and the column options shared by every command that reads labelled text."""
+    for opt in reversed([
+        click.option("--data", default="rotten-tomatoes", show_default=True,
+                     help="Built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id (glue/sst2)."),
+        click.option("--text-column", default="text", show_default=True),
+        click.option("--label-column", default="label", show_default=True),
+        click.option("--pair-column", default=None, help="Second text column of sentence-pair tasks."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@data_options
+@click.option("--epochs", type=float, help="Training epochs (default 3).")
+@click.option("--lr", "learning_rate", type=float, help="Learning rate (default 5e-5).")
+@click.option("--batch-size", type=int, help="Training batch size (default 32).")
+@click.option("--max-length", type=int, help="Tokens per example (default 64).")
+@click.option("--seed", type=int, help="Random seed (default 42).")
+@click.option("--max-train-samples", type=int, help="Train on the first N examples only.")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def finetune(model, out, as_json, force, **options):
+    """Fine-tune MODEL into a sequence classifier on --data; best checkpoint by validation accuracy.
+
+    An interrupted run resumes from its last epoch checkpoint when started again with the same options.
+    """
+    from .finetune import FinetuneConfig, finetune as run_finetune
+
+    art = run_finetune(model, _config(FinetuneConfig, **options), out, force=force)
+    results = {k: v for k, v in art.manifest.results.items() if k.startswith("evaluate/")}
+    rows = [[k.split("/")[-1], v["accuracy"], v["macro_f1"], v["n"]] for k, v in sorted(results.items())]
+    emit({"artifact": str(art.path), **art.manifest.lineage[-1].metrics, "results": results}, as_json,
+         f"fine-tuned {model} -> {art.path} in {art.manifest.lineage[-1].metrics['train_seconds']:.0f}s\n"
+         + format_table(rows, ["split", "accuracy", "macro F1", "n"]))
+
+
+@main.command()
+@click.argument("artifact")
+@data_options
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--reference", help="Another artifact: report how often its predictions agree with ARTIFACT's.")
+@click.option("--batch-size", type=int, help="Evaluation batch size (default 32; int8 depends on it).")
+@click.option("--max-length", type=int, help="Tokens per example (default 128).")
+@click.option("--max-samples", type=int, help="Score only the first N examples.")
+@click.option("--window", type=int, help="Causal LM: tokens per perplexity window (default 512).")
+@click.option("--stride", type=int, help="Causal LM: tokens scored per window (default 256).")
+@click.option("--max-tokens", type=int, help="Causal LM: score only the first N tokens.")
+@click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime execution provider.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def evaluate(artifact, reference, provider, as_json, **options):
+    """Score ARTIFACT (torch or ONNX) on --data; the result is stored in its manifest.
+
+    Classification: accuracy, macro F1, confusion matrix. Causal LM (use --data hamlet or a .txt):
+    perplexity over strided windows, and top-1 agreement with --reference.
+    """
+    from .evaluate import EvaluateConfig, Runner, evaluate as run_evaluate
+
+    cfg = _config(EvaluateConfig, **options)
+    result = run_evaluate(artifact, cfg, reference=reference, runner=Runner(artifact, provider))
+    emit(result, as_json, _evaluation_table(artifact, result))
+
+
+def _evaluation_table(artifact, r: dict) -> str:
+    if "perplexity" in r:
+        rows = [[artifact, r["perplexity"], r["tokens"], r.get("top1_agreement")]]
+        return format_table(rows, ["artifact", "perplexity", "tokens", "top-1 agreement"])
+    rows = [[artifact, r["split"], r["accuracy"], r["macro_f1"], r.get("agreement"), r["n"], r["batch_size"]]]
+    table = format_table(rows, ["artifact", "split", "accuracy", "macro F1", "agreement", "n", "batch"])
+    labels = r["labels"]
+    cm = format_table([[labels[i]] + row for i, row in enumerate(r["confusion_matrix"])],
+                      ["true \\ predicted"] + labels)
+    return table + "\n\n" + cm
+
+
 def _config(cls, **kwargs):
     """Build a stage config from CLI options; a bad value is a clear error, not a traceback."""
     from .config import config_from_dict

@@ -251,6 +251,8 @@ def tokenize_split(tokenizer, split: Split, max_length: int) -> list[dict[str, l
 
 def pad_batch(tokenizer, examples: list[dict[str, list[int]]]) -> dict[str, np.ndarray]:
     """Pad a list of encodings to the longest one: int64 numpy arrays for torch and onnxruntime."""
+    # Padding pre-tokenized examples is what dynamic padding is; silence the fast tokenizer's advice.
+    tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
     batch = tokenizer.pad(examples, padding="longest", return_tensors="np")
     return {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()}
 

@@ -108,8 +108,12 @@ def _weights_kwargs(src: ModelSource, allow_pickle: bool) -> dict:
     raise BadModel(f"{folder} has a config.json but no weights file", "save the model with save_pretrained")
 
 
-def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, allow_pickle: bool = False):
-    """Load the PyTorch model for `task` in eval mode; shapes that disagree with the config are errors."""
+def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+               **overrides):
+    """Load the PyTorch model for `task` in eval mode; shapes that disagree with the config are errors.
+
+    `overrides` go to `from_pretrained` (e.g. num_labels, id2label for a new classification head).
+    """
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = {
@@ -123,7 +127,7 @@ def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = cls.from_pretrained(src.location, trust_remote_code=trust_remote_code, **kwargs)
+            model = cls.from_pretrained(src.location, trust_remote_code=trust_remote_code, **kwargs, **overrides)
         except OSError as exc:
             raise _load_error(src, exc) from None
         except (ValueError, RuntimeError, KeyError) as exc:

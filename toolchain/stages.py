@@ -6,9 +6,11 @@ Every function has the shape `stage(src, cfg, out, *, force=False) -> Artifact`.
 from __future__ import annotations
 
 from .export import ExportConfig, export
+from .finetune import FinetuneConfig, finetune
 from .prune import PruneConfig, prune
 
 STAGES = {
+    "finetune": (FinetuneConfig, finetune),
     "export": (ExportConfig, export),
     "prune": (PruneConfig, prune),
 }

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+
+from toolchain.data import DataSpec, calibration_batches, label_names, load_classification, load_text, pad_batch, \
+    tokenize_split
+from toolchain.errors import DataError, InputNotFound
+
+
+def test_rotten_tomatoes_split_is_fixed_stratified_and_disjoint():
+    a = load_classification("rotten-tomatoes")
+    b = load_classification("rotten-tomatoes")
+    assert a.counts() == {"train": 10201, "validation": 1275, "test": 1276}
+    assert a.label_names == ["rotten", "fresh"]
+    for split in ("train", "validation", "test"):
+        assert a.split(split).texts == b.split(split).texts
+        assert np.array_equal(a.split(split).labels, b.split(split).labels)
+    sets = [set(a.split(s).texts) for s in ("train", "validation", "test")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    fresh = [a.split(s).labels.mean() for s in ("train", "validation", "test")]
+    assert max(fresh) - min(fresh) < 0.01  # stratified: the same class balance in every split
+
+
+def _csv(path, rows, header="text,label"):
+    path.write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _rows(n=30, labels=("neg", "pos")):
+    return [f"sentence number {i},{labels[i % len(labels)]}" for i in range(n)]
+
+
+def test_label_names_map_stably_and_numerically():
+    assert label_names(["pos", "neg", "pos"]) == ["neg", "pos"]
+    assert label_names([10, 2, 1]) == ["1", "2", "10"]
+
+
+def test_csv_jsonl_and_parquet_give_the_same_dataset(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": f"sentence number {i}", "label": ["neg", "pos"][i % 2]} for i in range(30)]
+    csv_data = load_classification(str(_csv(tmp_path / "d.csv", _rows())))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    jsonl_data = load_classification(str(tmp_path / "d.jsonl"))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    pq_data = load_classification(str(tmp_path / "d.parquet"))
+    for other in (jsonl_data, pq_data):
+        assert other.label_names == csv_data.label_names == ["neg", "pos"]
+        assert other.split("test").texts == csv_data.split("test").texts
+
+
+def test_sentence_pairs_keep_their_second_text(tmp_path):
+    rows = [f"first {i},second {i},{i % 2}" for i in range(20)]
+    data = load_classification(DataSpec(str(_csv(tmp_path / "p.csv", rows, "s1,s2,label")), "s1", "label", "s2"))
+    split = data.split("train")
+    assert all(p.replace("second", "first") == t for t, p in zip(split.texts, split.pairs))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"text,label\n", "has no rows"),
+        (b"sentence,label\na,neg\nb,pos\n", "no column 'text'"),
+        (b"text,label\n\xff\xfe bad bytes,neg\n", "not valid UTF-8"),
+        (b"text,label\n" + b"".join(b"s%d,neg\n" % i for i in range(10)), "single class"),
+        (b"text,label\na,neg\nb,pos\nc,pos\nd,pos\n", "has 1 examples"),
+    ],
+)
+def test_bad_datasets_give_clear_errors(tmp_path, content, message):
+    (tmp_path / "d.csv").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_classification(str(tmp_path / "d.csv"))
+
+
+def test_missing_data_file_is_not_found(tmp_path):
+    with pytest.raises(InputNotFound):
+        load_classification(str(tmp_path / "nope.csv"))
+
+
+def test_dynamic_padding_pads_to_the_longest_in_the_batch(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny("bert"))
+    data = load_classification("rotten-tomatoes")
+    enc = tokenize_split(tok, data.split("test").subset(4), max_length=16)
+    batch = pad_batch(tok, enc)
+    assert batch["input_ids"].shape == (4, max(len(e["input_ids"]) for e in enc))
+    assert batch["input_ids"].dtype == np.int64 and max(len(e["input_ids"]) for e in enc) <= 16
+
+
+def test_calibration_batches_are_single_examples_of_task_data(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny("bert"))
+    cal = calibration_batches(tok, load_classification("rotten-tomatoes"), n=5, max_length=32)
+    assert len(cal) == 5 and all(b["input_ids"].shape[0] == 1 for b in cal)
+    text_cal = calibration_batches(tok, load_text("hamlet"), n=3, max_length=16)
+    assert len(text_cal) == 3 and all(b["input_ids"].shape == (1, 16) for b in text_cal)

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from toolchain import finetune as finetune_module
+from toolchain.artifact import Artifact
+from toolchain.config import config_from_dict
+from toolchain.errors import RecipeError
+from toolchain.finetune import FinetuneConfig, finetune
+
+
+def _dataset(tmp_path, n=80):
+    words = {"positive": "good great brilliant fun", "negative": "bad awful boring dull"}
+    rows = [f"the film was {words[lab].split()[i % 4]} and {words[lab].split()[(i + 1) % 4]},{lab}"
+            for i in range(n) for lab in [("positive", "negative")[i % 2]]]
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _loss(folder, data_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from toolchain.data import load_classification
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    split = load_classification(str(data_path)).split("train")
+    labels = torch.tensor([model.config.label2id[n] for n in np.array(["negative", "positive"])[split.labels]])
+    enc = tok(split.texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(**enc).logits, labels).item()
+
+
+def test_finetune_lowers_the_loss_and_records_metrics(tiny, tmp_path):
+    data = _dataset(tmp_path)
+    before = _loss(tiny("bert"), data)
+    cfg = FinetuneConfig(data=str(data), epochs=6, learning_rate=5e-3, batch_size=8, max_length=16)
+    art = finetune(tiny("bert"), cfg, tmp_path / "out")
+    assert _loss(art.path, data) < before - 0.1  # best checkpoint by validation accuracy, not the last
+    assert art.manifest.lineage[-1].stage == "finetune"
+    assert {"evaluate/reviews.csv/validation", "evaluate/reviews.csv/test"} <= set(art.manifest.results)
+    assert art.verify() == []
+    assert not list(tmp_path.glob(".out.checkpoints-*")), "checkpoints are removed once the artifact is written"
+
+
+def test_finetune_resumes_from_its_checkpoints_after_a_crash(tiny, tmp_path, monkeypatch):
+    data = _dataset(tmp_path, n=40)
+    cfg = FinetuneConfig(data=str(data), epochs=2, batch_size=16, max_length=16)
+    real = finetune_module.write_artifact
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(finetune_module, "write_artifact", crash)
+    with pytest.raises(OSError):
+        finetune(tiny("bert"), cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.glob(".out.checkpoints-*/checkpoint-*"))
+    monkeypatch.setattr(finetune_module, "write_artifact", real)
+    art = finetune(tiny("bert"), cfg, tmp_path / "out")
+    assert art.manifest.lineage[-1].metrics["resumed"] is True
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"max_length": 2}, {"learning_rate": -1.0}, {"epoch": 3}])
+def test_bad_finetune_config_is_refused(bad):
+    with pytest.raises(RecipeError):
+        config_from_dict(FinetuneConfig, bad)
+
+
+def test_label_mapping_is_saved_in_the_model_config(tiny, tmp_path):
+    data = _dataset(tmp_path, n=20)
+    art = finetune(tiny("bert"), FinetuneConfig(data=str(data), epochs=1, batch_size=16, max_length=16),
+                   tmp_path / "out")
+    cfg = Artifact.load(art.path)
+    import json
+
+    config = json.loads((cfg.path / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}

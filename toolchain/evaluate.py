@@ -1,0 +1,212 @@
+"""Score any artifact (PyTorch, ONNX fp32, ONNX int8) on real data through one code path.
+
+A `Runner` turns padded numpy inputs into logits, for a torch model or an onnxruntime session;
+everything after that (batching, metrics, agreement with a reference) is shared. Classification:
+accuracy, macro F1, confusion matrix. Causal LM: perplexity over strided windows and next-token
+top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import Artifact
+from .data import DataSpec, Split, batches, load_classification, load_text
+from .errors import DataError, Unsupported
+from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    data: str = "rotten-tomatoes"  # built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id
+    split: str = "test"
+    text_column: str = "text"
+    label_column: str = "label"
+    pair_column: str | None = None
+    # Dynamic int8 computes activation scales per batch, so the batch size changes int8 accuracy:
+    # evaluate the way the model will be deployed (1 for per-request serving).
+    batch_size: int = 32
+    max_length: int = 128
+    max_samples: int | None = None  # first N examples of the split, for quick checks
+    window: int = 512  # causal LM: tokens per perplexity window (capped at the model's context)
+    stride: int = 256  # causal LM: new tokens scored per window; the rest is context
+    max_tokens: int | None = None  # causal LM: score only the first N tokens of the text
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_length < 2:
+            raise ValueError("batch_size must be >= 1 and max_length >= 2")
+        if not 0 < self.stride <= self.window:
+            raise ValueError("stride must be in (0, window]")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError("max_samples must be >= 1")
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(self.data, self.text_column, self.label_column, self.pair_column)
+
+
+class Runner:
+    """Logits for padded numpy inputs, from a torch model or an onnxruntime session."""
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None):
+        self.artifact = Artifact.load(path) if Artifact.is_artifact(Path(path)) else None
+        if self.artifact is not None and self.artifact.format == "onnx":
+            from transformers import AutoConfig
+
+            from .runtime import make_session
+
+            self.task = self.artifact.task
+            self.tokenizer = load_tokenizer(ModelSource(str(path), str(path), local=True))
+            self.config = AutoConfig.from_pretrained(path)
+            self.session = make_session(self.artifact.onnx_path, provider, threads)
+            self.inputs = {i.name: i for i in self.session.get_inputs()}
+        else:
+            src = resolve_model(path)
+            self.task = src.artifact.task if src.artifact else infer_task(src.config)
+            self.tokenizer = load_tokenizer(src)
+            self.model = load_model(src, self.task)
+            self.config = self.model.config
+            self.forward_args = set(inspect.signature(self.model.forward).parameters)
+            self.session = None
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if self.session is not None:
+            return self._onnx(batch)
+        import torch
+
+        kwargs = {k: torch.from_numpy(v) for k, v in batch.items() if k in self.forward_args}
+        with torch.inference_mode():
+            return self.model(**kwargs).logits.float().numpy()
+
+    def _onnx(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        from .parity import onnx_feeds
+
+        past = {n: _empty_past(i, batch["input_ids"].shape[0]) for n, i in self.inputs.items()
+                if n.startswith("past_key_values")}
+        feeds = onnx_feeds(self.session, batch, past)
+        return self.session.run(["logits"], feeds)[0].astype(np.float32)
+
+
+def _empty_past(inp, batch: int) -> np.ndarray:
+    """A zero-length KV cache, so a with-past export scores a window from scratch."""
+    dims = [batch if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(inp.shape)]
+    return np.zeros(dims, dtype=np.float32)
+
+
+def evaluate(path: str | Path, cfg: EvaluateConfig, *, reference: str | Path | None = None,
+             record: bool = True, runner: Runner | None = None) -> dict:
+    """Evaluate the model at `path` on `cfg.data`; store the result in its manifest when it is an artifact."""
+    runner = runner or Runner(path)
+    if runner.task == "text-classification":
+        result = _classification(runner, cfg, reference)
+    elif runner.task == "text-generation":
+        result = _perplexity(runner, cfg, reference)
+    else:
+        raise Unsupported(f"{path} is a {runner.task} model; evaluation needs a classifier or a causal LM",
+                          "fine-tune a classification head first (toolchain finetune)")
+    result |= {"data": cfg.data, "split": cfg.split, "batch_size": cfg.batch_size,
+               "format": runner.artifact.format if runner.artifact else "torch"}
+    if record and runner.artifact is not None:
+        runner.artifact.record_result(f"evaluate/{Path(cfg.data).name}/{cfg.split}", result)
+    return result
+
+
+def predict(runner: Runner, split: Split, cfg: EvaluateConfig, progress: bool = True) -> np.ndarray:
+    """Logits for every example of `split`, in order, batched with dynamic padding."""
+    from tqdm.auto import tqdm
+
+    out = []
+    total = math.ceil(len(split) / cfg.batch_size)
+    for batch, _ in tqdm(batches(runner.tokenizer, split, cfg.batch_size, cfg.max_length), total=total,
+                         desc="evaluate", disable=not progress, leave=False):
+        out.append(runner.logits(batch))
+    return np.concatenate(out)
+
+
+def _classification(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
+    data = load_classification(cfg.spec)
+    split = data.split(cfg.split).subset(cfg.max_samples)
+    labels = map_labels(data.label_names, runner.config)[split.labels]
+    pred = predict(runner, split, cfg).argmax(-1)
+    result = classification_metrics(labels, pred, runner.config.num_labels)
+    result["labels"] = [runner.config.id2label[i] for i in range(runner.config.num_labels)]
+    if reference is not None:
+        ref = predict(Runner(reference), split, cfg).argmax(-1)
+        result["agreement"] = float((ref == pred).mean())
+        result["reference"] = str(reference)
+    return result
+
+
+def map_labels(names: list[str], config) -> np.ndarray:
+    """data label id -> model label id, by name; generic LABEL_i names are taken in order."""
+    model_names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    if all(n == f"LABEL_{i}" for i, n in enumerate(model_names)) and len(names) == len(model_names):
+        return np.arange(len(names))
+    unseen = [n for n in names if n not in model_names]
+    if unseen:
+        raise DataError(f"label {unseen[0]!r} in the data is not one the model knows ({', '.join(model_names)})",
+                        "evaluate on data with the model's labels, or fine-tune on this data")
+    return np.array([model_names.index(n) for n in names])
+
+
+def classification_metrics(labels: np.ndarray, pred: np.ndarray, num_labels: int) -> dict:
+    """Accuracy, macro F1 and the confusion matrix (rows: true label, columns: prediction)."""
+    cm = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    f1 = []
+    for k in range(num_labels):
+        tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
+        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"accuracy": float((labels == pred).mean()), "macro_f1": float(np.mean(f1)),
+            "confusion_matrix": cm.tolist(), "n": int(len(labels))}
+
+
+def _perplexity(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
+    text = load_text(cfg.data)
+    ids = np.array(runner.tokenizer(text)["input_ids"], dtype=np.int64)[: cfg.max_tokens]
+    if len(ids) < 2:
+        raise DataError(f"{cfg.data} has fewer than 2 tokens", "pass a longer text")
+    window = min(cfg.window, getattr(runner.config, "max_position_embeddings", cfg.window) or cfg.window)
+    nll, count, top1 = strided_nll(runner.logits, ids, window, min(cfg.stride, window))
+    result = {"perplexity": float(math.exp(nll / count)), "tokens": int(count), "window": window,
+              "stride": min(cfg.stride, window)}
+    if reference is not None:
+        _, _, ref_top1 = strided_nll(Runner(reference).logits, ids, window, min(cfg.stride, window))
+        result["top1_agreement"] = float((ref_top1 == top1).mean())
+        result["reference"] = str(reference)
+    return result
+
+
+def strided_nll(logits_fn, ids: np.ndarray, window: int, stride: int) -> tuple[float, int, np.ndarray]:
+    """Summed negative log-likelihood of `ids`, each token scored once with up to `window` tokens of
+    context (the Hugging Face strided-perplexity scheme); also each scored position's top-1 token."""
+    from tqdm.auto import tqdm
+
+    total, count, top1 = 0.0, 0, []
+    prev_end = 0
+    starts = list(range(0, len(ids) - 1, stride))
+    for begin in tqdm(starts, desc="perplexity", leave=False):
+        end = min(begin + window, len(ids))
+        new = end - max(prev_end, begin + 1)  # tokens not yet scored in this window
+        chunk = ids[begin:end][None]
+        logits = logits_fn({"input_ids": chunk, "attention_mask": np.ones_like(chunk)})[0]
+        logp = logits[:-1] - _logsumexp(logits[:-1])
+        targets = chunk[0, 1:]
+        scored = slice(len(targets) - new, len(targets))
+        total -= float(logp[np.arange(len(targets)), targets][scored].sum())
+        top1.append(logits[:-1].argmax(-1)[scored])
+        count += new
+        prev_end = end
+        if end == len(ids):
+            break
+    return total, count, np.concatenate(top1)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = x.max(-1, keepdims=True)
+    return m + np.log(np.exp(x - m).sum(-1, keepdims=True))
