@@ -123,7 +123,7 @@ def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, 
     }[check_task(task)]
     kwargs = _weights_kwargs(src, allow_pickle)
     if src.local and _recorded_shapes(Path(src.location)):
-        return _load_reshaped(src, cls, task, kwargs["use_safetensors"]).eval()
+        return _load_reshaped(src, cls, task, kwargs["use_safetensors"], overrides).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -153,12 +153,15 @@ def _recorded_shapes(folder: Path) -> dict | None:
         return None  # from_pretrained reports an unreadable config with its own error
 
 
-def _load_reshaped(src: ModelSource, cls, task: str, safetensors: bool):
+def _load_reshaped(src: ModelSource, cls, task: str, safetensors: bool, overrides: dict):
     """Load a pruned folder: build the model from its config, shrink each layer to the recorded
     sizes, then load the weights; transformers alone would refuse shapes that differ per layer."""
+    from transformers import AutoConfig
+
     from .prune.families import SHAPES_FIELD, apply_shapes
 
-    config = src.config
+    src.config  # noqa: B018  raises the toolchain's error for an unreadable config
+    config = AutoConfig.from_pretrained(src.location, **overrides)
     state = _read_weights(Path(src.location), safetensors)
     model = cls.from_config(config)
     apply_shapes(model, getattr(config, SHAPES_FIELD))
