@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -12,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from . import parity
-from .artifact import TASKS, Artifact, hash_payload, write_artifact
+from .artifact import TASKS, Artifact, write_artifact
 from .config import config_to_dict
 from .errors import CheckFailed, Unsupported
-from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
+from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
 # Parity tolerances, as optimum's ATOL_FOR_VALIDATION: fp32 graph rewrites move logits by ~1e-6..1e-4;
 # deep decoders with 50k-wide logits accumulate more.
@@ -59,7 +57,7 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     atol = cfg.atol or DEFAULT_ATOL[task]
-    input_hash = source.artifact.content_hash if source.artifact else _folder_hash(source)
+    input_hash = source_hash(source)
     with write_artifact(
         out, stage="export", config=config_to_dict(cfg) | {"source": source.spec}, format="onnx", task=task,
         model_type=config.model_type, parent=source.artifact, force=force,
@@ -80,22 +78,6 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
                 "raise --atol only if this difference is acceptable, or try another --opset",
             )
     return Artifact.load(out)
-
-
-def _check_past_shapes(source: ModelSource, config) -> None:
-    from .prune.families import with_past_problem
-
-    problem = with_past_problem(config)
-    if problem:
-        raise Unsupported(f"{source.spec} cannot be exported with its KV cache: {problem}",
-                          "export without --with-past, or prune a Llama model with the same head count in every "
-                          "layer (toolchain prune --ranking layer)")
-
-
-def _folder_hash(source: ModelSource) -> str | None:
-    if not source.local:
-        return None
-    return hashlib.sha256(json.dumps(hash_payload(Path(source.location)), sort_keys=True).encode()).hexdigest()
 
 
 def _optimum_export(model, folder: Path, task: str, cfg: ExportConfig) -> None:
@@ -181,3 +163,13 @@ def _legacy(cache):
     if hasattr(cache, "to_legacy_cache"):
         return cache.to_legacy_cache()
     return cache
+
+
+def _check_past_shapes(source: ModelSource, config) -> None:
+    from .prune.families import with_past_problem
+
+    problem = with_past_problem(config)
+    if problem:
+        raise Unsupported(f"{source.spec} cannot be exported with its KV cache: {problem}",
+                          "export without --with-past, or prune a Llama model with the same head count in every "
+                          "layer (toolchain prune --ranking layer)")

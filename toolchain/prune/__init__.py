@@ -21,7 +21,7 @@ from typing import Literal
 from ..artifact import TASKS, Artifact, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, DataError, Unsupported
-from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
+from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 from .unstructured import NO_SPEEDUP, SCOPES
 
 SURGERY_ATOL = 1e-4  # shrunk vs masked model: the same sums in another order, fp32
@@ -102,8 +102,6 @@ def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, f
     With `cfg.recover`, the pruned model is kept at `<out>-pruned` and `out` holds it after a short
     distillation from the unpruned model.
     """
-    from ..export import _folder_hash
-
     source = src if isinstance(src, ModelSource) else resolve_model(src)
     config = source.config
     task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
@@ -118,8 +116,7 @@ def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, f
     target = out.with_name(f"{out.name}-pruned") if cfg.recover else out
     with write_artifact(target, stage="prune", config=config_to_dict(cfg) | {"source": source.spec}, format="torch",
                         task=task, model_type=config.model_type, parent=source.artifact, force=force) as o:
-        if source.artifact is None:
-            o.record.input_hash = _folder_hash(source)
+        o.record.input_hash = source_hash(source)
         run = _unstructured if cfg.kind == "unstructured" else _structured
         o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder))
     pruned = Artifact.load(target)
