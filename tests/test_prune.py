@@ -15,6 +15,7 @@ from toolchain.modeling import load_model, resolve_model
 from toolchain.prune import PruneConfig, prune
 from toolchain.prune.families import SHAPES_FIELD, Plan, apply_plan, family_of, mask_plan
 from toolchain.prune.importance import Targets, activation, choose, magnitude, taylor
+from toolchain.prune.unstructured import scoped_weights
 from toolchain.stages import STAGES
 
 TASK = {"bert": "text-classification", "gpt2": "text-generation", "llama": "text-generation"}
@@ -178,6 +179,16 @@ def test_unstructured_reaches_the_rate_and_compresses(tiny, tmp_path):
     assert "NO speedup" in m["note"]
     model = load_model(resolve_model(art.path), art.task)
     assert (model.bert.encoder.layer[0].intermediate.dense.weight == 0).float().mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_scopes_pick_the_right_matrices(tiny):
+    model = _load(tiny, "bert")
+    assert set(scoped_weights(model, ("classifier",), ())) == {"bert.pooler.dense", "classifier"}
+    assert len(scoped_weights(model, ("attention", "ffn"), ())) == 2 * 6  # q, k, v, o, in, out per layer
+    base = load_model(resolve_model(tiny("bert")), "feature-extraction")
+    assert set(scoped_weights(base, ("classifier",), ())) == {"pooler.dense"}
+    gpt2 = _load(tiny, "gpt2")  # lm_head is tied to wte: pruned once, counted once
+    assert set(scoped_weights(gpt2, ("embeddings", "classifier"), ())) == {"transformer.wte", "transformer.wpe"}
 
 
 def test_unstructured_threshold_and_opt_in_scope(tiny, tmp_path):

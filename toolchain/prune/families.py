@@ -86,7 +86,6 @@ class Family:
 
     def layers(self, model) -> nn.ModuleList: ...
     def set_layers(self, model, layers: nn.ModuleList) -> None: ...
-    def attn(self, layer) -> nn.Module: ...  # the module holding head-count attributes
     def head_dim(self, layer) -> int: ...
     def num_heads(self, layer) -> int: ...
     def kv_heads(self, layer) -> int: return self.num_heads(layer)  # noqa: E704
@@ -104,7 +103,7 @@ class Family:
         return self.num_heads(layer) // self.kv_heads(layer)
 
     def ffn_size(self, layer) -> int:
-        return self.ffn_writers(layer)[0].weight.shape[1 if _is_conv1d(self.ffn_writers(layer)[0]) else 0]
+        return weight_in_out(self.ffn_writers(layer)[0]).shape[1]
 
 
 class BertFamily(Family):
@@ -116,8 +115,6 @@ class BertFamily(Family):
     def set_layers(self, model, layers):
         model.base_model.encoder.layer = layers
 
-    def attn(self, layer):
-        return layer.attention.self
 
     def head_dim(self, layer):
         return layer.attention.self.attention_head_size
@@ -148,9 +145,8 @@ class BertFamily(Family):
         return [m for m in model.base_model.embeddings.modules() if isinstance(m, nn.Embedding)]
 
     def classifier(self, model):
-        heads = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(
-            f"{model.base_model_prefix}.encoder.")]
-        return heads
+        inside = {id(m) for m in self.layers(model).modules()}  # the pooler and the classification head
+        return [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside]
 
 
 class GPT2Family(Family):
@@ -162,8 +158,6 @@ class GPT2Family(Family):
     def set_layers(self, model, layers):
         (model.transformer if hasattr(model, "transformer") else model).h = layers
 
-    def attn(self, layer):
-        return layer.attn
 
     def head_dim(self, layer):
         return layer.attn.head_dim
@@ -208,8 +202,6 @@ class LlamaFamily(Family):
     def set_layers(self, model, layers):
         model.base_model.layers = layers
 
-    def attn(self, layer):
-        return layer.self_attn
 
     def head_dim(self, layer):
         return layer.self_attn.head_dim
