@@ -312,7 +312,9 @@ def bench(artifacts, providers, batch, seq, data, max_length, threads, runs, war
     emit(result, as_json, _bench_header(result) + "\n" + format_table(rows, headers) + _bench_footer(result))
 
 
-def _ints(text: str, option: str) -> tuple[int, ...]:
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -422,3 +424,99 @@ def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
 
 def _as_tuple(value):
     return (value,) if isinstance(value, int) else value
+
+
+@main.command()
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@click.option("--sparsity", type=float, help="Unstructured: fraction of in-scope weights to zero, smallest |w| first.")
+@click.option("--threshold", type=float, help="Unstructured: zero the in-scope weights with |w| below this.")
+@click.option("--granularity", type=click.Choice(["global", "layer"]),
+              help="Unstructured: rank |w| across all scoped matrices (global) or within each (layer).")
+@click.option("--scope", help="Unstructured: groups to prune: attention,ffn (default), embeddings, classifier.")
+@click.option("--modules", help="Unstructured: module names or patterns instead of --scope, comma-separated.")
+@click.option("--heads", type=float, help="Structured: fraction of attention heads to remove (GQA: whole groups).")
+@click.option("--ffn", type=float, help="Structured: fraction of FFN intermediate neurons to remove.")
+@click.option("--heads-per-layer", help="Structured: query heads to keep in each layer, e.g. 9,9,9,9,9,9.")
+@click.option("--ffn-per-layer", help="Structured: FFN neurons to keep in each layer, e.g. 768,768,...")
+@click.option("--layers", type=int, help="Structured: whole layers to remove, least important first.")
+@click.option("--drop-layers", help="Structured: layer indices to remove, e.g. 1,3.")
+@click.option("--ranking", type=click.Choice(["layer", "global"]),
+              help="Apply ratios within each layer (default, uniform shapes) or rank units across layers.")
+@click.option("--importance", type=click.Choice(["magnitude", "taylor", "activation"]),
+              help="How units are ranked: weight norms (default) or calibration data (taylor, activation).")
+@click.option("--empty-layer", type=click.Choice(["refuse", "drop"]),
+              help="A layer left with no heads or no FFN neurons: error (default) or remove the layer.")
+@click.option("--data", help="Calibration and recovery data (default rotten-tomatoes, hamlet for LMs).")
+@click.option("--samples", type=int, help="Calibration examples for taylor / activation importance (default 32).")
+@click.option("--max-length", type=int, help="Tokens per calibration example (default 128).")
+@click.option("--recover", is_flag=True, help="Then distil from the unpruned model; the pruned model stays at OUT-pruned.")
+@click.option("--recover-epochs", type=int, help="Epochs of recovery distillation (default 1).")
+@click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
+              help="Task head to load; inferred from the model's architecture when omitted.")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def prune(model, out, sparsity, threshold, granularity, scope, modules, heads, ffn, heads_per_layer, ffn_per_layer,
+          layers, drop_layers, ranking, importance, empty_layer, data, samples, max_length, recover, recover_epochs,
+          task, trust_remote_code, allow_pickle, force, as_json):
+    """Prune MODEL into a PyTorch artifact at OUT: zero small weights (--sparsity / --threshold), or remove
+    attention heads, FFN neurons and layers (--heads / --ffn / --layers), which really shrinks the model."""
+    from .prune import PruneConfig, prune as run_prune
+
+    cfg = _config(PruneConfig, sparsity=sparsity, threshold=threshold, granularity=granularity,
+                  scope=_items(scope), modules=_items(modules), heads=heads, ffn=ffn,
+                  heads_per_layer=_ints(heads_per_layer, "--heads-per-layer"),
+                  ffn_per_layer=_ints(ffn_per_layer, "--ffn-per-layer"), layers=layers,
+                  drop_layers=_ints(drop_layers, "--drop-layers"), ranking=ranking, importance=importance,
+                  empty_layer=empty_layer, data=data, samples=samples, max_length=max_length, recover=recover or None,
+                  recover_epochs=recover_epochs, task=task, trust_remote_code=trust_remote_code,
+                  allow_pickle=allow_pickle)
+    art = run_prune(model, cfg, out, force=force)
+    record = art.manifest.lineage[-1]
+    m = art.manifest.results.get("prune") or record.metrics
+    text = _unstructured_text(m) if m["kind"] == "unstructured" else _structured_text(m)
+    if record.stage != "prune":
+        text += f"\nrecovered by {record.stage} -> {art.path}: " + ", ".join(
+            f"{k}={_fmt(v)}" for k, v in _flat(record.metrics).items())[:300]
+    data = {"artifact": str(art.path), **m}
+    if record.stage != "prune":
+        data["recovery"] = {"stage": record.stage, "metrics": record.metrics}
+    emit(data, as_json, f"pruned {model} -> {art.path}\n{text}")
+
+
+def _items(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _structured_text(m: dict) -> str:
+    kept = [i for i in range(m["layers_before"]) if i not in m["dropped_layers"]]
+    rows = []
+    for i in range(m["layers_before"]):
+        if i in kept:
+            j = kept.index(i)
+            rows.append([i, f"{m['heads_before'][i]} -> {m['heads_after'][j]}",
+                         f"{m['ffn_before'][i]} -> {m['ffn_after'][j]}", "kept"])
+        else:
+            rows.append([i, "", "", "removed" + (" (no heads or FFN left)" if i in m["dropped_because_empty"] else "")])
+    s, r = m["surgery_check"], m["reload_check"]
+    return (f"structured ({m['importance']} importance): {m['params_before'] / 1e6:.2f}M -> "
+            f"{m['params_after'] / 1e6:.2f}M params ({1 - m['params_after'] / m['params_before']:.1%} fewer), "
+            f"{m['layers_before']} -> {m['layers_after']} layers\n"
+            + format_table(rows, ["layer", "heads", "ffn", "layer kept?"])
+            + f"\nchecks: shrunk vs masked original max abs diff {s['max_abs_diff']:.2e} (tol {s['atol']:g}); "
+              f"reloaded {r['max_abs_diff']:.2e} (tol {r['atol']:g}): ok")
+
+
+def _unstructured_text(m: dict) -> str:
+    sp = m["sparsity"]
+    rows = [[i, f"{v['attention']:.1%}", f"{v['ffn']:.1%}"] for i, v in sp["per_layer"].items()]
+    f, src = m["file"], m.get("source_file")
+    size = lambda d: (f"{d['bytes'] / 1e6:.1f} MB, gzip {d['gzip_bytes'] / 1e6:.1f} MB, "  # noqa: E731
+                      f"zstd {d['zstd_bytes'] / 1e6:.1f} MB")
+    return (f"unstructured ({m['granularity']}): {sp['in_scope']:.1%} of the pruned weights are zero "
+            f"({sp['whole_model']:.1%} of all parameters)\n" + format_table(rows, ["layer", "attention", "ffn"])
+            + f"\nweights: {size(f)}" + (f"\nsource:  {size(src)}" if src else "")
+            + f"\nNOTE: {m['note']}")

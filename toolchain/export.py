@@ -53,6 +53,8 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
     task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
     if cfg.with_past and task != "text-generation":
         raise Unsupported(f"--with-past needs a text-generation model; {source.spec} is {task}", "drop --with-past")
+    if cfg.with_past:
+        _check_past_shapes(source, config)
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     atol = cfg.atol or DEFAULT_ATOL[task]
@@ -162,3 +164,13 @@ def _legacy(cache):
     if hasattr(cache, "to_legacy_cache"):
         return cache.to_legacy_cache()
     return cache
+
+
+def _check_past_shapes(source: ModelSource, config) -> None:
+    from .prune.families import with_past_problem
+
+    problem = with_past_problem(config)
+    if problem:
+        raise Unsupported(f"{source.spec} cannot be exported with its KV cache: {problem}",
+                          "export without --with-past, or prune a Llama model with the same head count in every "
+                          "layer (toolchain prune --ranking layer)")

@@ -8,9 +8,11 @@ from __future__ import annotations
 from .distill import DistillConfig, distill
 from .export import ExportConfig, export
 from .finetune import FinetuneConfig, finetune
+from .prune import PruneConfig, prune
 
 STAGES = {
     "finetune": (FinetuneConfig, finetune),
     "distill": (DistillConfig, distill),
     "export": (ExportConfig, export),
+    "prune": (PruneConfig, prune),
 }
