@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from .export import ExportConfig, export
 from .finetune import FinetuneConfig, finetune
+from .optimize import OptimizeConfig, optimize
+from .quantize import QuantizeConfig, quantize
 
 STAGES = {
     "finetune": (FinetuneConfig, finetune),
     "export": (ExportConfig, export),
+    "optimize": (OptimizeConfig, optimize),
+    "quantize": (QuantizeConfig, quantize),
 }

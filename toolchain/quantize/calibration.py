@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadModel, DataError
+from ..errors import BadModel, CheckFailed, DataError
 from .graph import HUGE
 
 MIN_SAMPLES = 8  # fewer and one unusual sentence sets a whole layer's range
@@ -99,9 +99,16 @@ def calibrate(model_path: Path, feeds: list[dict], method: str, op_types: list[s
     # The histogram calibrators print progress to stdout on every call, which would corrupt --json output.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        for sample in tqdm(feeds, desc=f"calibrate ({method})", leave=False):
-            calibrator.collect_data(_OneAtATime(sample))
-        return calibrator.compute_data()
+        try:
+            for sample in tqdm(feeds, desc=f"calibrate ({method})", leave=False):
+                calibrator.collect_data(_OneAtATime(sample))
+            return calibrator.compute_data()
+        except (ValueError, FloatingPointError, OverflowError, MemoryError) as exc:
+            raise CheckFailed(
+                f"{method} calibration failed ({str(exc)[:120]}): a calibrated tensor holds non-finite or huge "
+                "values, as attention-mask fill values (float-min) do",
+                "keep the mask guard on, exclude the nodes that read the mask (--exclude-node), "
+                "or use --calibration-method minmax") from None
 
 
 def drop_huge_ranges(ranges) -> list[str]:

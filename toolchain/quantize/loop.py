@@ -65,11 +65,15 @@ def accuracy_loop(build: Callable[[list[str]], Path], score: Callable[[Path], fl
                   rank: Callable[[Path], list[dict]], max_iterations: int) -> tuple[LoopResult, Path]:
     """Quantize with no fallback; while over budget, fall back the 1, 2, 4, ... next most sensitive
     activations' nodes. Returns the first model within budget, else the best one tried."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_iterations + 1, desc="accuracy loop", leave=False)
     fallback: list[str] = []
     path = build(fallback)
     value = score(path)
     result = LoopResult(0, [Iteration([], value, budget.cost(value), budget.within(value))])
     paths = [path]
+    bar.update()
     if not budget.within(value):
         result.ranking = rank(path)
     queue = [r for r in result.ranking if r["nodes"]]
@@ -81,7 +85,9 @@ def accuracy_loop(build: Callable[[list[str]], Path], score: Callable[[Path], fl
         value = score(path)
         result.iterations.append(Iteration(list(fallback), value, budget.cost(value), budget.within(value)))
         paths.append(path)
+        bar.update()
         step *= 2
+    bar.close()
     within = [i for i, it in enumerate(result.iterations) if it.within_budget]
     result.best = within[0] if within else min(range(len(result.iterations)),
                                                key=lambda i: result.iterations[i].cost)

@@ -233,9 +233,12 @@ def _calibrate(job: _Job, model) -> Path:
     cfg = job.cfg
     ranges = calibration.calibrate(job.model, job.feeds, cfg.calibration_method, job.op_types,
                                    cfg.symmetric_activations, cfg.percentile, job.mask_tensors, job.work)
+    for name in job.mask_tensors & set(ranges.data):  # MinMax calibrates every tensor it was given
+        del ranges.data[name]
     huge = calibration.drop_huge_ranges(ranges)
     if huge:
-        readers = {n.name for n in model.graph.node if set(n.input) & set(huge) or set(n.output) & set(huge)}
+        readers = {n.name for n in model.graph.node if n.op_type in job.op_types
+                   and (set(n.input) & set(huge) or set(n.output) & set(huge))}
         job.excluded |= {n: "unbounded range" for n in readers if n not in job.excluded}
         _warn(job.warnings, f"{len(huge)} tensor(s) had unbounded calibrated ranges (mask fill values?): "
                             f"{len(readers)} node(s) reading them stay float32")
