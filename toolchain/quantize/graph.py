@@ -136,40 +136,41 @@ def untyped_inputs(model, op_types: set[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in op_types and n.input and n.input[0] not in known]
 
 
-def gemm_to_matmul(model) -> int:
-    """Rewrite Gemm nodes with a constant weight into MatMul + Add, in place; returns how many.
+def keep_float_consumers(model, quantized: set[str]) -> int:
+    """Give float ops back the float tensor that ONNX Runtime's QDQ quantizer replaced; returns how many inputs.
 
-    ONNX Runtime's dynamic quantizer has no Gemm kernel, and GPT-2 exports hold their projections
-    as Gemm: without this they would stay float32.
+    The quantizer feeds a quantized activation's DequantizeLinear output to *every* consumer, so a
+    residual Add or SkipLayerNormalization that merely shares the tensor with a MatMul reads uint8
+    rounding, and the runtime has to run the DequantizeLinear for it. Only the `quantized` nodes keep
+    reading the round trip; activations that int8 ops produce (Gather outputs) are left alone.
     """
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in model.graph.initializer}
-    rewritten, nodes = 0, []
-    for n in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        simple = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
-        if n.op_type != "Gemm" or not simple or n.input[1] not in inits:
-            nodes.append(n)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    rewired = 0
+    for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear"]:
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
             continue
-        weight = numpy_helper.to_array(inits[n.input[1]])
-        name = f"{n.input[1]}_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(weight.T.copy() if attrs.get("transB", 0) else weight, name))
-        has_bias = len(n.input) > 2 and n.input[2]
-        mm_out = f"{n.output[0]}_matmul" if has_bias else n.output[0]
-        nodes.append(helper.make_node("MatMul", [n.input[0], name], [mm_out], name=f"{n.name}_MatMul"))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=f"{n.name}_Add"))
-        rewritten += 1
-    if rewritten:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        _drop_unused_initializers(model)
-    return rewritten
+        source = q.input[0]
+        if source in producers and producers[source].name in quantized:
+            continue  # an int8 op's own output: its consumers need the dequantized value
+        for node in model.graph.node:
+            if node.name in quantized:
+                continue
+            for i, t in enumerate(node.input):
+                if t == dq.output[0]:
+                    node.input[i] = source
+                    rewired += 1
+    _drop_dead_qdq(model)
+    return rewired
 
 
-def _drop_unused_initializers(model) -> None:
-    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+def _drop_dead_qdq(model) -> None:
+    """Remove QuantizeLinear/DequantizeLinear nodes whose outputs nothing reads any more."""
+    while True:
+        used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)

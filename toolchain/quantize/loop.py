@@ -94,34 +94,34 @@ def accuracy_loop(build: Callable[[list[str]], Path], score: Callable[[Path], fl
     return result, paths[result.best]
 
 
-def rank_activations(float_model: Path, quant_model: Path, feeds: list[dict], candidates: dict[str, list[str]],
-                     mode: str) -> list[dict]:
+def rank_activations(float_model: Path, quant_model: Path, feeds: list[dict],
+                     candidates: dict[str, list[str]]) -> list[dict]:
     """Quantized activations, noisiest first: {tensor, sqnr_db, nodes} where `nodes` are the float
     graph's nodes that read (or, for an output, write) the tensor and would go back to float32."""
     import onnx
 
     quant = onnx.load(str(quant_model), load_external_data=False)
-    params = _quant_params(quant, mode)
+    params = _quant_params(quant)
     tensors = [t for t in params if candidates.get(t)]
     values = _float_activations(float_model, tensors, feeds[:RANKING_SAMPLES])
     ranking = []
     for t in tensors:
-        sqnr = _sqnr(values[t], params[t], mode)
+        sqnr = _sqnr(values[t], params[t])
         ranking.append({"tensor": t, "sqnr_db": round(sqnr, 2), "nodes": candidates[t]})
     return sorted(ranking, key=lambda r: r["sqnr_db"])
 
 
-def _quant_params(model, mode: str) -> dict:
-    """Tensor -> (scale, zero point, qmin, qmax) of each quantized activation (static), or
-    tensor -> None for each dynamically quantized one."""
+def _quant_params(model) -> dict:
+    """Tensor -> (scale, zero point, qmin, qmax) of each statically quantized activation, or
+    tensor -> None for each one quantized at run time (DynamicQuantizeLinear)."""
     from onnx import TensorProto, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     out = {}
     for n in model.graph.node:
-        if mode == "dynamic" and n.op_type == "DynamicQuantizeLinear":
+        if n.op_type == "DynamicQuantizeLinear":
             out[n.input[0]] = None
-        elif mode == "static" and n.op_type == "QuantizeLinear" and n.input[0] not in inits:
+        elif n.op_type == "QuantizeLinear" and n.input[0] not in inits:
             scale = numpy_helper.to_array(inits[n.input[1]]) if n.input[1] in inits else None
             zp = inits.get(n.input[2]) if len(n.input) > 2 else None
             if scale is None or scale.size != 1:
@@ -157,7 +157,7 @@ def _float_activations(model_path: Path, tensors: list[str], feeds: list[dict]) 
     return out
 
 
-def _sqnr(values: list[np.ndarray], params, mode: str) -> float:
+def _sqnr(values: list[np.ndarray], params) -> float:
     """SQNR in dB of values against their int8 round trip (higher is better)."""
     from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
 

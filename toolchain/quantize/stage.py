@@ -19,11 +19,13 @@ from . import calibration, graph, loop
 from .presets import PRESETS, detect_preset
 
 QType = Literal["quint8", "qint8"]
-# Defaults per mode. Dynamic: ORT's integer kernels (Attention -> QAttention, EmbedLayerNormalization
-# -> QEmbedLayerNormalization on fused graphs; Gather holds the embedding table, half of a small BERT).
-# Static QDQ has no fused-attention kernel: MatMul, Gemm and Gather carry almost all weights.
-DEFAULT_OPS = {"dynamic": ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization"),
-               "static": ("MatMul", "Gemm", "Gather")}
+# Op types quantized by default: the ones that hold the weights. Gather and EmbedLayerNormalization
+# hold the embedding table (half of a small BERT); Attention holds the fused graph's Q/K/V projections.
+DEFAULT_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+# Fused ops that ONNX Runtime's QDQ format has no kernel for. In static mode they get its integer-op
+# kernels (QAttention, QEmbedLayerNormalization: int8 weights, activation scales per run) rather than
+# staying float32: keeping a fused graph's attention is what makes int8 fast at batch 1.
+INTEGER_ONLY_OPS = ("Attention", "EmbedLayerNormalization")
 # A relative output difference beyond this means the int8 model computes something else, whatever
 # the accuracy says (measured: ~0.02-0.1 on MiniLM and the tiny test models).
 DEFAULT_RTOL = 0.5
@@ -39,7 +41,7 @@ class QuantizeConfig:
     # Per-channel weight scales: measured MiniLM embedding cosine vs fp32 0.9925, per-tensor 0.966.
     per_channel: bool = True
     symmetric_activations: bool = False  # static: zero point 0; asymmetric fits GELU/softmax outputs better
-    op_types: tuple[str, ...] | None = None  # op types to quantize; DEFAULT_OPS[mode] when None
+    op_types: tuple[str, ...] | None = None  # op types to quantize; DEFAULT_OPS (those the model has) when None
     exclude_nodes: tuple[str, ...] = ()  # node names kept in float32
     # Q.K^T and probs x V stay float32: quantizing softmax outputs per tensor costs accuracy, saves little.
     quantize_activation_matmuls: bool = False
@@ -101,6 +103,7 @@ class _Job:
     feeds: list[dict] = field(default_factory=list)
     cache: Path | None = None  # static: calibrated ranges
     mask_tensors: set[str] = field(default_factory=set)  # never calibrated: they hold float-min
+    ranged: set[str] = field(default_factory=set)  # tensors with a calibrated range
     notes: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -123,7 +126,8 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
         m = o.record.metrics
         m.update(job.notes, settings=job.settings, quantize_seconds=round(time.perf_counter() - started, 1),
                  **loop_metrics, **_model_metrics(parent.onnx_path, o.folder / "model.onnx"))
-        m["fp32_nodes"] = sorted(set(job.excluded) | set(loop_metrics.get("fallback_nodes", [])))
+        m["fp32_nodes"] = sorted(set(job.excluded) | set(loop_metrics.get("fallback_nodes", []))
+                                 | set(job.notes.get("no_calibrated_range", [])))
         m["fp32_reasons"] = _count_reasons(job.excluded)
         m["parity"] = _check(parent, o.folder / "model.onnx", cfg.rtol)
         m["warnings"] = job.warnings
@@ -154,10 +158,6 @@ def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
     job = _Job(parent, cfg, work / "float.onnx", work, resolve_settings(cfg), [], {})
     job.notes["shape_inference"] = calibration.preprocess(parent.onnx_path, job.model)
     model = onnx.load(str(job.model))
-    if cfg.mode == "dynamic" and "Gemm" in (cfg.op_types or DEFAULT_OPS["dynamic"]):
-        job.notes["gemm_rewritten"] = graph.gemm_to_matmul(model)
-        if job.notes["gemm_rewritten"]:
-            onnx.save(model, str(job.model))
     job.op_types = _op_types(model, cfg, job.warnings)
     job.excluded = _excluded(model, cfg, job)
     if cfg.mode == "static" or cfg.budget_limit is not None:
@@ -171,8 +171,9 @@ def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
     """The op types to quantize that the model has; asking for absent or unsupported ones is reported."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
-    supported = set(QDQRegistry if cfg.mode == "static" else IntegerOpsRegistry) | {"Gemm"}
-    requested = list(cfg.op_types or DEFAULT_OPS[cfg.mode])
+    supported = set(QDQRegistry) | set(INTEGER_ONLY_OPS) if cfg.mode == "static" else set(IntegerOpsRegistry)
+    supported |= {"Gemm"}
+    requested = list(cfg.op_types or DEFAULT_OPS)
     unsupported = [op for op in requested if op not in supported]
     if unsupported:
         raise Unsupported(f"{cfg.mode} quantization has no int8 kernel for {', '.join(unsupported)}",
@@ -185,10 +186,9 @@ def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
     if not chosen:
         raise Unsupported(f"the model has none of the op types {', '.join(requested)}",
                           f"its op types are: {', '.join(sorted(present))}")
-    stranded = [op for op in ("Attention", "EmbedLayerNormalization") if present[op] and op not in supported]
+    stranded = [op for op in INTEGER_ONLY_OPS if present[op] and op not in chosen]
     if stranded:
-        _warn(notes, f"{', '.join(stranded)} cannot be quantized in {cfg.mode} mode and keep float32 weights: "
-                     "quantize the unfused export, or optimize with --disable-attention")
+        _warn(notes, f"{', '.join(stranded)} will keep float32 weights: add them to the op types")
     return chosen
 
 
@@ -231,7 +231,7 @@ def _calibrate(job: _Job, model) -> Path:
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     cfg = job.cfg
-    ranges = calibration.calibrate(job.model, job.feeds, cfg.calibration_method, job.op_types,
+    ranges = calibration.calibrate(job.model, job.feeds, cfg.calibration_method, _qdq_ops(job),
                                    cfg.symmetric_activations, cfg.percentile, job.mask_tensors, job.work)
     for name in job.mask_tensors & set(ranges.data):  # MinMax calibrates every tensor it was given
         del ranges.data[name]
@@ -242,6 +242,7 @@ def _calibrate(job: _Job, model) -> Path:
         job.excluded |= {n: "unbounded range" for n in readers if n not in job.excluded}
         _warn(job.warnings, f"{len(huge)} tensor(s) had unbounded calibrated ranges (mask fill values?): "
                             f"{len(readers)} node(s) reading them stay float32")
+    job.ranged = set(ranges.data)
     cache = job.work / "calibration.json"
     save_tensors_data(ranges, cache)
     job.notes["calibration"] = {"method": cfg.calibration_method, "samples": len(job.feeds),
@@ -271,12 +272,52 @@ def _build(job: _Job, fallback: list[str], dst: Path) -> Path:
             # vs 0.98 on MiniLM, and ONNX Runtime then runs MatMulIntegerToFloat, as fast as QLinearMatMul.
             options |= {"ActivationSymmetric": s["symmetric_activations"],
                         "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
-            quantize_static(str(job.model), str(dst), None, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=job.op_types, per_channel=s["per_channel"],
+            # Integer-only ops first: ORT's dynamic quantizer renames tensors of a QDQ graph into cycles.
+            # The static pass then reads the calibrated ranges by tensor name, which the first pass keeps.
+            integer_only = [op for op in job.op_types if op in INTEGER_ONLY_OPS]
+            source = dst.with_suffix(".integer.onnx") if integer_only else job.model
+            if integer_only:
+                quantize_dynamic(str(job.model), str(source), op_types_to_quantize=integer_only,
+                                 per_channel=s["per_channel"], reduce_range=s["reduce_range"],
+                                 weight_type=qtype[s["weight_type"]], nodes_to_exclude=exclude, extra_options=options)
+            exclude += _unranged(job, source, exclude)
+            quantize_static(str(source), str(dst), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=_qdq_ops(job), per_channel=s["per_channel"],
                             reduce_range=s["reduce_range"], activation_type=qtype[s["activation_type"]],
                             weight_type=qtype[s["weight_type"]], nodes_to_exclude=exclude, calibrate_method=method,
                             calibration_cache_path=str(job.cache), extra_options=options)
+            _keep_float_consumers(job, dst, set(exclude))
     return dst
+
+
+def _unranged(job: _Job, path: Path, exclude: list[str]) -> list[str]:
+    """MatMul/Gemm nodes whose input got no calibrated range (no type information reached it during
+    calibration, or the integer pass split a Gemm): the static quantizer would fail on them."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    consts = graph.constant_tensors(model)
+    found = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.op_type in job.op_types
+             and n.name not in exclude and n.input[0] not in consts and n.input[0] not in job.ranged]
+    if found and "no_calibrated_range" not in job.notes:
+        job.notes["no_calibrated_range"] = found
+        _warn(job.warnings, f"{len(found)} node(s) got no calibrated input range and stay float32: "
+                            f"{', '.join(found[:3])}{'...' if len(found) > 3 else ''}")
+    return found
+
+
+def _keep_float_consumers(job: _Job, path: Path, exclude: set[str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    qdq_ops = set(_qdq_ops(job))
+    quantized = {n.name for n in model.graph.node if n.op_type in qdq_ops and n.name not in exclude}
+    job.notes["float_inputs_restored"] = graph.keep_float_consumers(model, quantized)
+    onnx.save(model, str(path))
+
+
+def _qdq_ops(job: _Job) -> list[str]:
+    return [op for op in job.op_types if op not in INTEGER_ONLY_OPS]
 
 
 def _run(job: _Job) -> tuple[Path, dict]:
@@ -291,7 +332,7 @@ def _run(job: _Job) -> tuple[Path, dict]:
 
     def rank(path):
         owners = _owners(job)
-        return loop.rank_activations(job.model, path, job.feeds, owners, job.cfg.mode)
+        return loop.rank_activations(job.model, path, job.feeds, owners)
 
     result, chosen = loop.accuracy_loop(build, score, budget, rank, job.cfg.max_iterations)
     it = result.chosen
