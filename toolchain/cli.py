@@ -298,6 +298,12 @@ def quantize(artifact, out, op_types, no_mask_guard, force, as_json, **options):
         sys.exit(7)
 
 
+def _reasons(m: dict) -> str:
+    why = dict(m["fp32_reasons"]) | ({"accuracy loop": len(m["fallback_nodes"])} if "fallback_nodes" in m else {})
+    why = {k: v for k, v in why.items() if v}
+    return f" ({', '.join(f'{k}: {v}' for k, v in why.items())})" if why else ""
+
+
 def _quantize_report(artifact, art, m: dict) -> str:
     s = m["settings"]
     ops = ", ".join(f"{k} {v}" for k, v in m["quantized_ops"].items())
@@ -307,8 +313,7 @@ def _quantize_report(artifact, art, m: dict) -> str:
              f"({m['size_ratio']:.2f}x smaller); ops: {ops}",
              f"parity vs float32: relative max diff {m['parity']['max_rel_diff']:.3g} on {m['parity']['worst_output']} "
              f"(tolerance {m['parity']['rtol']:g}): ok",
-             f"float32 nodes: {len(m['fp32_nodes'])} ({', '.join(f'{k}: {v}' for k, v in m['fp32_reasons'].items())}"
-             f"{', accuracy loop: ' + str(len(m['fallback_nodes'])) if 'fallback_nodes' in m else ''})"]
+             f"float32 nodes: {len(m['fp32_nodes'])}" + _reasons(m)]
     if "iterations" in m:
         b = m["budget"]
         rows = [[i, it["fp32_nodes"], it[b["metric"]], it["cost"], "yes" if it["within_budget"] else "no"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -27,8 +28,11 @@ def preprocess(src: Path, dst: Path) -> str:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     try:
-        with warnings.catch_warnings():
+        # Incomplete symbolic inference saves a model-sized sym_shape_infer_temp.onnx (+ .data) into
+        # the current directory: run it in the work folder, not the user's.
+        with warnings.catch_warnings(), _working_directory(dst.parent):
             warnings.simplefilter("ignore")
             quant_pre_process(str(src), str(dst), auto_merge=True, guess_output_rank=True)
         return "symbolic"
@@ -40,6 +44,16 @@ def preprocess(src: Path, dst: Path) -> str:
     except Exception as exc:  # noqa: BLE001
         raise BadModel(f"quantization pre-processing failed on {src}: {str(exc).splitlines()[0][:200]}",
                        "re-export the model, or quantize the unoptimized export") from None
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def sample_feeds(session, tokenizer, data, n: int, max_length: int) -> list[dict[str, np.ndarray]]:
