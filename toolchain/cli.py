@@ -179,10 +179,15 @@ def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pi
          f"(tolerance {p['atol']:g}, shapes {p['shapes']}): ok")
 
 
-def data_options(fn):
-    """--data and the column options shared by every command that reads labelled text."""
+def data_options(fn=None, *, default: str | None = "rotten-tomatoes"):
+    """--data and the column options shared by every command that reads labelled text.
+
+    `@data_options(default=None)` leaves --data unset, for commands that pick data by the model's task.
+    """
+    if fn is None:
+        return functools.partial(data_options, default=default)
     for opt in reversed([
-        click.option("--data", default="rotten-tomatoes", show_default=True,
+        click.option("--data", default=default, show_default=default is not None,
                      help="Built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id (glue/sst2)."),
         click.option("--text-column", default="text", show_default=True),
         click.option("--label-column", default="label", show_default=True),
@@ -259,6 +264,118 @@ def _evaluation_table(artifact, r: dict) -> str:
     cm = format_table([[labels[i]] + row for i, row in enumerate(r["confusion_matrix"])],
                       ["true \\ predicted"] + labels)
     return table + "\n\n" + cm
+
+
+@main.command()
+@click.argument("artifact")
+@click.argument("out", type=click.Path())
+@click.option("--model-type", help="Optimizer model type (bert, gpt2, ...); from the manifest when omitted.")
+@click.option("--num-heads", type=int, help="Attention heads (default: config.json; 0 = detect from the graph).")
+@click.option("--hidden-size", type=int, help="Hidden size (default: config.json; 0 = detect from the graph).")
+@click.option("--opt-level", type=click.Choice(["0", "1", "2", "99"]), help="ONNX Runtime graph optimizations first.")
+@click.option("--disable-attention", is_flag=True, help="Keep attention unfused (for static int8 QDQ afterwards).")
+@click.option("--fp16", is_flag=True, help="Convert to float16 for GPU targets (inputs/outputs stay float32).")
+@click.option("--fp16-io", "fp16_io", is_flag=True, help="With --fp16: float16 inputs and outputs too.")
+@click.option("--use-gpu", is_flag=True, help="Allow GPU-only fusions (implied by --fp16).")
+@click.option("--atol", type=float, help="Parity tolerance vs the parent (relative with --fp16).")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
+    """Fuse ARTIFACT (ONNX) with ONNX Runtime's transformer optimizer into OUT, checked against ARTIFACT."""
+    from .optimize import OptimizeConfig, optimize as run_optimize
+
+    cfg = _config(OptimizeConfig, opt_level=int(opt_level) if opt_level else None,
+                  keep_io_types=False if fp16_io else None, **options)
+    art = run_optimize(artifact, cfg, out, force=force)
+    m = art.manifest.lineage[-1].metrics
+    p = m["parity"]
+    diff = p.get("max_abs_diff", p.get("max_rel_diff"))
+    fusions = ", ".join(f"{k} {v}" for k, v in m["fusions"].items()) or "none"
+    emit({"artifact": str(art.path), **m}, as_json,
+         f"optimized {artifact} -> {art.onnx_path} ({m['size_bytes_after'] / 1e6:.1f} MB, "
+         f"{m['nodes_before']} -> {m['nodes_after']} nodes) in {m['optimize_seconds']:.1f}s\n"
+         f"fusions ({m['optimizer_model_type']}): {fusions}\n"
+         f"parity vs parent: {'relative ' if 'rtol' in p else ''}max diff {diff:.2e} on {p['worst_output']} "
+         f"(tolerance {p.get('atol', p.get('rtol')):g}): ok")
+
+
+@main.command()
+@click.argument("artifact")
+@click.argument("out", type=click.Path())
+@click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
+@click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64"]),
+              help="Hardware preset (default: detected from this CPU); the options below override it.")
+@click.option("--activation-type", type=click.Choice(["quint8", "qint8"]), help="Static: activation type.")
+@click.option("--weight-type", type=click.Choice(["quint8", "qint8"]), help="Weight type.")
+@click.option("--reduce-range/--full-range", default=None, help="7-bit weights (CPUs without VNNI).")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default).")
+@click.option("--symmetric-activations", is_flag=True, default=None, help="Static: zero point 0 for activations.")
+@click.option("--op-types", help="Comma-separated op types to quantize (default depends on --mode).")
+@click.option("--exclude-node", "exclude_nodes", multiple=True, help="Keep this node in float32 (repeatable).")
+@click.option("--quantize-activation-matmuls", is_flag=True, default=None,
+              help="Also quantize activation x activation MatMuls (attention scores).")
+@click.option("--no-mask-guard", is_flag=True, help="Do not keep attention-mask paths out of quantization.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="Static: how activation ranges are set (default minmax).")
+@click.option("--calibration-samples", type=int, help="Static: task examples to calibrate on (default 128).")
+@click.option("--percentile", type=float, help="Percentile calibration: share of values covered (default 99.999).")
+@data_options(default=None)
+@click.option("--max-length", type=int, help="Tokens per calibration / evaluation example (default 128).")
+@click.option("--max-accuracy-drop", type=float, help="Classifiers: accuracy budget vs float32 (0.01 = 1 point).")
+@click.option("--max-perplexity-increase", type=float, help="Causal LMs: relative perplexity budget (0.05 = 5%).")
+@click.option("--eval-batch-size", type=int, help="Loop: evaluation batch size (default 1, as served).")
+@click.option("--eval-max-samples", type=int, help="Loop: score the first N validation examples only.")
+@click.option("--eval-max-tokens", type=int, help="Loop, causal LMs: perplexity over the first N tokens.")
+@click.option("--max-iterations", type=int, help="Loop: fallback rounds (default 6).")
+@click.option("--rtol", type=float, help="Parity: max |int8 - fp32| / max |fp32| per output (default 0.5).")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def quantize(artifact, out, op_types, no_mask_guard, force, as_json, **options):
+    """Quantize ARTIFACT (ONNX) to int8 at OUT: dynamic, or static QDQ calibrated on task data.
+
+    With --max-accuracy-drop (or --max-perplexity-increase) the most sensitive nodes go back to float32
+    until the int8 model is within budget on the validation split; exit code 7 if it never is.
+    """
+    from .quantize import QuantizeConfig, quantize as run_quantize
+
+    ops = tuple(o.strip() for o in op_types.split(",") if o.strip()) if op_types else None
+    cfg = _config(QuantizeConfig, op_types=ops, mask_guard=False if no_mask_guard else None,
+                  **{k: (v or None) if k == "exclude_nodes" else v for k, v in options.items()})
+    art = run_quantize(artifact, cfg, out, force=force)
+    m = art.manifest.lineage[-1].metrics
+    emit({"artifact": str(art.path), **m}, as_json, _quantize_report(artifact, art, m))
+    if m.get("within_budget") is False:
+        click.secho(f"error: accuracy budget not met; the best model found is at {art.path}", fg="red", err=True)
+        click.echo("  fix: raise the budget, use --mode dynamic, or calibrate on more samples", err=True)
+        sys.exit(7)
+
+
+def _reasons(m: dict) -> str:
+    why = dict(m["fp32_reasons"]) | ({"accuracy loop": len(m["fallback_nodes"])} if "fallback_nodes" in m else {})
+    why = {k: v for k, v in why.items() if v}
+    return f" ({', '.join(f'{k}: {v}' for k, v in why.items())})" if why else ""
+
+
+def _quantize_report(artifact, art, m: dict) -> str:
+    s = m["settings"]
+    ops = ", ".join(f"{k} {v}" for k, v in m["quantized_ops"].items())
+    lines = [f"quantized {artifact} -> {art.onnx_path} ({s['mode']}, preset {s['preset']}: {s['activation_type']} "
+             f"activations, {s['weight_type']} weights, reduce_range {s['reduce_range']}) in {m['quantize_seconds']:.0f}s",
+             f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "
+             f"({m['size_ratio']:.2f}x smaller); ops: {ops}",
+             f"parity vs float32: relative max diff {m['parity']['max_rel_diff']:.3g} on {m['parity']['worst_output']} "
+             f"(tolerance {m['parity']['rtol']:g}): ok",
+             f"float32 nodes: {len(m['fp32_nodes'])}" + _reasons(m)]
+    if "iterations" in m:
+        b = m["budget"]
+        rows = [[i, it["fp32_nodes"], it[b["metric"]], it["cost"], "yes" if it["within_budget"] else "no"]
+                for i, it in enumerate(m["iterations"])]
+        lines += ["", f"accuracy loop on {b['split']} (batch {b['batch_size']}): float32 parent {b['metric']} "
+                      f"{b['parent']:.4g}, budget {b['limit']:g}",
+                  format_table(rows, ["iteration", "fp32 nodes", b["metric"], "cost", "within budget"])]
+    return "\n".join(lines + [f"warning: {w}" for w in m["warnings"]])
 
 
 def _config(cls, **kwargs):

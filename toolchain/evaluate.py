@@ -84,18 +84,12 @@ class Runner:
             return self.model(**kwargs).logits.float().numpy()
 
     def _onnx(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        from .parity import onnx_feeds
+        from .parity import empty_past, onnx_feeds
 
         past = {n: empty_past(i, batch["input_ids"].shape[0]) for n, i in self.inputs.items()
                 if n.startswith("past_key_values")}
         feeds = onnx_feeds(self.session, batch, past)
         return self.session.run(["logits"], feeds)[0].astype(np.float32)
-
-
-def empty_past(inp, batch: int) -> np.ndarray:
-    """A zero-length KV cache, so a with-past export scores a window from scratch."""
-    dims = [batch if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(inp.shape)]
-    return np.zeros(dims, dtype=np.float32)
 
 
 def evaluate(path: str | Path, cfg: EvaluateConfig, *, reference: str | Path | None = None,

@@ -109,19 +109,8 @@ def check_export(model, tokenizer, onnx_path: Path, task: str, with_past: bool, 
             ref, valid = _torch_outputs(model, feeds, task), enc["attention_mask"]
         names = [o.name for o in session.get_outputs()]
         got = dict(zip(names, session.run(None, feeds)))
-        results.append(parity.compare(_mask(ref, valid), _mask(got, valid), atol))
+        results.append(parity.compare(parity.mask_padding(ref, valid), parity.mask_padding(got, valid), atol))
     return parity.merge(results)
-
-
-def _mask(outputs: dict, valid: np.ndarray) -> dict:
-    """Zero positions that are padding: their values are unconstrained and differ between runtimes."""
-    out = {}
-    for k, v in outputs.items():
-        v = np.asarray(v)
-        if v.ndim >= 2 and v.shape[:2] == valid.shape:
-            v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 2))
-        out[k] = v
-    return out
 
 
 def _torch_outputs(model, feeds: dict, task: str) -> dict:

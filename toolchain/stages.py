@@ -9,10 +9,14 @@ from .distill import DistillConfig, distill
 from .export import ExportConfig, export
 from .finetune import FinetuneConfig, finetune
 from .prune import PruneConfig, prune
+from .optimize import OptimizeConfig, optimize
+from .quantize import QuantizeConfig, quantize
 
 STAGES = {
     "finetune": (FinetuneConfig, finetune),
     "distill": (DistillConfig, distill),
-    "export": (ExportConfig, export),
     "prune": (PruneConfig, prune),
+    "export": (ExportConfig, export),
+    "optimize": (OptimizeConfig, optimize),
+    "quantize": (QuantizeConfig, quantize),
 }

@@ -57,7 +57,7 @@ def verify_artifact(path: Path, smoke: bool) -> Report:
 def smoke_onnx(art: Artifact) -> dict:
     """One ONNX Runtime call on two sample sentences: every output must come back finite."""
     from . import parity
-    from .evaluate import empty_past
+    from .parity import empty_past
     from .modeling import ModelSource, load_tokenizer
     from .runtime import make_session
 
