@@ -7,13 +7,14 @@ caller asks for it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import assets
-from .artifact import TASKS, Artifact
+from .artifact import TASKS, Artifact, hash_payload
 from .errors import BadModel, InputNotFound, Unsupported, UnsafeInput
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -72,6 +73,15 @@ def _local_source(spec: str, path: Path) -> ModelSource:
             "pass a folder saved with save_pretrained, a built-in name (minilm, smollm2-135m) or a hub id",
         )
     return ModelSource(spec, str(path), local=True)
+
+
+def source_hash(source: ModelSource) -> str | None:
+    """A content hash of a model: the artifact's, or one over a local folder's files; None for hub ids."""
+    if source.artifact is not None:
+        return source.artifact.content_hash
+    if not source.local:
+        return None
+    return hashlib.sha256(json.dumps(hash_payload(Path(source.location)), sort_keys=True).encode()).hexdigest()
 
 
 def infer_task(config) -> str:
