@@ -208,7 +208,9 @@ def convert_to_ort(onnx_path: Path, folder: Path, target_platform: str) -> None:
             raise CheckFailed(f"onnxruntime could not convert the model to ORT format: {last}",
                               "package with ort_format: false (the bundle keeps model.onnx)")
         shutil.copy2(produced, folder / "model.ort")
-        shutil.copy2(Path(tmp) / "out" / "model.required_operators.config", folder / "required_operators.config")
+        config = (Path(tmp) / "out" / "model.required_operators.config").read_text()
+        # Its header names the scratch path it was converted at: name the bundle's file instead.
+        (folder / "required_operators.config").write_text(config.replace(str(produced), "model.ort"))
 
 
 EPS = {"NNAPI": None, "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",

@@ -101,7 +101,8 @@ def collect(folder: str | Path, others: list[str | Path] = (), cfg: ReportConfig
     arts, bundles = _artifacts(folder, plan)
     if not arts:
         raise InputNotFound(f"{folder} holds no artifacts", "run a recipe into it first (toolchain run)")
-    rows = [_row(name, art) for name, art in arts]
+    key = _evaluation_key([art for _, art in arts], ((plan or {}).get("data") or {}).get("data"))
+    rows = [_row(name, art, key) for name, art in arts]
     machines: dict[str, dict] = {}
     for row, (_, art) in zip(rows, arts):
         _local_speed(row, art, cfg, machines)
@@ -155,17 +156,27 @@ def model_mb(art: Artifact) -> float:
                if f.endswith(WEIGHT_SUFFIXES) and (art.path / f).is_file()) / 1e6
 
 
-def _row(name: str, art: Artifact) -> Row:
+def _evaluation_key(arts: list[Artifact], data: str | None) -> str | None:
+    """The evaluate/<data>/<split> result to compare: the recipe's data, held by most artifacts, test split first."""
+    keys = {k for a in arts for k in a.manifest.results if k.startswith("evaluate/")}
+    if not keys:
+        return None
+
+    def score(k):
+        result = next(a.manifest.results[k] for a in arts if k in a.manifest.results)
+        return (result.get("data") == data, sum(k in a.manifest.results for a in arts), result.get("split") == "test", k)
+
+    return max(keys, key=score)
+
+
+def _row(name: str, art: Artifact, key: str | None) -> Row:
     row = Row(name, art.manifest.lineage[-1].stage if art.manifest.lineage else "?", art.format, art.task,
               art.path, model_mb(art))
-    results = [(k, v) for k, v in sorted(art.manifest.results.items()) if k.startswith("evaluate/")]
-    results.sort(key=lambda kv: kv[1].get("split") != "test")  # the test split first
-    for _, r in results:
-        value = r.get("perplexity" if art.task == "text-generation" else "accuracy")
-        if value is not None:
-            row.quality = float(value)
-            row.quality_note = f"{r.get('data')} {r.get('split')}, n={r.get('n', r.get('tokens'))}, batch {r.get('batch_size')}"
-            break
+    r = art.manifest.results.get(key) if key else None
+    value = r.get("perplexity" if art.task == "text-generation" else "accuracy") if isinstance(r, dict) else None
+    if value is not None:
+        row.quality = float(value)
+        row.quality_note = f"{r.get('data')} {r.get('split')}, n={r.get('n', r.get('tokens'))}, batch {r.get('batch_size')}"
     return row
 
 
@@ -335,7 +346,9 @@ def summary(report: Report) -> str:
     parts = [f"Ship **{r.name}** ({r.stage}, {r.format}): {report.metric} {_num(r.quality)}"]
     if o is not None and o is not r:
         parts[0] += f" vs {_num(o.quality)} for the original {o.name} ({budget})"
-        parts.append(f"{r.size_mb:.1f} MB, {o.size_mb / r.size_mb:.1f}x smaller" if r.size_mb else "")
+        if r.size_mb and o.size_mb:
+            ratio = o.size_mb / r.size_mb
+            parts.append(f"{r.size_mb:.1f} MB, " + (f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"))
         g = report.primary
         if g in r.speed and g in o.speed and r.speed[g].p50_ms and o.speed[g].p50_ms:
             parts.append(f"p50 {r.speed[g].p50_ms:.2f} ms at batch {report.cfg.batch} on {g[1]}, "
@@ -440,7 +453,7 @@ def _plot_tradeoff(report: Report):
         ax.scatter([x(r)], [r.quality], marker="*", s=300, color="#ff7f0e", zorder=4, label=f"recommended: {r.name}")
     ax.set_xlabel(f"p50 latency, ms (batch {report.cfg.batch}, {g[1]})" if report.cost == "latency" else "model size, MB")
     ax.set_ylabel(report.metric)
-    ax.set_xscale("log")
+    _log_axis(ax.xaxis, ax.set_xscale)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax.set_title(f"{report.metric} against {'latency' if report.cost == 'latency' else 'size'}")
@@ -474,14 +487,24 @@ def _plot_batches(report: Report):
             if s and s.by_batch:
                 batches = sorted(s.by_batch)
                 ax.plot(batches, [s.by_batch[b] for b in batches], "-o", label=r.name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        _log_axis(ax.xaxis, ax.set_xscale, base=2)
+        _log_axis(ax.yaxis, ax.set_yscale)
         ax.set_xlabel("batch size")
         ax.set_ylabel("p50 latency per call, ms")
         ax.set_title(f"{g[0]} / {g[1]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return fig
+
+
+def _log_axis(axis, set_scale, base: int = 10) -> None:
+    """A log scale labelled with plain numbers (2, 5, 10), not powers (2x10^0)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    set_scale("log", base=base)
+    axis.set_major_locator(LogLocator(base=base, subs=(1.0, 2.0, 5.0) if base == 10 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _plot_file(name: str) -> str:
