@@ -50,10 +50,12 @@ def test_package_writes_the_whole_edge_bundle(tiny_run):
     assert "# - model.ort\n" in ops and any(line.startswith("ai.onnx;") and "MatMul" in line for line in ops.splitlines())
 
 
-def test_verify_accepts_the_bundle_and_runs_a_smoke_inference(bundle):
+def test_verify_accepts_the_bundle_and_runs_a_smoke_inference(bundle, tiny_run):
     r = cli("verify", bundle)
     assert r.exit_code == 0, r.output
     assert "hashes ok; smoke inference ok" in r.output and "model.ort" in r.output
+    r = cli("verify", tiny_run[0] / "onnx", "--json")  # an artifact that is not a bundle: hashes only
+    assert r.exit_code == 0 and json.loads(r.output)["smoke"] is None
 
 
 def test_verify_catches_a_changed_byte(bundle):

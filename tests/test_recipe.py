@@ -34,6 +34,7 @@ def test_run_tiny_recipe_end_to_end(tiny_run):
     assert bundle.manifest.lineage[-1].input_hash == onnx.content_hash  # `recommended` resolved to onnx
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert "★" in output and "bundle:" in output and "report.html" in output
+    assert "(packaged from onnx)" in (out / "report.md").read_text()
     plan_file = json.loads((out / "recipe.json").read_text())
     assert [s["kind"] for s in plan_file["steps"]] == ["transform", "measure", "transform"]
 

@@ -95,3 +95,18 @@ def test_report_files_are_written_and_the_html_is_self_contained(tiny_onnx, tmp_
 def test_report_of_a_folder_without_artifacts_is_a_clear_error(tmp_path):
     r = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert r.exit_code == 3 and "holds no artifacts" in r.output
+
+
+def test_recommends_an_onnx_artifact_since_a_bundle_holds_one(tiny, tiny_onnx, tmp_path):
+    from toolchain.artifact import write_artifact
+
+    run = make_run(tiny_onnx, tmp_path / "run", {"onnx": (0.85, 10.0)})
+    with write_artifact(run / "torch", stage="finetune", config={}, format="torch", task="text-classification",
+                        model_type="bert") as o:
+        shutil.copytree(tiny("bert"), o.folder, dirs_exist_ok=True)
+    art = Artifact.load(run / "torch")
+    art.record_result("evaluate/rotten-tomatoes/test", {"accuracy": 0.86, "split": "test", "data": "rotten-tomatoes"})
+    art.record_result("bench/cpu/data-rotten-tomatoes", {"machine": MACHINE, "rows": bench_rows("torch", {1: 1.0})})
+    report = collect(run)
+    assert next(r for r in report.rows if r.name == "torch").pareto  # faster and better, but not shippable
+    assert report.recommended.name == "onnx"

@@ -82,6 +82,8 @@ class Report:
     machines: dict[str, dict]  # label -> machine record
     bundles: list[Path]
     notes: list[str] = field(default_factory=list)
+    bundle_sources: dict[str, str] = field(default_factory=dict)  # bundle folder name -> artifact it packaged
+    description: str = ""
 
     @property
     def primary(self) -> tuple[str, str]:
@@ -113,7 +115,7 @@ def collect(folder: str | Path, others: list[str | Path] = (), cfg: ReportConfig
     original = next((r for r in rows if r.name == cfg.original), rows[0]) if rows else None
     groups = _groups(rows, cfg)
     report = Report(folder, cfg, rows, original, None, metric, "latency", groups, machines,
-                    [b for _, b in bundles], notes)
+                    [b for _, b in bundles], notes, _bundle_aliases(bundles, rows), (plan or {}).get("description", ""))
     _rank(report)
     return report
 
@@ -267,8 +269,7 @@ def _rank(report: Report) -> None:
     lower_is_better = report.metric == "perplexity"
     loss = (lambda r: r.quality) if lower_is_better else (lambda r: -r.quality)
     for r in rows:
-        r.pareto = not any(loss(o) <= loss(r) and cost(o) <= cost(r) and (loss(o), cost(o)) != (loss(r), cost(r))
-                           for o in rows if o is not r)
+        r.pareto = not _dominated(r, rows, loss, cost)
     ref = report.original.quality if report.original and report.original.quality is not None else None
     if ref is None:
         ref = min(r.quality for r in rows) if lower_is_better else max(r.quality for r in rows)
@@ -276,8 +277,16 @@ def _rank(report: Report) -> None:
     for r in rows:
         r.within_budget = (r.quality <= ref * (1 + report.cfg.perplexity_budget) if lower_is_better
                            else r.quality >= ref - report.cfg.accuracy_budget - 1e-12)
-    fits = [r for r in rows if r.pareto and r.within_budget]
+    # A bundle holds an ONNX model: recommend among ONNX artifacts when there are any.
+    shippable = [r for r in rows if r.format == "onnx"] or rows
+    fits = [r for r in shippable if r.within_budget and not _dominated(r, shippable, loss, cost)]
     report.recommended = min(fits, key=lambda r: (cost(r), loss(r))) if fits else None
+
+
+def _dominated(r: Row, rows: list[Row], loss, cost) -> bool:
+    """Another row is at least as good on both axes and better on one."""
+    return any(loss(o) <= loss(r) and cost(o) <= cost(r) and (loss(o), cost(o)) != (loss(r), cost(r))
+               for o in rows if o is not r)
 
 
 def _cost_fn(report: Report, rows: list[Row]):
@@ -360,7 +369,8 @@ def summary(report: Report) -> str:
 
 def markdown(report: Report, plots: dict[str, str]) -> str:
     rows, headers = table(report)
-    lines = [f"# Report: {report.folder.name}", "", summary(report), ""]
+    lines = [f"# Report: {report.folder.name}", ""] + ([report.description, ""] if report.description else [])
+    lines += [summary(report), ""]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", _legend(report), ""]
@@ -373,7 +383,8 @@ def markdown(report: Report, plots: dict[str, str]) -> str:
 def _legend(report: Report) -> str:
     cost = "p50 latency" if report.cost == "latency" else "model size"
     return (f"★ recommended: on the Pareto front of {report.metric} against {cost}, within the budget of the "
-            f"original ({report.original.name if report.original else '?'}), lowest {cost}. `front`: on the "
+            f"original ({report.original.name if report.original else '?'}), lowest {cost}, ONNX (what a bundle "
+            f"holds). `front`: on the "
             f"Pareto front. Latency at batch {report.cfg.batch} (nearest measured); throughput is the best over "
             "batch sizes; size is the weights file.")
 
@@ -381,7 +392,9 @@ def _legend(report: Report) -> str:
 def _detail_lines(report: Report) -> list[str]:
     out = []
     if report.bundles:
-        out += ["Bundles: " + ", ".join(f"`{b}`" for b in report.bundles), ""]
+        made_from = {b: a for b, a in report.bundle_sources.items()}
+        out += ["Bundles: " + ", ".join(f"`{b}`" + (f" (packaged from {made_from[b.name]})" if b.name in made_from else "")
+                                        for b in report.bundles), ""]
     notes = [f"- {r.name}: {report.metric} on {r.quality_note}"
              for r in report.rows if r.quality_note]
     if notes:
@@ -536,6 +549,7 @@ tr.rec td {{ background: #fff3e0; font-weight: 600; }}
 figure {{ display: inline-block; margin: 1em; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>toolchain report: {esc(report.folder.name)}</h1>
+<p>{esc(report.description)}</p>
 <p class="summary">{summ}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <p>{esc(_legend(report))}</p>
