@@ -310,11 +310,11 @@ def package_cmd(artifact, out, target_platform, no_ort, no_mobile_check, max_len
 def verify(path, no_smoke, as_json):
     """Check every file of an artifact or bundle against its sha256; a bundle also runs a smoke inference."""
     from .artifact import Artifact
-    from .package import BUNDLE_FILE, smoke_test
+    from .package import is_bundle, smoke_test
 
     art = Artifact.load(path)
     problems = art.verify()
-    bundle = (art.path / BUNDLE_FILE).is_file()
+    bundle = is_bundle(art.path)
     smoke = smoke_test(art.path, verify_hashes=False) if bundle and not problems and not no_smoke else None
     data = {"path": str(art.path), "files": len(art.manifest.files), "problems": problems, "bundle": bundle,
             "smoke": smoke, "ok": not problems and (smoke is None or smoke["ok"])}

@@ -320,6 +320,11 @@ def _feeds(runner, batch: dict) -> dict:
     return onnx_feeds(runner.session, batch)
 
 
+def is_bundle(path: str | Path) -> bool:
+    """An artifact folder written by `package` (what `verify` checks with a smoke inference too)."""
+    return Artifact.is_artifact(Path(path)) and (Path(path) / BUNDLE_FILE).is_file()
+
+
 def smoke_test(bundle: str | Path, verify_hashes: bool = True) -> dict:
     """Check a bundle: its hashes, then predict.py's code on model.onnx (and model.ort) against the stored outputs.
 

@@ -154,7 +154,7 @@ def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
     steps: list[Step] = []
     for i, raw in enumerate(raw_steps):
         name = raw.get("name", raw.get("stage")) if isinstance(raw, dict) else None
-        overrides = _mapping(quick_block.get(name), ("quick", name), lines) if quick else {}
+        overrides = _mapping(quick_block.get(name), ("quick", name), lines) if quick and isinstance(name, str) else {}
         steps.append(_step(raw, i, steps, data, overrides, lines))
     for name in quick_block:
         if name not in {s.name for s in steps}:
@@ -226,8 +226,8 @@ def _check_name(name, at: tuple, earlier: list[Step], lines: _Lines) -> None:
     if not isinstance(name, str) or not NAME.match(name):
         raise lines.error(at, f"step name {name!r} is not a plain folder name",
                           "use letters, digits, '.', '_' and '-' only")
-    if name in (MODEL, RECOMMENDED):
-        raise lines.error(at, f"{name!r} is a reserved input word, not a step name", "choose another name")
+    if name in (MODEL, RECOMMENDED, PLAN_FILE, "report.md", "report.html"):
+        raise lines.error(at, f"{name!r} is reserved (an input word or a file of the run folder)", "choose another name")
     if any(s.name == name for s in earlier):
         raise lines.error(at, f"a step named {name!r} already exists", "give each step its own name")
 
@@ -264,7 +264,7 @@ def _inputs(value, kind: str, at: tuple, earlier: list[Step], lines: _Lines) -> 
         where = at + ("input", j) if isinstance(value, list) else at + ("input",)
         if not isinstance(v, str):
             raise lines.error(where, f"input must be a step name, got {type(v).__name__}", "write input: <step name>")
-        if kind == TRANSFORM and v == MODEL or v in made:
+        if (kind == TRANSFORM and v == MODEL) or v in made:
             continue
         if kind == TRANSFORM and v == RECOMMENDED and measured:
             continue
