@@ -234,3 +234,14 @@ def test_shipped_recipes_validate(name, monkeypatch):
     full, quick = load_recipe(path), load_recipe(path, quick=True)
     assert full.steps[-1].stage == "package" and full.steps[-1].inputs == ("recommended",)
     assert [s.name for s in full.steps] == [s.name for s in quick.steps]
+
+
+def test_run_json_prints_only_json_with_the_steps_and_the_report(tiny_run):
+    out, recipe, _ = tiny_run
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [s["action"] for s in data["steps"]] == ["skipped"] * 3
+    assert data["report"]["recommended"] == "onnx" and data["report"]["bundles"] == [str(out / "bundle")]
+    assert "[1/3] onnx (export): skipped" in result.stderr  # progress lines go to stderr
