@@ -349,7 +349,8 @@ def decide(step: Step, recipe: Recipe, out: Path, *, force: bool = False) -> Dec
     if changed:
         return Decision(step, True, f"config changed: {changed}", [src])
     if not _same_input(src, record):
-        return Decision(step, True, f"input {step.inputs[0]} changed since it was built", [src])
+        what = f"{RECOMMENDED} ({Path(src).name})" if step.inputs[0] == RECOMMENDED else step.inputs[0]
+        return Decision(step, True, f"input {what} changed since it was built", [src])
     return Decision(step, False, "input and config unchanged", [src])
 
 
