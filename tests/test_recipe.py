@@ -154,7 +154,8 @@ steps:
     (("batch_size: 1", "batch_sise: 1"), 9, "unknown key 'batch_sise' for EvaluateConfig"),
     (("batch_size: 1", "batch_size: one"), 9, "expected int, got str"),
     (("batch_size: 1", "batch_size: 0"), 9, "batch_size must be >= 1"),
-    (("    stage: evaluate\n", "    stage: evaluate\n    input: teacher\n"), 8, "input 'teacher' names no earlier step"),
+    (("    stage: evaluate\n", "    stage: evaluate\n    input: teacher\n"), 8,
+     "input 'teacher' names no earlier step"),
     (("  - name: onnx\n    stage: export\n", "  - name: onnx\n    stage: export\n    input: eval\n"), 6,
      "input 'eval' names no earlier step"),
     (("name: eval", "name: onnx"), 6, "a step named 'onnx' already exists"),
@@ -226,8 +227,9 @@ def test_shipped_recipes_validate(name, monkeypatch):
     for stage_name, kind in FUTURE_STAGES.items():
         if stage_name in stages.STAGES:
             continue
-        keys = {k for s in doc["steps"] if s["stage"] == stage_name for k in (s.get("config") or {})}
-        keys |= {k for s in doc["steps"] if s["stage"] == stage_name for k in (doc.get("quick") or {}).get(s["name"], {})}
+        mine = [s for s in doc["steps"] if s["stage"] == stage_name]
+        keys = {k for s in mine for k in (s.get("config") or {})}
+        keys |= {k for s in mine for k in (doc.get("quick") or {}).get(s["name"], {})}
         stub = dataclasses.make_dataclass(f"{stage_name}Stub", [(k, Any, None) for k in sorted(keys | {"data"})],
                                           frozen=True)
         monkeypatch.setitem(stages.STAGES, stage_name, (stub, None, kind))

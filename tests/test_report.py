@@ -2,7 +2,6 @@ import json
 import re
 import shutil
 
-import pytest
 from click.testing import CliRunner
 
 from toolchain.artifact import Artifact

@@ -95,8 +95,8 @@ class Predictor:
             if nxt == eos:
                 break
         new = ids[prompt_len:]
-        return {"prompt": prompt, "text": self.tokenizer.decode(new), "token_ids": new,
-                "first_logits_top5": [int(i) for i in np.argsort(-first_logits)[:5]] if first_logits is not None else []}
+        top5 = [int(i) for i in np.argsort(-first_logits)[:5]] if first_logits is not None else []
+        return {"prompt": prompt, "text": self.tokenizer.decode(new), "token_ids": new, "first_logits_top5": top5}
 
     def _empty_past(self) -> dict[str, np.ndarray] | None:
         names = [n for n in self.inputs if n.startswith("past_key_values")]
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         vectors = p.embed(args.texts)
         out = [{"text": t, "embedding": v.tolist()} for t, v in zip(args.texts, vectors)]
-        lines = [f"{t}\t[{', '.join(f'{x:.4f}' for x in v[:4])}, ...] ({len(v)} dims)" for t, v in zip(args.texts, vectors)]
+        lines = [f"{t}\t[{', '.join(f'{x:.4f}' for x in v[:4])}, ...] ({len(v)} dims)"
+                 for t, v in zip(args.texts, vectors)]
     print(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0
 

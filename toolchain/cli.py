@@ -216,7 +216,8 @@ def _config(cls, **kwargs):
 
 @main.command("run")
 @click.argument("recipe", type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Folder of the run: one artifact per step, and the report.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Folder of the run: one artifact per step, and the report.")
 @click.option("--dry-run", is_flag=True, help="Print which steps would run or be skipped, and why; run nothing.")
 @click.option("--force", is_flag=True, help="Re-run every step, replacing what is there.")
 @click.option("--quick", is_flag=True, help="Apply the recipe's `quick:` overrides (less data, fewer epochs).")
@@ -275,7 +276,8 @@ def report_cmd(folder, other, as_json):
 @main.command("package")
 @click.argument("artifact", type=click.Path())
 @click.argument("out", type=click.Path())
-@click.option("--target-platform", type=click.Choice(["arm", "amd64"]), help="What model.ort is optimized for (default arm).")
+@click.option("--target-platform", type=click.Choice(["arm", "amd64"]),
+              help="What model.ort is optimized for (default arm).")
 @click.option("--no-ort", is_flag=True, help="Do not write model.ort / required_operators.config.")
 @click.option("--no-mobile-check", is_flag=True, help="Skip the NNAPI / CoreML usability check.")
 @click.option("--max-length", type=int, help="Tokens predict.py keeps per text (default 128).")
@@ -318,7 +320,7 @@ def verify(path, no_smoke, as_json):
     smoke = smoke_test(art.path, verify_hashes=False) if bundle and not problems and not no_smoke else None
     data = {"path": str(art.path), "files": len(art.manifest.files), "problems": problems, "bundle": bundle,
             "smoke": smoke, "ok": not problems and (smoke is None or smoke["ok"])}
-    text = f"{art.path}: {len(art.manifest.files)} files, " + ("hashes ok" if not problems else f"{len(problems)} problem(s)")
+    text = f"{art.path}: {len(art.manifest.files)} files, " + (f"{len(problems)} problem(s)" if problems else "hashes ok")
     if smoke is not None:
         text += "; smoke inference " + ("ok" if smoke["ok"] else f"FAILED: {smoke['problem']}") + " (" + ", ".join(
             f"{m} max abs diff {d:.2g}" for m, d in smoke["models"].items()) + f", atol {smoke['atol']:g})"

@@ -92,8 +92,8 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
         info["smoke"] = reference_outputs(art, cfg, info)
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         checks = smoke_test(o.folder, verify_hashes=False)
-        o.record.metrics |= {"smoke": checks, "files": len(list(o.folder.iterdir())),
-                             "bundle_mb": round(sum(p.stat().st_size for p in o.folder.rglob("*") if p.is_file()) / 1e6, 2)}
+        size = sum(p.stat().st_size for p in o.folder.rglob("*") if p.is_file())
+        o.record.metrics |= {"smoke": checks, "files": len(list(o.folder.iterdir())), "bundle_mb": round(size / 1e6, 2)}
         (o.folder / "README.md").write_text(_readme(info, Path(out).name))
         info["files"] = _file_hashes(o.folder)
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -245,8 +245,9 @@ def _partition_summary(info, model) -> dict:
         op = f"{node.domain or 'ai.onnx'}:{node.op_type}"
         if op in info.unsupported_ops:
             counts[op] = counts.get(op, 0) + 1
-    return {"suitability": info.suitability().name, "nodes": info.num_nodes, "supported_nodes": info.num_supported_nodes,
-            "partitions": info.num_partitions, "fallback_ops": dict(sorted(counts.items())),
+    return {"suitability": info.suitability().name, "nodes": info.num_nodes,
+            "supported_nodes": info.num_supported_nodes, "partitions": info.num_partitions,
+            "fallback_ops": dict(sorted(counts.items())),
             "unsupported_for_dynamic_shape": info.nodes_unsupported_due_to_dynamic_input}
 
 
@@ -268,8 +269,8 @@ def _mobile_markdown(report: dict) -> str:
     lines = ["# Mobile readiness (ONNX Runtime usability check)", ""]
     if "error" in report:
         return "\n".join(lines + [f"The check could not run: {report['error']}", ""])
-    lines += ["| execution provider | verdict | nodes on EP | partitions | verdict if shapes fixed | falls back to CPU |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| execution provider | verdict | nodes on EP | partitions | verdict if shapes fixed "
+              "| falls back to CPU |", "|---|---|---|---|---|---|"]
     for ep, r in report.items():
         fixed = r["if_shapes_fixed"]
         falls = ", ".join(f"{op.split(':')[1]} x{n}" for op, n in fixed["fallback_ops"].items()) or "nothing"
@@ -301,7 +302,8 @@ def reference_outputs(art: Artifact, cfg: PackageConfig, info: dict) -> dict:
             if new[-1] == info["eos_token_id"]:
                 break
         top = np.argsort(-first)[:5]
-        return smoke | {"token_ids": new, "first_top5": top.tolist(), "first_top5_logits": first[top].astype(float).tolist()}
+        return smoke | {"token_ids": new, "first_top5": top.tolist(),
+                        "first_top5_logits": first[top].astype(float).tolist()}
     enc = runner.tokenizer(list(cfg.samples), padding=True, truncation=True, max_length=cfg.max_length,
                            return_tensors="np")
     batch = {k: v.astype(np.int64) for k, v in enc.items()}
@@ -346,7 +348,8 @@ def smoke_test(bundle: str | Path, verify_hashes: bool = True) -> dict:
         if (bundle / name).is_file():
             models[name] = _smoke_one(bundle_predict.Predictor(bundle, name, threads=1), info["task"], smoke)
     bad = [(m, d) for m, d in models.items() if not d <= smoke["atol"]]
-    problem = f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})" if bad else ""
+    problem = (f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})"
+               if bad else "")
     return {"ok": not bad, "problem": problem, "models": models, "atol": smoke["atol"]}
 
 
@@ -371,13 +374,14 @@ def _readme(info: dict, name: str) -> str:
     example = ('python predict.py "A charming, moving film." "A waste of two hours."' if task == "text-classification"
                else 'python predict.py --tokens 20 "To be, or not to be"' if task == "text-generation"
                else 'python predict.py "some text"')
-    ort_line = (f"- `model.ort` + `required_operators.config`: ORT format for a reduced build "
-                f"(`--include_ops_by_config required_operators.config`), onnxruntime >= {info['min_onnxruntime'].get('model.ort')}\n"
-                if "model.ort" in info["min_onnxruntime"] else "")
+    ort_line = ("- `model.ort` + `required_operators.config`: ORT format for a reduced build "
+                "(`--include_ops_by_config required_operators.config`), onnxruntime >= "
+                f"{info['min_onnxruntime'].get('model.ort')}\n" if "model.ort" in info["min_onnxruntime"] else "")
     return (f"# {name}: {task} bundle\n\n"
             f"Needs only `pip install onnxruntime tokenizers numpy` (onnxruntime >= "
             f"{info['min_onnxruntime']['model.onnx']} for model.onnx).\n\n    {example}\n\n"
             f"- `model.onnx`: opset {info['onnx']['opsets'].get('ai.onnx')}, IR version {info['onnx']['ir_version']}\n"
             f"{ort_line}- `bundle.json`: inputs/outputs, metrics and the machines they were measured on, sha256 of "
             "every file\n- `mobile_readiness.md`: what NNAPI / CoreML would run and what falls back to the CPU\n\n"
-            "Check it: `toolchain verify .` (hashes + smoke inference), or `sha256sum` against bundle.json's `files`.\n")
+            "Check it: `toolchain verify .` (hashes + smoke inference), or `sha256sum` against bundle.json's "
+            "`files`.\n")

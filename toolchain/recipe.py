@@ -102,7 +102,8 @@ def read_yaml(path: Path) -> tuple[Any, _Lines]:
     except FileNotFoundError:
         from .errors import InputNotFound
 
-        raise InputNotFound(f"recipe {path} does not exist", "check the path (recipes for built-ins are in models/)") from None
+        raise InputNotFound(f"recipe {path} does not exist",
+                            "check the path (recipes for the built-ins are in models/)") from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -227,7 +228,8 @@ def _check_name(name, at: tuple, earlier: list[Step], lines: _Lines) -> None:
         raise lines.error(at, f"step name {name!r} is not a plain folder name",
                           "use letters, digits, '.', '_' and '-' only")
     if name in (MODEL, RECOMMENDED, PLAN_FILE, "report.md", "report.html"):
-        raise lines.error(at, f"{name!r} is reserved (an input word or a file of the run folder)", "choose another name")
+        raise lines.error(at, f"{name!r} is reserved (an input word or a file of the run folder)",
+                          "choose another name")
     if any(s.name == name for s in earlier):
         raise lines.error(at, f"a step named {name!r} already exists", "give each step its own name")
 

@@ -166,7 +166,8 @@ def _evaluation_key(arts: list[Artifact], data: str | None) -> str | None:
 
     def score(k):
         result = next(a.manifest.results[k] for a in arts if k in a.manifest.results)
-        return (result.get("data") == data, sum(k in a.manifest.results for a in arts), result.get("split") == "test", k)
+        held = sum(k in a.manifest.results for a in arts)
+        return (result.get("data") == data, held, result.get("split") == "test", k)
 
     return max(keys, key=score)
 
@@ -178,7 +179,8 @@ def _row(name: str, art: Artifact, key: str | None) -> Row:
     value = r.get("perplexity" if art.task == "text-generation" else "accuracy") if isinstance(r, dict) else None
     if value is not None:
         row.quality = float(value)
-        row.quality_note = f"{r.get('data')} {r.get('split')}, n={r.get('n', r.get('tokens'))}, batch {r.get('batch_size')}"
+        row.quality_note = (f"{r.get('data')} {r.get('split')}, n={r.get('n', r.get('tokens'))}, "
+                            f"batch {r.get('batch_size')}")
     return row
 
 
@@ -357,7 +359,8 @@ def summary(report: Report) -> str:
         parts[0] += f" vs {_num(o.quality)} for the original {o.name} ({budget})"
         if r.size_mb and o.size_mb:
             ratio = o.size_mb / r.size_mb
-            parts.append(f"{r.size_mb:.1f} MB, " + (f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"))
+            smaller = f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
+            parts.append(f"{r.size_mb:.1f} MB, {smaller}")
         g = report.primary
         if g in r.speed and g in o.speed and r.speed[g].p50_ms and o.speed[g].p50_ms:
             parts.append(f"p50 {r.speed[g].p50_ms:.2f} ms at batch {report.cfg.batch} on {g[1]}, "
@@ -392,8 +395,8 @@ def _legend(report: Report) -> str:
 def _detail_lines(report: Report) -> list[str]:
     out = []
     if report.bundles:
-        made_from = {b: a for b, a in report.bundle_sources.items()}
-        out += ["Bundles: " + ", ".join(f"`{b}`" + (f" (packaged from {made_from[b.name]})" if b.name in made_from else "")
+        src = report.bundle_sources
+        out += ["Bundles: " + ", ".join(f"`{b}`" + (f" (packaged from {src[b.name]})" if b.name in src else "")
                                         for b in report.bundles), ""]
     notes = [f"- {r.name}: {report.metric} on {r.quality_note}"
              for r in report.rows if r.quality_note]
@@ -459,12 +462,14 @@ def _plot_tradeoff(report: Report):
         ax.annotate(r.name, (x(r), r.quality), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if report.original and report.original.quality is not None:
         o = report.original.quality
-        limit = o * (1 + report.cfg.perplexity_budget) if report.metric == "perplexity" else o - report.cfg.accuracy_budget
+        limit = (o * (1 + report.cfg.perplexity_budget) if report.metric == "perplexity"
+                 else o - report.cfg.accuracy_budget)
         ax.axhline(limit, ls="--", color="#d62728", lw=1, label="budget")
     if report.recommended:
         r = report.recommended
         ax.scatter([x(r)], [r.quality], marker="*", s=300, color="#ff7f0e", zorder=4, label=f"recommended: {r.name}")
-    ax.set_xlabel(f"p50 latency, ms (batch {report.cfg.batch}, {g[1]})" if report.cost == "latency" else "model size, MB")
+    ax.set_xlabel(f"p50 latency, ms (batch {report.cfg.batch}, {g[1]})" if report.cost == "latency"
+                  else "model size, MB")
     ax.set_ylabel(report.metric)
     _log_axis(ax.xaxis, ax.set_xscale)
     ax.legend(fontsize=8)
