@@ -115,7 +115,11 @@ def info(artifact, as_json, verify):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @reports_errors
 def verify(path, smoke, as_json):
-    """Check every file of the artifact at PATH against its manifest: changed, missing or extra files exit 9."""
+    """Check every file of the artifact or edge bundle at PATH against its manifest.
+
+    Changed, missing or extra files exit 9. A bundle is also run once (model.onnx and model.ort) and
+    compared with the outputs stored when it was packaged.
+    """
     import dataclasses
 
     from .verify import verify as run_verify
@@ -123,7 +127,10 @@ def verify(path, smoke, as_json):
     report = run_verify(path, smoke=smoke)
     head = (f"{report.path}: {report.kind}, {report.files} files, "
             + (f"{len(report.problems)} problem(s)" if report.problems else "every hash matches"))
-    if report.smoke:
+    if report.smoke and "models" in report.smoke:  # a bundle: diffs against the packaged outputs
+        head += "\nsmoke inference: ok (" + ", ".join(
+            f"{m} max abs diff {d:.2g}" for m, d in report.smoke["models"].items()) + f", atol {report.smoke['atol']:g})"
+    elif report.smoke:
         head += "\nsmoke inference: " + ", ".join(f"{k} {v}" for k, v in report.smoke["outputs"].items()) + ", finite"
     emit(dataclasses.asdict(report), as_json, head)
     _raise_problems(report.path, report.problems)
@@ -637,3 +644,95 @@ def _unstructured_text(m: dict) -> str:
             f"({sp['whole_model']:.1%} of all parameters)\n" + format_table(rows, ["layer", "attention", "ffn"])
             + f"\nweights: {size(f)}" + (f"\nsource:  {size(src)}" if src else "")
             + f"\nNOTE: {m['note']}")
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path())
+@click.option("--out", required=True, type=click.Path(),
+              help="Folder of the run: one artifact per step, and the report.")
+@click.option("--dry-run", is_flag=True, help="Print which steps would run or be skipped, and why; run nothing.")
+@click.option("--force", is_flag=True, help="Re-run every step, replacing what is there.")
+@click.option("--quick", is_flag=True, help="Apply the recipe's `quick:` overrides (less data, fewer epochs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
+@reports_errors
+def run_recipe(recipe, out, dry_run, force, quick, as_json):
+    """Run RECIPE (YAML: model, data, steps) into --out, then write the report.
+
+    A step whose input and config are unchanged since it was built is skipped, so an interrupted run
+    resumes where it stopped. Recipes for the built-in models are in models/.
+    """
+    from .recipe import load_recipe, plan, run
+    from .report import as_dict, summary, table, write_report
+
+    r = load_recipe(recipe, quick=quick)
+    if dry_run:
+        decisions = plan(r, out, force=force)
+        rows = [[i, d.step.name, d.step.stage, ", ".join(d.step.inputs), "run" if d.run else "skip", d.reason]
+                for i, d in enumerate(decisions, 1)]
+        data = [{"step": d.step.name, "stage": d.step.stage, "kind": d.step.kind, "inputs": list(d.step.inputs),
+                 "run": d.run, "reason": d.reason, "config": d.step.as_dict()["config"]} for d in decisions]
+        emit({"recipe": str(recipe), "out": str(out), "quick": quick, "plan": data}, as_json,
+             f"plan for {recipe} -> {out}{' (quick)' if quick else ''}: "
+             f"{sum(d.run for d in decisions)} to run, {sum(not d.run for d in decisions)} to skip\n"
+             + format_table(rows, ["#", "step", "stage", "input", "action", "why"]))
+        return
+    steps = run(r, out, force=force, echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+    report = write_report(out)
+    rows, headers = table(report)
+    emit({"steps": steps, "report": as_dict(report)}, as_json,
+         "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + _where(report))
+
+
+def _where(report) -> str:
+    lines = [f"report: {report.folder / 'report.html'} (and report.md)"]
+    lines += [f"bundle: {b} (check it: toolchain verify {b})" for b in report.bundles]
+    return "\n".join(lines + [f"note: {n}" for n in report.notes])
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path())
+@click.option("--other", multiple=True, type=click.Path(),
+              help="A `bench --json` file from another machine (repeatable); the file name names the machine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reports_errors
+def report_cmd(folder, other, as_json):
+    """Write FOLDER/report.md and report.html: every artifact's accuracy, size and speed, and which to ship."""
+    from .report import as_dict, summary, table, write_report
+
+    report = write_report(folder, list(other))
+    rows, headers = table(report)
+    emit(as_dict(report), as_json, format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n"
+         + _where(report))
+
+
+@main.command("package")
+@click.argument("artifact", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--target-platform", type=click.Choice(["arm", "amd64"]),
+              help="What model.ort is optimized for (default arm).")
+@click.option("--no-ort", is_flag=True, help="Do not write model.ort / required_operators.config.")
+@click.option("--no-mobile-check", is_flag=True, help="Skip the NNAPI / CoreML usability check.")
+@click.option("--max-length", type=int, help="Tokens predict.py keeps per text (default 128).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def package_cmd(artifact, out, target_platform, no_ort, no_mobile_check, max_length, force, as_json):
+    """Package an ONNX ARTIFACT as an edge bundle at OUT: model.onnx/.ort, tokenizer, predict.py, manifest."""
+    from .package import BUNDLE_FILE, PackageConfig, package
+
+    cfg = _config(PackageConfig, target_platform=target_platform, ort_format=False if no_ort else None,
+                  mobile_check=False if no_mobile_check else None, max_length=max_length)
+    art = package(artifact, cfg, out, force=force)
+    info = json.loads((art.path / BUNDLE_FILE).read_text())
+    rows = [[name, (art.path / name).stat().st_size / 1e6, digest[:12]] for name, digest in info["files"].items()]
+    mobile = info.get("mobile") or {}
+    lines = [f"bundle {art.path}: {info['task']}, opset {info['onnx']['opsets'].get('ai.onnx')}, "
+             f"IR {info['onnx']['ir_version']}, onnxruntime >= {info['min_onnxruntime']['model.onnx']}",
+             "mobile: " + ("; ".join(f"{ep} {v['as_is']} (fixed shapes: {v['if_shapes_fixed']})"
+                                     for ep, v in mobile.items()) if "error" not in mobile else mobile["error"])
+             if mobile else "mobile: not checked",
+             f"smoke test: ok (max abs diff {max(art.manifest.lineage[-1].metrics['smoke']['models'].values()):.2g})"]
+    emit({"bundle": str(art.path), **info}, as_json,
+         "\n".join(lines) + "\n" + format_table(rows, ["file", "MB", "sha256"]))
+
+
