@@ -54,7 +54,7 @@ def test_package_writes_the_whole_edge_bundle(tiny_run):
 def test_verify_accepts_the_bundle_and_runs_a_smoke_inference(bundle, tiny_run):
     r = cli("verify", bundle)
     assert r.exit_code == 0, r.output
-    assert "hashes ok; smoke inference ok" in r.output and "model.ort" in r.output
+    assert "every hash matches" in r.output and "smoke inference: ok" in r.output and "model.ort" in r.output
     r = cli("verify", tiny_run[0] / "onnx", "--json")  # an artifact that is not a bundle: hashes only
     assert r.exit_code == 0 and json.loads(r.output)["smoke"] is None
 
@@ -80,7 +80,7 @@ def test_verify_fails_when_the_model_no_longer_gives_the_packaged_outputs(bundle
     atomic_write_text(bundle / "manifest.json", art.manifest.to_json())
     r = cli("verify", bundle)
     assert r.exit_code == 7
-    assert "smoke inference FAILED: model.onnx differs from the packaged reference by 0.5" in r.output
+    assert "smoke inference failed: model.onnx differs from the packaged reference by 0.5" in r.output
 
 
 def test_predict_py_runs_standalone_in_a_subprocess(bundle, tmp_path):
