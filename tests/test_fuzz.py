@@ -121,7 +121,7 @@ def _stage_configs():
     from toolchain.evaluate import EvaluateConfig
     from toolchain.stages import STAGES
 
-    return [cls for cls, _ in STAGES.values()] + [EvaluateConfig]
+    return [entry[0] for entry in STAGES.values()] + [EvaluateConfig]
 
 
 @pytest.mark.parametrize("cls", _stage_configs(), ids=lambda c: c.__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -30,17 +31,26 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "co
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise RecipeError(
-            f"{where}: unknown key {unknown[0]!r} for {cls.__name__}",
-            f"use one of: {', '.join(sorted(fields))}",
-        )
+        raise _keyed(RecipeError(f"{where}: unknown key {unknown[0]!r} for {cls.__name__}",
+                                 f"use one of: {', '.join(sorted(fields))}"), unknown[0])
     hints = typing.get_type_hints(cls)
     for name, value in data.items():
-        data[name] = _coerce(value, hints[name], f"{where}.{name}")
+        try:
+            data[name] = _coerce(value, hints[name], f"{where}.{name}")
+        except RecipeError as exc:
+            raise _keyed(exc, name) from None
     try:
         return cls(**data)
     except (TypeError, ValueError) as exc:
-        raise RecipeError(f"{where}: {exc}", "correct the value in the config") from None
+        error = RecipeError(f"{where}: {exc}", "correct the value in the config")
+        # The key the message names, preferring ones the caller set: a recipe points at its line.
+        named = [k for k in [*data, *fields] if re.search(rf"\b{re.escape(k)}\b", str(exc))]
+        raise (_keyed(error, named[0]) if named else error) from None
+
+
+def _keyed(exc: RecipeError, key: str) -> RecipeError:
+    exc.key = key
+    return exc
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class RecipeError(ToolchainError):
     """A recipe or stage config that does not validate: unknown key, wrong type, bad value."""
 
     exit_code = 8
+    key: str | None = None  # the config key at fault, when known: a recipe turns it into a line number
 
 
 class IntegrityError(ToolchainError):

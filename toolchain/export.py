@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -12,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from . import parity
-from .artifact import TASKS, Artifact, check_output, hash_payload, write_artifact
+from .artifact import TASKS, Artifact, check_output, write_artifact
 from .config import config_to_dict
 from .errors import CheckFailed, Unsupported
-from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
+from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
 # Parity tolerances, as optimum's ATOL_FOR_VALIDATION: fp32 graph rewrites move logits by ~1e-6..1e-4;
 # deep decoders with 50k-wide logits accumulate more.
@@ -55,10 +53,12 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
     task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
     if cfg.with_past and task != "text-generation":
         raise Unsupported(f"--with-past needs a text-generation model; {source.spec} is {task}", "drop --with-past")
+    if cfg.with_past:
+        _check_past_shapes(source, config)
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     atol = cfg.atol or DEFAULT_ATOL[task]
-    input_hash = source.artifact.content_hash if source.artifact else _folder_hash(source)
+    input_hash = source_hash(source)
     with write_artifact(
         out, stage="export", config=config_to_dict(cfg) | {"source": source.spec}, format="onnx", task=task,
         model_type=config.model_type, parent=source.artifact, force=force,
@@ -79,12 +79,6 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
                 "raise --atol only if this difference is acceptable, or try another --opset",
             )
     return Artifact.load(out)
-
-
-def _folder_hash(source: ModelSource) -> str | None:
-    if not source.local:
-        return None
-    return hashlib.sha256(json.dumps(hash_payload(Path(source.location)), sort_keys=True).encode()).hexdigest()
 
 
 def _optimum_export(model, folder: Path, task: str, cfg: ExportConfig) -> None:
@@ -115,19 +109,8 @@ def check_export(model, tokenizer, onnx_path: Path, task: str, with_past: bool, 
             ref, valid = _torch_outputs(model, feeds, task), enc["attention_mask"]
         names = [o.name for o in session.get_outputs()]
         got = dict(zip(names, session.run(None, feeds)))
-        results.append(parity.compare(_mask(ref, valid), _mask(got, valid), atol))
+        results.append(parity.compare(parity.mask_padding(ref, valid), parity.mask_padding(got, valid), atol))
     return parity.merge(results)
-
-
-def _mask(outputs: dict, valid: np.ndarray) -> dict:
-    """Zero positions that are padding: their values are unconstrained and differ between runtimes."""
-    out = {}
-    for k, v in outputs.items():
-        v = np.asarray(v)
-        if v.ndim >= 2 and v.shape[:2] == valid.shape:
-            v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 2))
-        out[k] = v
-    return out
 
 
 def _torch_outputs(model, feeds: dict, task: str) -> dict:
@@ -170,3 +153,13 @@ def _legacy(cache):
     if hasattr(cache, "to_legacy_cache"):
         return cache.to_legacy_cache()
     return cache
+
+
+def _check_past_shapes(source: ModelSource, config) -> None:
+    from .prune.families import with_past_problem
+
+    problem = with_past_problem(config)
+    if problem:
+        raise Unsupported(f"{source.spec} cannot be exported with its KV cache: {problem}",
+                          "export without --with-past, or prune a Llama model with the same head count in every "
+                          "layer (toolchain prune --ranking layer)")

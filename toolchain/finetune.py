@@ -20,7 +20,7 @@ from .artifact import Artifact, check_output, write_artifact
 from .config import config_to_dict
 from .data import DataSpec, load_classification, tokenize_split
 from .evaluate import EvaluateConfig, Runner, evaluate, result_key
-from .modeling import ModelSource, load_model, load_tokenizer, resolve_model
+from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, source_hash
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
     with write_artifact(out, stage="finetune", config=config_to_dict(cfg) | {"source": source.spec},
                         format="torch", task="text-classification", model_type=model.config.model_type,
                         parent=source.artifact, force=force) as o:
+        o.record.input_hash = source_hash(source)  # a plain folder too, so a recipe can tell it changed
         trainer.model.eval().save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
         o.record.metrics |= {"train_seconds": round(train_seconds, 1), "resumed": resume is not None,

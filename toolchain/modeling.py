@@ -8,6 +8,7 @@ caller asks for it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import warnings
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import assets
-from .artifact import TASKS, Artifact
+from .artifact import TASKS, Artifact, hash_payload
 from .errors import BadModel, InputNotFound, Unsupported, UnsafeInput
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -82,6 +83,15 @@ def _local_source(spec: str, path: Path, trust_remote_code: bool = False) -> Mod
             "pass a folder saved with save_pretrained, a built-in name (minilm, smollm2-135m) or a hub id",
         )
     return ModelSource(spec, str(path), local=True, trust_remote_code=trust_remote_code)
+
+
+def source_hash(source: ModelSource) -> str | None:
+    """A content hash of a model: the artifact's, or one over a local folder's files; None for hub ids."""
+    if source.artifact is not None:
+        return source.artifact.content_hash
+    if not source.local:
+        return None
+    return hashlib.sha256(json.dumps(hash_payload(Path(source.location)), sort_keys=True).encode()).hexdigest()
 
 
 def infer_task(config) -> str:
@@ -175,6 +185,8 @@ def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, 
         "feature-extraction": AutoModel,
     }[check_task(task)]
     kwargs = _weights_kwargs(src, allow_pickle)
+    if src.local and _recorded_shapes(Path(src.location)):
+        return _load_reshaped(src, cls, task, kwargs["use_safetensors"], overrides).eval()
     # Shapes are checked below, key by key, so the head may differ while the body may not.
     overrides |= {"ignore_mismatched_sizes": True, "output_loading_info": True}
     try:
@@ -210,6 +222,73 @@ def _check_loaded(src: ModelSource, model, info: dict, task: str, new_head: bool
                            "the weights do not match config.json: re-save the model with save_pretrained")
     if info["mismatched_keys"] + info["missing_keys"] and not new_head:
         warnings.warn(f"{src.spec}: the {task} head is newly initialized; fine-tune before shipping")
+
+
+def _recorded_shapes(folder: Path) -> dict | None:
+    """Per-layer sizes that a structurally pruned model records in its config.json, if any."""
+    from .prune.families import SHAPES_FIELD
+
+    try:
+        return read_config_json(folder).get(SHAPES_FIELD)
+    except (OSError, ValueError, AttributeError):
+        return None  # from_pretrained reports an unreadable config with its own error
+
+
+def _load_reshaped(src: ModelSource, cls, task: str, safetensors: bool, overrides: dict):
+    """Load a pruned folder: build the model from its config, shrink each layer to the recorded
+    sizes, then load the weights; transformers alone would refuse shapes that differ per layer."""
+    from transformers import AutoConfig
+
+    from .prune.families import SHAPES_FIELD, apply_shapes
+
+    src.config  # noqa: B018  raises the toolchain's error for an unreadable config
+    config = AutoConfig.from_pretrained(src.location, **overrides)
+    state = _read_weights(Path(src.location), safetensors)
+    model = cls.from_config(config)
+    apply_shapes(model, getattr(config, SHAPES_FIELD))
+    state = _match_prefix(model, state)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise BadModel(f"{src.spec}: the weights do not fit the sizes in config.json ({_first_line(exc)[:200]})",
+                       "re-run toolchain prune; do not edit a pruned config by hand") from None
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) if config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    prefix = f"{model.base_model_prefix}."
+    has_head = any(k.startswith(prefix) for k in model.state_dict())
+    if unexpected or any(k.startswith(prefix) or not has_head for k in missing):
+        raise BadModel(f"{src.spec}: weights and model disagree (missing {missing[:3]}, unexpected {unexpected[:3]})",
+                       "re-run toolchain prune to rewrite the model folder")
+    if missing:
+        warnings.warn(f"{src.spec}: the {task} head is newly initialized; fine-tune before shipping")
+    model.tie_weights()
+    return model
+
+
+def _read_weights(folder: Path, safetensors: bool) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    if not safetensors:  # allowed by the caller; still never unpickle arbitrary objects
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    if (folder / "model.safetensors").is_file():
+        return load_file(folder / "model.safetensors")
+    shards = sorted(set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    if any(Path(s).name != s for s in shards):
+        raise UnsafeInput(f"{folder}: the weight index names files outside the folder", "do not load this model")
+    return {k: v for s in shards for k, v in load_file(folder / s).items()}
+
+
+def _match_prefix(model, state: dict) -> dict:
+    """Add or strip the base-model prefix ('bert.'), as from_pretrained does between head and base models."""
+    prefix = f"{model.base_model_prefix}."
+    has = any(k.startswith(prefix) for k in state)
+    wants = any(k.startswith(prefix) for k in model.state_dict())
+    if has and not wants:
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if wants and not has:
+        return {prefix + k: v for k, v in state.items()}
+    return state
 
 
 def load_tokenizer(src: ModelSource, *, trust_remote_code: bool = False):

@@ -57,7 +57,7 @@ def verify_artifact(path: Path, smoke: bool) -> Report:
 def smoke_onnx(art: Artifact) -> dict:
     """One ONNX Runtime call on two sample sentences: every output must come back finite."""
     from . import parity
-    from .evaluate import empty_past
+    from .parity import empty_past
     from .modeling import ModelSource, load_tokenizer
     from .runtime import make_session
 
@@ -78,7 +78,30 @@ def smoke_onnx(art: Artifact) -> dict:
     return {"outputs": {n: list(np.shape(v)) for n, v in zip(names, outputs)}, "finite": True}
 
 
-# What verify can check: (does this path look like one?, its checker). One line per kind.
+def verify_bundle(path: Path, smoke: bool) -> Report:
+    """An edge bundle is checked in full: hashes, then a smoke inference of model.onnx and model.ort
+    against the outputs stored at packaging time (bundles exist to be shipped, so the run is not optional)."""
+    from .package import smoke_test
+
+    art = Artifact.load(path)
+    report = Report(str(path), "bundle", len(art.manifest.files), art.verify())
+    if report.problems:
+        return report
+    result = smoke_test(path, verify_hashes=False)
+    if not result["ok"]:
+        raise CheckFailed(f"{path}: smoke inference failed: {result['problem']}", "rebuild the bundle; do not ship it")
+    report.smoke = result
+    return report
+
+
+def _is_bundle(path: Path) -> bool:
+    from .package import is_bundle
+
+    return is_bundle(path)
+
+
+# What verify can check: (does this path look like one?, its checker). One line per kind, most specific first.
 CHECKERS: list[tuple[Callable[[Path], bool], Callable[[Path, bool], Report]]] = [
+    (_is_bundle, verify_bundle),
     (Artifact.is_artifact, verify_artifact),
 ]
