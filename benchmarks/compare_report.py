@@ -120,6 +120,7 @@ def scaling_series(scaled: dict | None) -> dict:
     for key, rows in bench_rows(scaled["batch"]).items():
         out.setdefault(key, {})["batch"] = [(r["batch"], r["p50_ms"], r["throughput"]) for r in rows
                                             if r["status"] == "ok"]
+        out[key]["batch_seq"] = rows[0]["seq"] if rows else None
     return out
 
 
@@ -270,10 +271,13 @@ def plot_scaling(series: dict, names: dict, path: Path) -> None:
         if s.get("batch"):
             x, y, _ = zip(*s["batch"])
             right.plot(x, y, marker="o", label=names.get(key, key))
+    batch_seq = next((s["batch_seq"] for s in series.values() if s.get("batch_seq")), "?")
     for ax, xlabel, title in ((left, "sequence length (tokens), batch 1", "latency vs sequence length"),
-                              (right, "batch size (64 tokens each)", "latency vs batch size")):
+                              (right, f"batch size ({batch_seq} tokens each)", "latency vs batch size")):
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="p50 latency per call (ms)", title=title)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ticks = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])  # the measured points, not powers of ten
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
