@@ -113,9 +113,9 @@ def pick_threads(wanted: int | None, cores: int) -> tuple[int, str]:
     that wait, not the model, decides the figure: at load ~6 on 2 cores, 2 threads gave ONNX fp32
     14.0 ms and fused int8 6.6 ms where 1 thread gave 5.4 and 2.2 ms, and the ranking changed with it.
     """
-    if wanted:
-        return wanted, f"{wanted} thread(s) per model (--threads)"
     load = os.getloadavg()[0]
+    if wanted:
+        return wanted, f"{wanted} thread(s) per model (--threads; load {load:.1f} on {cores} cores at start)"
     if load > cores:
         return 1, (f"1 thread per model: the machine was busy (load {load:.1f} on {cores} cores), where a call "
                    "on 2 threads waits for both to hold a core and measures the contention, not the model")

@@ -160,6 +160,6 @@ def test_quick_run_measures_every_model_on_tiny_models(tiny, tmp_path, monkeypat
 def test_pick_threads_uses_one_thread_on_a_busy_machine_unless_told(monkeypatch):
     monkeypatch.setattr("os.getloadavg", lambda: (7.5, 7.0, 7.0))
     assert compare.pick_threads(None, 2)[0] == 1
-    assert compare.pick_threads(2, 2) == (2, "2 thread(s) per model (--threads)")
+    assert compare.pick_threads(2, 2) == (2, "2 thread(s) per model (--threads; load 7.5 on 2 cores at start)")
     monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
     assert compare.pick_threads(None, 2)[0] == 2
