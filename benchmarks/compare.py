@@ -192,9 +192,10 @@ def classifier_benches(variants: list, plan: Plan, phases: Phases) -> dict[str, 
         out["b1"] = bench_variants(variants, BenchConfig(batch=(1,), runs=plan.b1_runs, warmup=plan.b1_warmup,
                                                          peak=False, **common))
     with phases("bench batch 32 (dynamic padding)"):
-        # The GEMM peak (cached per machine) gives the % of peak column: where the time goes at batch 32.
+        # The GEMM peak gives the % of peak: where the time goes at batch 32. Measured afresh in this run,
+        # under this run's load, so that it and the models' figures share the machine's state.
         out["b32"] = bench_variants(variants, BenchConfig(batch=(32,), runs=plan.b32_runs, warmup=plan.b32_warmup,
-                                                          peak=plan.peak, **common))
+                                                          peak=plan.peak, refresh_peak=plan.peak, **common))
     return out
 
 

@@ -218,13 +218,22 @@ def notes(result: dict) -> list[str]:
            "(toolchain.bench), torch and onnxruntime never in one process, blocks of runs interleaved.",
            "File size: the weights file (model.onnx, or model.safetensors; torch.ao int8: its saved state_dict).",
            f"Threads: {result.get('threads', result['machine']['threads_used'])}; {result.get('openmp', '')}."]
-    peak = [f"{r['name']} {100 * r['b32_fraction_of_peak']:.0f}%" for r in rows if r.get("b32_fraction_of_peak")]
-    if peak:
-        out.append("Where the time goes at batch 32, as a share of this machine's measured matrix-product peak "
-                   "(fp32 MatMul or int8 MatMulInteger, same threads; FLOPs of the model's own shapes): "
-                   + ", ".join(peak) + ".")
+    out += _peak_note(rows)
     out += [f"{r['name']}: {n}" for r in rows for n in r["notes"]]
     return out
+
+
+def _peak_note(rows: list[dict]) -> list[str]:
+    """Batch 32 as a share of the measured matrix-product peak: how much of the machine each model uses."""
+    shares = {r["name"]: r["b32_fraction_of_peak"] for r in rows if r.get("b32_fraction_of_peak")}
+    if not shares:
+        return []
+    note = ("Where the time goes at batch 32, as a share of this machine's matrix-product peak measured in this "
+            "run (fp32 MatMul or int8 MatMulInteger, same threads; FLOPs of each model's shapes): "
+            + ", ".join(f"{name} {100 * f:.0f}%" for name, f in shares.items()) + ".")
+    if any(f > 1 for f in shares.values()):
+        note += " Above 100%: the peak was measured while the shared machine was busier than during those runs."
+    return [note]
 
 
 def phases_table(result: dict) -> list[str]:
