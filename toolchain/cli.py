@@ -301,8 +301,8 @@ def _structured_text(m: dict) -> str:
             f"{m['params_after'] / 1e6:.2f}M params ({1 - m['params_after'] / m['params_before']:.1%} fewer), "
             f"{m['layers_before']} -> {m['layers_after']} layers\n"
             + format_table(rows, ["layer", "heads", "ffn", "layer kept?"])
-            + f"\nchecks: shrunk vs masked original max abs diff {s['max_abs_diff']:.2e} (tol {s['atol']:g}); "
-              f"reloaded {r['max_abs_diff']:.2e} (tol {r['atol']:g}): ok")
+            + f"\nchecks in float64: shrunk vs the masked original max abs diff {s['max_abs_diff']:.2e} "
+              f"(tol {s['atol']:g}); saved and reloaded {r['max_abs_diff']:.2e} (tol {r['atol']:g}): ok")
 
 
 def _unstructured_text(m: dict) -> str:
