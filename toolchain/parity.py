@@ -149,7 +149,7 @@ def _onnx_step(session, enc: dict) -> tuple[dict, np.ndarray]:
 def empty_past(inp, batch: int) -> np.ndarray:
     """A zero-length KV cache for session input `inp`, so a with-past graph runs a sequence from scratch."""
     dims = [batch if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(inp.shape)]
-    return np.zeros(dims, dtype=np.float32)
+    return np.zeros(dims, dtype=np.float16 if "float16" in inp.type else np.float32)
 
 
 def _run(session, feeds: dict) -> dict[str, np.ndarray]:
