@@ -1,0 +1,281 @@
+"""Prune a transformer: unstructured magnitude sparsity, or structured removal of heads, FFN neurons
+and whole layers that physically shrinks the tensors.
+
+Structured pruning is checked twice before anything is written: the shrunk model must compute
+what the original computes with the same units masked (zeroed), and the saved folder must reload
+through `toolchain.modeling.load_model` to the same outputs. Unstructured pruning reports its
+sparsity and compressed file size, and says that dense runtimes gain no speed from it.
+
+>>> prune("runs/teacher", PruneConfig(heads=0.25, ffn=0.5), "runs/pruned")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..artifact import TASKS, Artifact, write_artifact
+from ..config import config_to_dict
+from ..errors import CheckFailed, DataError, Unsupported
+from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
+from .unstructured import NO_SPEEDUP, SCOPES
+
+SURGERY_ATOL = 1e-4  # shrunk vs masked model: the same sums in another order, fp32
+RELOAD_ATOL = 1e-6  # saved and reloaded: the same weights, so (near) bit-identical outputs
+DEFAULT_DATA = {"text-generation": "hamlet"}  # everything else calibrates on rotten-tomatoes
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    # Unstructured: set sparsity or threshold. Zeros shrink the compressed file, never the runtime.
+    sparsity: float | None = None  # fraction of in-scope weights to zero (smallest |w| first), in [0, 1)
+    threshold: float | None = None  # zero every in-scope weight with |w| below this, instead of a fraction
+    granularity: Literal["global", "layer"] = "global"  # rank |w| across all scoped matrices, or within each
+    scope: tuple[str, ...] = ("attention", "ffn")  # embeddings and classifier hurt accuracy most, so opt-in
+    modules: tuple[str, ...] = ()  # module names or fnmatch patterns to prune instead of `scope`
+    # Structured: units are physically removed, so dense runtimes do get faster.
+    heads: float = 0.0  # fraction of attention heads to remove (GQA: key/value groups with their queries)
+    ffn: float = 0.0  # fraction of FFN intermediate neurons to remove
+    heads_per_layer: tuple[int, ...] | None = None  # query heads to KEEP in each layer, instead of `heads`
+    ffn_per_layer: tuple[int, ...] | None = None  # FFN neurons to KEEP in each layer, instead of `ffn`
+    layers: int = 0  # whole layers to remove, least important first
+    drop_layers: tuple[int, ...] = ()  # exact layer indices to remove, instead of `layers`
+    ranking: Literal["layer", "global"] = "layer"  # ratios per layer (uniform shapes) or across all layers
+    importance: Literal["magnitude", "taylor", "activation"] = "magnitude"  # taylor/activation read `data`
+    empty_layer: Literal["refuse", "drop"] = "refuse"  # a layer left with no heads or no FFN: error, or remove it
+    data: str | None = None  # calibration and recovery data; rotten-tomatoes, or hamlet for LMs, when None
+    samples: int = 32  # calibration examples for data-driven importance: a few batches suffice for a ranking
+    max_length: int = 128  # tokens per calibration example
+    recover: bool = False  # distil from the unpruned model afterwards (toolchain.distill) to win back accuracy
+    recover_epochs: int = 1  # a short recovery: the student starts from the teacher's own weights
+    task: str | None = None  # inferred from the model's architecture when None
+    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
+    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
+
+    @property
+    def kind(self) -> str:
+        return "unstructured" if self.sparsity is not None or self.threshold is not None else "structured"
+
+    def __post_init__(self):
+        for name in ("sparsity", "heads", "ffn"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} {value} is outside [0, 1): it is the fraction to remove")
+        if self.sparsity is not None and self.threshold is not None:
+            raise ValueError("set sparsity or threshold, not both")
+        if self.threshold is not None and not self.threshold >= 0:
+            raise ValueError("threshold must be >= 0")
+        bad = [s for s in self.scope if s not in SCOPES]
+        if bad or not (self.scope or self.modules):
+            raise ValueError(f"scope {bad[0] if bad else '()'!r} is not one of {', '.join(SCOPES)}")
+        self._check_structured()
+        if not 1 <= self.samples <= 10_000 or not 8 <= self.max_length <= 8192:
+            raise ValueError("samples must be in 1..10000 and max_length in 8..8192")
+        if self.recover_epochs < 1:
+            raise ValueError("recover_epochs must be at least 1")
+
+    def _check_structured(self):
+        structured = bool(self.heads or self.ffn or self.layers or self.drop_layers
+                          or self.heads_per_layer is not None or self.ffn_per_layer is not None)
+        if self.kind == "unstructured" and structured:
+            raise ValueError("one kind of pruning per run: sparsity/threshold, or heads/ffn/layers; chain two stages")
+        if self.kind == "structured" and not structured:
+            raise ValueError("nothing to prune: set sparsity or threshold, or heads, ffn or layers")
+        if self.kind == "unstructured" and self.recover:
+            raise ValueError("recovery training would refill the zeroed weights; prune after distilling instead")
+        for ratio, counts in (("heads", "heads_per_layer"), ("ffn", "ffn_per_layer")):
+            if getattr(self, ratio) and getattr(self, counts) is not None:
+                raise ValueError(f"set {ratio} (a ratio) or {counts} (counts to keep), not both")
+            if any(c < 0 for c in getattr(self, counts) or ()):
+                raise ValueError(f"{counts} holds a negative count")
+        if self.layers < 0 or (self.layers and self.drop_layers):
+            raise ValueError("layers must be >= 0, and not combined with drop_layers")
+
+
+def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, force: bool = False) -> Artifact:
+    """Prune `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`.
+
+    With `cfg.recover`, the pruned model is kept at `<out>-pruned` and `out` holds it after a short
+    distillation from the unpruned model.
+    """
+    source = src if isinstance(src, ModelSource) else resolve_model(src)
+    config = source.config
+    task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
+    if task not in TASKS:
+        raise Unsupported(f"unsupported task {task!r}", f"use one of: {', '.join(TASKS)}")
+    if cfg.recover and importlib.util.find_spec("toolchain.distill") is None:
+        raise Unsupported("--recover needs the distillation stage (toolchain.distill), which this build lacks",
+                          "drop --recover, or update the toolchain")
+    model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    out = Path(out)
+    target = out.with_name(f"{out.name}-pruned") if cfg.recover else out
+    with write_artifact(target, stage="prune", config=config_to_dict(cfg) | {"source": source.spec}, format="torch",
+                        task=task, model_type=config.model_type, parent=source.artifact, force=force) as o:
+        o.record.input_hash = source_hash(source)
+        run = _unstructured if cfg.kind == "unstructured" else _structured
+        o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder))
+    pruned = Artifact.load(target)
+    return _recover(source, pruned, cfg, out, force) if cfg.recover else pruned
+
+
+def _structured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, folder: Path) -> dict:
+    from .families import apply_plan, current_shapes, family_of, mask_plan
+    from .importance import Targets, choose
+
+    family_of(model)  # an unsupported architecture fails before any calibration work
+    before, params_before = current_shapes(model), _params(model)
+    scores = _scores(model, tokenizer, cfg, task)
+    targets = Targets(cfg.heads, cfg.ffn, cfg.heads_per_layer, cfg.ffn_per_layer, cfg.layers, cfg.drop_layers,
+                      cfg.ranking, cfg.empty_layer)
+    plan, notes = choose(model, scores, targets)
+    reference = copy.deepcopy(model)
+    mask_plan(reference, plan)
+    apply_plan(model, plan)
+    surgery = _check(reference, model, tokenizer, SURGERY_ATOL, "shrunk model vs the masked original")
+    del reference
+    reload = _save_and_reload(model, tokenizer, folder, task)
+    after = current_shapes(model)
+    metrics = {
+        "kind": "structured", "importance": cfg.importance, "ranking": cfg.ranking,
+        "params_before": params_before, "params_after": _params(model),
+        "layers_before": len(before["num_heads"]), "layers_after": len(after["num_heads"]), **notes,
+        "heads_before": before["num_heads"], "heads_after": after["num_heads"],
+        "kv_heads_after": after["num_key_value_heads"],
+        "ffn_before": before["intermediate_size"], "ffn_after": after["intermediate_size"],
+        "surgery_check": surgery, "reload_check": reload, "file_bytes": _weights_bytes(folder),
+    }
+    if cfg.importance != "magnitude":
+        metrics["calibration"] = {"data": _data_name(cfg, task), "samples": cfg.samples, "max_length": cfg.max_length}
+    return metrics
+
+
+def _unstructured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, folder: Path) -> dict:
+    from .unstructured import compressed_sizes, prune_magnitude, scoped_weights, sparsity_report
+
+    weights = scoped_weights(model, cfg.scope, cfg.modules)
+    prune_magnitude(weights, cfg.sparsity, cfg.threshold, cfg.granularity)
+    report = sparsity_report(model, weights)
+    reload = _save_and_reload(model, tokenizer, folder, task)
+    metrics = {"kind": "unstructured", "granularity": cfg.granularity, "params": _params(model),
+               "sparsity": report, "reload_check": reload, "note": NO_SPEEDUP,
+               "file": _sum_sizes(compressed_sizes(p) for p in sorted(folder.glob("*.safetensors")))}
+    src_files = sorted(Path(source.location).glob("*.safetensors")) if source.local else []
+    if src_files:
+        metrics["source_file"] = _sum_sizes(compressed_sizes(p) for p in src_files)
+    return metrics
+
+
+def _scores(model, tokenizer, cfg: PruneConfig, task: str):
+    from tqdm.auto import tqdm
+
+    from . import importance
+
+    if cfg.importance == "magnitude":
+        return importance.magnitude(model)
+    batches, labels = _calibration(model, tokenizer, cfg, task)
+    bar = lambda it: tqdm(it, desc=f"{cfg.importance} importance", unit="batch", disable=None)  # noqa: E731
+    if cfg.importance == "activation":
+        return importance.activation(model, batches, progress=bar)
+    if task == "feature-extraction":
+        raise Unsupported("taylor importance needs a loss; a feature-extraction model has none",
+                          "use --importance activation or magnitude, or prune the fine-tuned classifier")
+    return importance.taylor(model, batches, labels, progress=bar)
+
+
+def _calibration(model, tokenizer, cfg: PruneConfig, task: str) -> tuple[list[dict], list | None]:
+    """`cfg.samples` single-example batches of the task data (and class ids for a classifier's loss)."""
+    from ..data import calibration_batches, load_classification, load_text
+
+    name = _data_name(cfg, task)
+    accepted = set(inspect.signature(model.forward).parameters)
+    if task == "text-generation":
+        raw = calibration_batches(tokenizer, load_text(name), cfg.samples, cfg.max_length)
+        labels = None
+    else:
+        data = load_classification(name)
+        raw = calibration_batches(tokenizer, data, cfg.samples, cfg.max_length)
+        labels = _label_ids(model, data, len(raw)) if task == "text-classification" else None
+    return [{k: v for k, v in b.items() if k in accepted} for b in raw], labels
+
+
+def _data_name(cfg: PruneConfig, task: str) -> str:
+    return cfg.data or DEFAULT_DATA.get(task, "rotten-tomatoes")
+
+
+def _label_ids(model, data, n: int) -> list[int]:
+    """The calibration examples' labels in the model's own label ids (matched by name when they match)."""
+    ids = data.split("train").labels[:n].tolist()
+    if model.config.num_labels != len(data.label_names):
+        raise DataError(f"{data.name} has {len(data.label_names)} labels; the model predicts {model.config.num_labels}",
+                        "calibrate on the model's own task data (--data)")
+    own = {str(k).lower(): v for k, v in (model.config.label2id or {}).items()}
+    if set(own) == {n.lower() for n in data.label_names}:
+        return [own[data.label_names[i].lower()] for i in ids]
+    return ids
+
+
+def _check(reference, candidate, tokenizer, atol: float, what: str) -> dict:
+    from .. import parity
+
+    result = parity.compare(_outputs(reference, tokenizer), _outputs(candidate, tokenizer), atol)
+    if not result.ok:
+        raise CheckFailed(f"{what}: outputs differ by {result.max_abs_diff:.3g} (tolerance {atol:g})",
+                          "this is a toolchain bug for this architecture; please report it with the model config")
+    return {"max_abs_diff": result.max_abs_diff, "atol": atol, "shapes": [list(s) for s in parity.SHAPES]}
+
+
+def _outputs(model, tokenizer) -> dict:
+    """Logits (or hidden states) on the parity texts at each of parity.SHAPES."""
+    import torch
+
+    from .. import parity
+
+    accepted = set(inspect.signature(model.forward).parameters)
+    out = {}
+    for batch, seq in parity.SHAPES:
+        enc = parity.tokenize(tokenizer, batch, seq)
+        with torch.inference_mode():
+            r = model(**{k: torch.from_numpy(v) for k, v in enc.items() if k in accepted})
+        value = getattr(r, "logits", None)
+        out[f"{batch}x{seq}"] = (value if value is not None else r.last_hidden_state).numpy()
+    return out
+
+
+def _save_and_reload(model, tokenizer, folder: Path, task: str) -> dict:
+    """Save the pruned model, load it back through the toolchain's loader, and demand the same outputs."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    reloaded = load_model(ModelSource(str(folder), str(folder), local=True), task)
+    return _check(model, reloaded, tokenizer, RELOAD_ATOL, "saved and reloaded pruned model")
+
+
+def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path, force: bool) -> Artifact:
+    """Distil the pruned student from the unpruned model, through the distillation stage."""
+    from ..distill import DistillConfig, distill
+
+    teacher = source.location if source.local else source.spec
+    dcfg = DistillConfig(student=str(pruned.path), data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs)
+    recovered = distill(teacher, dcfg, out, force=force)
+    recovered.record_result("prune", {"before_recovery": str(pruned.path), **pruned.manifest.lineage[-1].metrics})
+    return recovered
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def _sum_sizes(sizes) -> dict:
+    total: dict = {}
+    for s in sizes:
+        for k, v in s.items():
+            total[k] = total.get(k, 0) + v
+    return total
