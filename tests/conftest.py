@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Tests never reach a model hub: set before transformers / huggingface_hub read it at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Remote code a test loads on purpose is copied here by transformers, not into ~/.cache/huggingface.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="toolchain-test-hf-modules-"))
 
 import pytest
 

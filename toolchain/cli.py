@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
 
 import click
 
@@ -16,10 +18,15 @@ from .errors import ToolchainError
 
 
 def reports_errors(fn):
-    """Turn the toolchain's own errors into one clear line, its fix, and the error's exit code."""
+    """Turn the toolchain's own errors into one clear line, its fix, and the error's exit code.
+
+    SIGTERM (what `kill`, schedulers and containers send) is handled like Ctrl-C: the stage unwinds,
+    its partial output is removed, previous artifacts stay as they were.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = _terminate_like_interrupt()
         try:
             return fn(*args, **kwargs)
         except ToolchainError as exc:
@@ -27,11 +34,28 @@ def reports_errors(fn):
             if exc.fix:
                 click.echo(f"  fix: {exc.fix}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+            click.echo(f"interrupted ({signal.Signals(signum).name}): no new artifact was written; "
+                       "earlier ones are untouched", err=True)
+            click.echo("  fix: run the same command again (finetune resumes from its last checkpoint)", err=True)
+            sys.exit(128 + signum)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt(SIGTERM); returns the handler to restore (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def emit(data, as_json: bool, table=None) -> None:
@@ -81,10 +105,39 @@ def info(artifact, as_json, verify):
             f"{len(art.manifest.files)} files, {data['size_bytes'] / 1e6:.1f} MB, "
             f"{'verified' if verify and not problems else 'NOT verified' if problems else 'unchecked'}")
     emit(data, as_json, head + "\n" + format_table(rows, ["stage", "config", "time", "metrics"]))
+    _raise_problems(art.path, problems)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--smoke", is_flag=True, help="Also run one inference on sample text (ONNX artifacts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reports_errors
+def verify(path, smoke, as_json):
+    """Check every file of the artifact at PATH against its manifest: changed, missing or extra files exit 9."""
+    import dataclasses
+
+    from .verify import verify as run_verify
+
+    report = run_verify(path, smoke=smoke)
+    head = (f"{report.path}: {report.kind}, {report.files} files, "
+            + (f"{len(report.problems)} problem(s)" if report.problems else "every hash matches"))
+    if report.smoke:
+        head += "\nsmoke inference: " + ", ".join(f"{k} {v}" for k, v in report.smoke["outputs"].items()) + ", finite"
+    emit(dataclasses.asdict(report), as_json, head)
+    _raise_problems(report.path, report.problems)
+
+
+def _raise_problems(path, problems: list[str]) -> None:
+    """List every changed, missing or extra file, then fail with exit 9 (IntegrityError)."""
+    from .errors import IntegrityError
+
+    for p in problems:
+        click.secho(f"  {p}", fg="red", err=True)
     if problems:
-        for p in problems:
-            click.secho(f"  {p}", fg="red", err=True)
-        sys.exit(9)
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise IntegrityError(f"{path} does not match its manifest: {problems[0]}{more}",
+                             "rebuild it with the stage that made it; do not ship it")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -329,3 +382,71 @@ def _config(cls, **kwargs):
     from .config import config_from_dict
 
     return config_from_dict(cls, {k: v for k, v in kwargs.items() if v is not None}, where="option")
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--providers", default="cpu", show_default=True,
+              help="Execution providers, comma-separated (cpu,cuda,tensorrt); one not available is a 'skipped' row.")
+@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--seq", default="16,64,128", show_default=True, help="Fixed sequence lengths (unless --data).")
+@click.option("--data", help="Real texts instead of fixed lengths: a dataset's test split (rotten-tomatoes, a file) "
+                             "or hamlet; padded per batch.")
+@click.option("--max-length", type=int, help="Truncate real texts to this many tokens (default 128).")
+@click.option("--threads", type=int, help="Threads for torch and onnxruntime alike (default: all usable cores).")
+@click.option("--runs", type=int, help="Timed calls per artifact and configuration (default 50).")
+@click.option("--warmup", type=int, help="Untimed calls first (default 5).")
+@click.option("--block", type=int, help="Calls per artifact before the next one's turn (default 5).")
+@click.option("--baseline", help="Artifact the speedup column is relative to (default: the first).")
+@click.option("--torch-compile", is_flag=True, help="Run torch artifacts through torch.compile instead of eager.")
+@click.option("--decode-tokens", type=int, help="Causal LMs: greedy decode steps after each prefill (default 16).")
+@click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
+@click.option("--trt-int8", is_flag=True, help="TensorRT: allow int8 kernels.")
+@click.option("--no-peak", is_flag=True, help="Skip the GEMM peak (no fraction-of-peak column).")
+@click.option("--refresh-peak", is_flag=True, help="Re-measure this machine's GEMM peak instead of using the cache.")
+@click.option("--no-store", is_flag=True, help="Do not write the results into the artifacts' manifests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@reports_errors
+def bench(artifacts, providers, batch, seq, data, max_length, threads, runs, warmup, block, baseline, torch_compile,
+          decode_tokens, trt_fp16, trt_int8, no_peak, refresh_peak, no_store, as_json):
+    """Time ARTIFACTS (torch or ONNX) side by side: latency, throughput, memory, fraction of the machine's peak."""
+    from tqdm import tqdm
+
+    from .bench import BenchConfig, bench as run_bench
+    from .bench.results import table_rows
+
+    cfg = _config(BenchConfig, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+                  batch=_ints(batch, "--batch"), seq=_ints(seq, "--seq"), data=data, max_length=max_length,
+                  threads=threads, runs=runs, warmup=warmup, block=block, baseline=baseline,
+                  torch_compile=torch_compile, decode_tokens=decode_tokens, trt_fp16=trt_fp16, trt_int8=trt_int8,
+                  peak=not no_peak, refresh_peak=refresh_peak, store=not no_store)
+    n_shapes = len(cfg.batch) * (1 if cfg.data else len(cfg.seq))
+    total = len(cfg.providers) * len(artifacts) * n_shapes * (cfg.runs + cfg.warmup)
+    with tqdm(total=total, desc="bench", unit="call", leave=False, disable=None) as bar:
+        result = run_bench(list(artifacts), cfg, progress=bar.update)
+    rows, headers = table_rows(result)
+    emit(result, as_json, _bench_header(result) + "\n" + format_table(rows, headers) + _bench_footer(result))
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+
+
+def _bench_header(result: dict) -> str:
+    m = result["machine"]
+    isa = " ".join(k.upper().replace("AVX512", "AVX-512") for k, v in m["isa"].items() if v) or "no SIMD flags read"
+    gpu = ", ".join(f"{g['name']} (driver {g['driver']})" for g in m["gpu"]) or "no GPU"
+    ort = m["onnxruntime"]
+    peaks = "; ".join(f"{k} {v['gflops']:.0f} GFLOP/s ({v['source']})" if v.get("gflops") else f"{k}: {v.get('error')}"
+                      for k, v in result["peaks"].items())
+    return (f"machine: {m['cpu_model']}, {m['cores_usable']} usable cores, {m['threads_used']} threads used, {isa}; "
+            f"onnxruntime {ort['version']} ({', '.join(p.replace('ExecutionProvider', '') for p in ort['providers'])}); "
+            f"{gpu}\npeak (GEMM): {peaks or 'not measured'}; speedup vs {result['baseline']} (its p50 / p50)\n")
+
+
+def _bench_footer(result: dict) -> str:
+    stored = [f"{a['label']}: {', '.join(a['stored_as'])}" for a in result["artifacts"] if a["stored_as"]]
+    return "\nstored in manifests: " + "; ".join(stored) if stored else ""

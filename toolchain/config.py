@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -15,9 +16,17 @@ C = TypeVar("C")
 def config_from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "config") -> C:
     """Build `cls` from a plain dict (a recipe's YAML, a manifest's JSON); unknown keys are errors.
 
-    >>> ExportConfig.from_dict({"opset": 17})  # doctest: +SKIP
+    >>> config_from_dict(ExportConfig, {"opset": 17})  # doctest: +SKIP
     """
-    data = dict(data or {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: must be a mapping of option names to values, got {type(data).__name__}",
+                          "write the config as `key: value` lines")
+    if not all(isinstance(k, str) for k in data):
+        raise RecipeError(f"{where}: keys must be text, got {next(k for k in data if not isinstance(k, str))!r}",
+                          "write option names as words")
+    data = dict(data)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -65,7 +74,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # YAML reads .inf and .nan; no setting means them, and int(inf) steps would crash much later.
+        raise RecipeError(f"{where}: expected a finite number, got {value!r}", "write a finite number")
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise RecipeError(

@@ -79,3 +79,9 @@ class Unsupported(ToolchainError):
     """A task, architecture or option combination the toolchain does not handle."""
 
     exit_code = 12
+
+
+class WriteFailed(ToolchainError):
+    """The output could not be written (disk full, no permission): nothing was left that looks finished."""
+
+    exit_code = 13

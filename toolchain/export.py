@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import parity
-from .artifact import TASKS, Artifact, hash_payload, write_artifact
+from .artifact import TASKS, Artifact, check_output, hash_payload, write_artifact
 from .config import config_to_dict
 from .errors import CheckFailed, Unsupported
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
@@ -49,7 +49,8 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
 
     >>> export("minilm", ExportConfig(), "runs/minilm-onnx")  # doctest: +SKIP
     """
-    source = src if isinstance(src, ModelSource) else resolve_model(src)
+    check_output(Path(out), force)  # fail now, not after loading and exporting
+    source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
     config = source.config
     task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
     if cfg.with_past and task != "text-generation":

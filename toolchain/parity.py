@@ -134,6 +134,8 @@ def compare_onnx(reference, candidate, tokenizer, task: str, atol: float, relati
 
 def _onnx_step(session, enc: dict) -> tuple[dict, np.ndarray]:
     """Feeds for one step; for a with-past session, the step after a PAST_PREFIX-token prefix."""
+    from .evaluate import empty_past
+
     past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values")]
     if not past_names:
         return onnx_feeds(session, enc), enc["attention_mask"]
@@ -144,12 +146,6 @@ def _onnx_step(session, enc: dict) -> tuple[dict, np.ndarray]:
     past = {n: first[n.replace("past_key_values", "present")] for n in past_names}
     step = {"input_ids": enc["input_ids"][:, p:], "attention_mask": enc["attention_mask"]}
     return onnx_feeds(session, step, past), enc["attention_mask"][:, p:]
-
-
-def empty_past(inp, batch: int) -> np.ndarray:
-    """A zero-length KV cache for session input `inp`, so a with-past graph runs a sequence from scratch."""
-    dims = [batch if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(inp.shape)]
-    return np.zeros(dims, dtype=np.float32)
 
 
 def _run(session, feeds: dict) -> dict[str, np.ndarray]:

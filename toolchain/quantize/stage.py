@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 from .. import parity
-from ..artifact import Artifact, write_artifact
+from ..artifact import Artifact, check_output, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, Unsupported
-from ..optimize import copy_sidecar_files, onnx_parent
+from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
 from . import calibration, graph, loop
 from .presets import PRESETS, detect_preset
 
@@ -118,8 +118,9 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
 
     >>> quantize("runs/teacher-onnx", QuantizeConfig(mode="static", max_accuracy_drop=0.01), "runs/int8")  # doctest: +SKIP
     """
-    parent = onnx_parent(src, "quantize")
     out = Path(out)
+    check_output(out, force)  # fail now, not after calibrating
+    parent = onnx_parent(src, "quantize")
     with write_artifact(out, stage="quantize", config=config_to_dict(cfg), format="onnx", task=parent.task,
                         model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
@@ -186,13 +187,13 @@ def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
         raise Unsupported(f"{cfg.mode} quantization has no int8 kernel for {', '.join(unsupported)}",
                           f"choose from: {', '.join(sorted(supported))}")
     present = graph.op_counts(model)
-    missing = [op for op in requested if not present[op]]
-    if cfg.op_types and missing:
-        _warn(notes, f"op type(s) {', '.join(missing)} do not occur in the model: nothing to quantize there")
     chosen = [op for op in requested if present[op]]
     if not chosen:
         raise Unsupported(f"the model has none of the op types {', '.join(requested)}",
                           f"its op types are: {', '.join(sorted(present))}")
+    missing = [op for op in requested if not present[op]]
+    if cfg.op_types and missing:
+        _warn(notes, f"op type(s) {', '.join(missing)} do not occur in the model: nothing to quantize there")
     stranded = [op for op in ("Attention", "EmbedLayerNormalization") if present[op] and op not in chosen]
     if stranded:
         _warn(notes, f"{', '.join(stranded)} will keep float32 weights: add them to the op types")
@@ -219,13 +220,12 @@ def _excluded(model, cfg: QuantizeConfig, job: _Job) -> dict[str, str]:
 
 def _feeds(job: _Job) -> list[dict]:
     from ..data import DataSpec, load_classification, load_text
-    from ..modeling import ModelSource, load_tokenizer
     from ..runtime import make_session
 
     cfg = job.cfg
     n = calibration.check_sample_count(cfg.calibration_samples) if cfg.mode == "static" else []
     job.warnings += n
-    tokenizer = load_tokenizer(ModelSource(str(job.parent.path), str(job.parent.path), local=True))
+    tokenizer = parent_tokenizer(job.parent)
     if job.parent.task == "text-generation":
         data = load_text(cfg.data or "hamlet")
     else:
@@ -431,10 +431,9 @@ def _count_reasons(excluded: dict[str, str]) -> dict[str, int]:
 
 def _check(parent: Artifact, path: Path, rtol: float) -> dict:
     """int8 vs float32 on real text, relative to each output's scale."""
-    from ..modeling import ModelSource, load_tokenizer
     from ..runtime import make_session
 
-    tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), local=True))
+    tokenizer = parent_tokenizer(parent)
     result = parity.compare_onnx(make_session(parent.onnx_path), make_session(path), tokenizer, parent.task, rtol,
                                  relative=True)
     if not result.ok:
