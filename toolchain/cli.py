@@ -375,6 +375,9 @@ def _quantize_report(artifact, art, m: dict) -> str:
              f"parity vs float32: relative max diff {m['parity']['max_rel_diff']:.3g} on {m['parity']['worst_output']} "
              f"(tolerance {m['parity']['rtol']:g}): ok",
              f"float32 nodes: {len(m['fp32_nodes'])}" + _reasons(m)]
+    if m.get("run_time_scaled"):
+        lines.append("activation scales set per run (integer kernels, no QDQ form): "
+                     + ", ".join(f"{k} {v}" for k, v in m["run_time_scaled"].items()))
     if "iterations" in m:
         b = m["budget"]
         rows = [[i, it["fp32_nodes"], it[b["metric"]], it["cost"], "yes" if it["within_budget"] else "no"]
