@@ -226,3 +226,23 @@ def test_tokenizer_pads_per_batch_right_for_encoders_and_left_for_lms(tiny):
 def test_bench_config_rejects_bad_values(bad):
     with pytest.raises(RecipeError):
         config_from_dict(BenchConfig, bad)
+
+
+def test_torch_dynamic_int8_swaps_linears_and_keeps_logits_close(tiny):
+    import torch
+
+    from toolchain.bench.worker import state_dict_bytes, torch_dynamic_int8
+    from toolchain.modeling import ModelSource, load_model
+
+    src = ModelSource(str(tiny("bert")), str(tiny("bert")), local=True)
+    model = load_model(src, "text-classification")
+    ids = torch.tensor([[2, 20, 30, 40, 3]])
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits
+        quantized = torch_dynamic_int8(model)
+        got = quantized(input_ids=ids).logits
+    modules = list(quantized.modules())
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in modules)
+    assert torch.allclose(want, got, atol=0.05 * float(want.abs().max()) + 1e-3)
+    assert state_dict_bytes(quantized) > 0

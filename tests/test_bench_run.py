@@ -149,3 +149,25 @@ def test_cuda_and_tensorrt_rows_on_a_gpu(tiny_onnx, tmp_path, monkeypatch, flags
     assert opts["trt_engine_cache_enable"] in on and (opts["trt_fp16_enable"] in on) == bool(flags)
     assert any((tmp_path / "cache" / "bench" / "trt-engines").rglob("*"))  # the engine cache was written
     assert result["peaks"]["cuda/fp32"]["gflops"] > 0
+
+
+def test_torch_dynamic_int8_target_is_timed_quantized_beside_fp32(tiny):
+    from toolchain.bench.workload import resolve_target, torch_dynamic_int8_target
+
+    fp32 = resolve_target(str(tiny("bert")))
+    int8 = torch_dynamic_int8_target(fp32)
+    assert int8.artifact is None and int8.label == "bert+torch-int8" and fp32.torch_quantize is None
+    result = bench([str(tiny("bert")), int8], BenchConfig(store=False, **QUICK))
+    rows = {(r["artifact"], r["batch"]): r for r in result["rows"]}
+    assert all(r["status"] == "ok" for r in rows.values())
+    q, f = rows[("bert+torch-int8", 1)], rows[("bert", 1)]
+    assert q["precision"] == "int8" and q["session"]["mode"] == "eager dynamic-int8" and f["session"]["mode"] == "eager"
+    assert q["file_mb"] != f["file_mb"]  # the quantized state_dict's size, reported by the worker
+
+
+def test_torch_dynamic_int8_target_refuses_onnx(tiny_onnx):
+    from toolchain.bench.workload import resolve_target, torch_dynamic_int8_target
+    from toolchain.errors import Unsupported
+
+    with pytest.raises(Unsupported, match="ONNX model"):
+        torch_dynamic_int8_target(resolve_target(str(tiny_onnx("bert").path)))

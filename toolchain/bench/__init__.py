@@ -62,14 +62,18 @@ class BenchConfig:
             raise ValueError("threads must be at least 1")
 
 
-def bench(specs: list[str], cfg: BenchConfig = BenchConfig(), progress: Callable[[int], None] | None = None) -> dict:
-    """Benchmark artifacts (or model folders) on each provider and configuration; see results.py for the layout."""
+def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int], None] | None = None) -> dict:
+    """Benchmark artifacts (or model folders) on each provider and configuration; see results.py for the layout.
+
+    A spec is what a user types (artifact or model folder, built-in name) or a ready workload.Target
+    (e.g. workload.torch_dynamic_int8_target(...), which has no folder of its own).
+    """
     from .machine import machine_record, usable_cores
     from .results import add_limits, add_speedups, store, storage_key
     from .runner import run_provider
-    from .workload import resolve_target, unique_labels
+    from .workload import Target, resolve_target, unique_labels
 
-    targets = [resolve_target(s) for s in specs]
+    targets = [s if isinstance(s, Target) else resolve_target(s) for s in specs]
     unique_labels(targets)
     baseline = pick_baseline(targets, specs, cfg.baseline)
     machine = machine_record(cfg.threads or usable_cores())

@@ -114,7 +114,8 @@ def _start(target: Target, provider: str, cfg, machine: dict, workloads: list[Wo
     """A loaded Entry, or (status, message) when the worker could not load the model."""
     client = WorkerClient(worker_env(machine["threads_used"]))
     request = {"format": target.format, "path": str(target.path), "task": target.task, "provider": provider,
-               "threads": machine["threads_used"], "torch_compile": cfg.torch_compile}
+               "threads": machine["threads_used"], "torch_compile": cfg.torch_compile,
+               "torch_quantize": target.torch_quantize}
     if provider == "tensorrt":
         request["trt"] = trt_request(target, cfg, workloads)
     try:
@@ -122,6 +123,7 @@ def _start(target: Target, provider: str, cfg, machine: dict, workloads: list[Wo
     except WorkerDied as exc:
         reply = {"ok": False, "error": str(exc)}
     if reply.get("ok"):
+        target.file_bytes = reply.get("file_bytes", target.file_bytes)  # a model quantized at load has no file
         return Entry(target, client, reply, workloads, provider, precision_for(target, provider, cfg))
     client.close()
     return ("skipped", reply["skipped"]) if reply.get("skipped") else ("error", reply["error"])

@@ -147,6 +147,13 @@ class TorchRunner:
         t0 = CLOCK()
         source = ModelSource(req["path"], req["path"], local=True)
         self.model = load_model(source, req["task"]).to(self.device)
+        self.quantized = req.get("torch_quantize")
+        if self.quantized == "dynamic-int8":
+            if self.device != "cpu":
+                raise Skipped("torch.ao dynamic int8 runs on the CPU only")
+            self.model = torch_dynamic_int8(self.model)
+        elif self.quantized is not None:
+            raise ValueError(f"unknown torch_quantize {self.quantized!r} (known: dynamic-int8)")
         self.load_s = CLOCK() - t0
         self.compiled = bool(req.get("torch_compile"))
         if self.compiled:
@@ -156,7 +163,8 @@ class TorchRunner:
 
     def info(self) -> dict:
         t = self.torch
-        return {"library": "torch", "device": self.device, "mode": "torch.compile" if self.compiled else "eager",
+        mode = "torch.compile" if self.compiled else "eager"
+        return {"library": "torch", "device": self.device, "mode": mode + (" dynamic-int8" if self.quantized else ""),
                 "num_threads": t.get_num_threads(), "num_interop_threads": t.get_num_interop_threads(),
                 "mkldnn": t.backends.mkldnn.is_available()}
 
@@ -199,6 +207,29 @@ class TorchRunner:
                              past_key_values=out.past_key_values, use_cache=True)
         self._sync()
         return out, mask
+
+
+def torch_dynamic_int8(model):
+    """The model with every nn.Linear swapped for torch.ao's dynamic int8 Linear (weights int8, activations
+    quantized per call): what a PyTorch user gets in one line, without ONNX. CPU only; deprecated upstream."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8).eval()
+
+
+def state_dict_bytes(model) -> int:
+    """Bytes of the model's state_dict as torch.save writes it: the file size of a quantized torch model."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
 
 
 def generate(runner, j: int, steps: int, clock=CLOCK) -> tuple[float, list[float]]:
@@ -282,7 +313,10 @@ class Worker:
         if cmd == "load":
             cls = OnnxRunner if req["format"] == "onnx" else TorchRunner
             self.runner = cls(req)
-            return {"load_s": self.runner.load_s, "session": self.runner.info()}
+            reply = {"load_s": self.runner.load_s, "session": self.runner.info()}
+            if getattr(self.runner, "quantized", None):  # no file holds it: report the size it would save to
+                reply["file_bytes"] = state_dict_bytes(self.runner.model)
+            return reply
         if cmd == "prepare":
             self.runner.prepare(req["batches"])
             self.keys = {req["key"]: 0}

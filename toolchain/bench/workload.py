@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,6 +41,20 @@ class Target:
     precision: str  # fp32 / fp16 / bf16 / int8: which measured peak it is held against
     with_past: bool = False  # an ONNX causal LM exported with its KV cache as inputs and outputs
     onnx_inputs: list[str] = field(default_factory=list)
+    torch_quantize: str | None = None  # "dynamic-int8": the worker applies torch.ao dynamic int8 after loading
+
+
+def torch_dynamic_int8_target(target: Target) -> Target:
+    """The same torch model timed through torch.ao dynamic int8 (Linear layers int8): a PyTorch user's int8.
+
+    Its file size is the quantized state_dict's, which the worker reports once it has quantized. Its
+    results are not stored in the fp32 artifact's manifest (artifact None): that manifest describes other weights.
+    """
+    if target.format != "torch":
+        raise Unsupported(f"{target.path} is an ONNX model: torch dynamic int8 applies to PyTorch models",
+                          "pass the PyTorch model folder it was exported from")
+    return replace(target, label=f"{target.label}+torch-int8", precision="int8", torch_quantize="dynamic-int8",
+                   artifact=None)
 
 
 def resolve_target(spec: str) -> Target:
