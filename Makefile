@@ -11,7 +11,7 @@ RUN ?= runs/demo
 .PHONY: demo test test-slow install clean
 
 demo: $(STAMP)
-	$(BIN)/toolchain export minilm $(RUN)/minilm-onnx --force
+	$(BIN)/toolchain run models/minilm-rotten-tomatoes.yaml --out $(RUN)/minilm $(if $(QUICK),--quick)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Tests never reach a model hub: set before transformers / huggingface_hub read it at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Remote code a test loads on purpose is copied here by transformers, not into ~/.cache/huggingface.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="toolchain-test-hf-modules-"))
 
 import pytest
 
@@ -44,3 +47,19 @@ def tiny_onnx(tiny, tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny, tmp_path_factory):
+    """The tiny recipe (export -> evaluate -> package) run once through the CLI: (run folder, recipe, output)."""
+    from click.testing import CliRunner
+
+    import recipe_helpers
+    from toolchain.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(recipe_helpers.tiny_recipe(tiny("bert"), recipe_helpers.write_csv(root / "reviews.csv")))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(root / "run")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "run", recipe, result.output

@@ -98,3 +98,24 @@ def test_calibration_batches_are_single_examples_of_task_data(tiny):
     assert len(cal) == 5 and all(b["input_ids"].shape[0] == 1 for b in cal)
     text_cal = calibration_batches(tok, load_text("hamlet"), n=3, max_length=16)
     assert len(text_cal) == 3 and all(b["input_ids"].shape == (1, 16) for b in text_cal)
+
+
+def test_hub_dataset_uses_its_validation_split_as_test(monkeypatch):
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    rows = {"sentence": [f"s{i}" for i in range(50)], "label": [i % 2 for i in range(50)]}
+    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
+                                 "validation": datasets.Dataset.from_dict(
+                                     {"sentence": ["v0", "v1"], "label": [0, 1]}, features=features)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None: fake)
+    data = load_classification(DataSpec("glue/sst2", text_column="sentence"))
+    assert data.label_names == ["negative", "positive"]
+    assert data.counts() == {"train": 45, "validation": 5, "test": 2}
+    assert data.split("test").texts == ["v0", "v1"]
+
+
+def test_unreachable_hub_dataset_is_a_clear_error():
+    with pytest.raises(InputNotFound, match="not a built-in dataset"):
+        load_classification("no-such-org/no-such-dataset")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from . import __version__
-from .errors import BadModel, InputNotFound, IntegrityError, OutputExists
+from .errors import BadModel, InputNotFound, IntegrityError, OutputExists, WriteFailed
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -60,36 +62,61 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST) -> "Manifest":
+        """Parse a manifest; anything malformed is an IntegrityError, never a library exception."""
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"{where} is not valid JSON ({exc})", "re-run the stage that made it") from None
+        # ValueError covers integers too long to convert; RecursionError, absurdly deep nesting.
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise IntegrityError(f"{where} is not valid JSON ({_first_line(exc)})",
+                                 "re-run the stage that made it") from None
         if not isinstance(data, dict):
             raise IntegrityError(f"{where} is not a JSON object", "re-run the stage that made it")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise IntegrityError(
-                f"{where} has schema version {version!r}; this toolchain reads {SCHEMA_VERSION}",
+                f"{where} has schema version {version!r:.40}; this toolchain reads {SCHEMA_VERSION}",
                 "re-run the stage with this toolchain version",
             )
         try:
-            lineage = [StageRecord(**r) for r in data.pop("lineage", [])]
-            manifest = cls(lineage=lineage, **data)
+            lineage = data.pop("lineage", [])
+            if not isinstance(lineage, list) or not all(isinstance(r, dict) for r in lineage):
+                raise TypeError("lineage is not a list of records")
+            manifest = cls(lineage=[StageRecord(**r) for r in lineage], **data)
         except TypeError as exc:
-            raise IntegrityError(f"{where} is malformed ({exc})", "re-run the stage that made it") from None
+            raise IntegrityError(f"{where} is malformed ({_first_line(exc)})",
+                                 "re-run the stage that made it") from None
         _check_manifest_types(manifest, where)
         return manifest
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _str_dict(d: Any, values: type | tuple = object) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, values) for k, v in d.items())
+
+
 def _check_manifest_types(m: Manifest, where: str) -> None:
+    # Every field a later command reads is checked here, so `info` or a stage never meets a string
+    # where it subtracts times, or a list where it looks up a file.
+    records_ok = all(
+        isinstance(r.stage, str) and _str_dict(r.config) and _str_dict(r.metrics) and _str_dict(r.versions, str)
+        and (r.input_hash is None or isinstance(r.input_hash, str)) and _is_number(r.started)
+        and _is_number(r.finished)
+        for r in m.lineage
+    )
     ok = (
         m.format in ("torch", "onnx")
         and isinstance(m.task, str)
         and isinstance(m.model_type, str)
-        and isinstance(m.files, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in m.files.items())
-        and isinstance(m.results, dict)
-        and all(isinstance(r.stage, str) and isinstance(r.config, dict) for r in m.lineage)
+        and _str_dict(m.files, str)
+        and _str_dict(m.results)
+        and records_ok
     )
     if not ok:
         raise IntegrityError(f"{where} has fields of the wrong type", "re-run the stage that made it")
@@ -118,6 +145,11 @@ def hash_payload(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
+
+
+def _links(folder: Path) -> list[str]:
+    """Symbolic links below `folder`: an artifact holds plain files only, so a link is never followed."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink())
 
 
 def library_versions() -> dict[str, str]:
@@ -181,6 +213,9 @@ class Artifact:
 
     def verify(self) -> list[str]:
         """Each file that changed, went missing or appeared since the manifest was written."""
+        links = _links(self.path)
+        if links:  # a link could point anywhere: report it instead of reading through it
+            return [f"link {name} (an artifact holds plain files only)" for name in links]
         actual = hash_payload(self.path)
         problems = []
         for name, digest in self.manifest.files.items():
@@ -198,9 +233,32 @@ class Artifact:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: a reader sees the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with _write_errors(path):
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# errno values that mean "the output cannot be written here", not a bug in the stage.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, file too large, read-only, no permission) into WriteFailed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteFailed(
+            f"could not write {out}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),
+            "free disk space or fix the folder's permissions, then run the same command again",
+        ) from None
 
 
 @dataclass
@@ -213,6 +271,8 @@ class StageOutput:
     model_type: str
     record: StageRecord
     lineage: list[StageRecord]
+    # Measurements taken on the staged payload (e.g. finetune's evaluation), stored with it atomically.
+    results: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -229,14 +289,15 @@ def write_artifact(
 ) -> Iterator[StageOutput]:
     """Write a new artifact atomically: the stage writes into `.folder`, then it is renamed to `out`.
 
+    Killed or failing at any point, it leaves `out` as it was (absent, or the previous artifact) and at
+    most a hidden `.partial-*` folder that the next run removes. A failed write is a WriteFailed.
+
     >>> with write_artifact(out, stage="export", config={}, format="onnx", task=t, model_type="bert") as o:
     ...     write_model(o.folder); o.record.metrics["max_abs_diff"] = 1e-6   # doctest: +SKIP
     """
     out = Path(out)
     prepare_output(out, force)
     tmp = out.parent / f"{PARTIAL_PREFIX}{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     record = StageRecord(
         stage=stage,
         config=config,
@@ -248,32 +309,77 @@ def write_artifact(
     lineage = list(parent.manifest.lineage) if parent else []
     staged = StageOutput(tmp, format, task, model_type, record, lineage)
     try:
-        yield staged
-        staged.record.finished = time.time()
-        manifest = Manifest(
-            format=staged.format,
-            task=staged.task,
-            model_type=staged.model_type,
-            files=hash_payload(tmp),
-            lineage=staged.lineage + [staged.record],
-        )
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        _replace_folder(tmp, out)
+        with _write_errors(out):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            yield staged
+            staged.record.finished = time.time()
+            manifest = Manifest(
+                format=staged.format,
+                task=staged.task,
+                model_type=staged.model_type,
+                files=hash_payload(tmp),
+                lineage=staged.lineage + [staged.record],
+                results=staged.results,
+            )
+            (tmp / MANIFEST).write_text(manifest.to_json())
+            _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def prepare_output(out: Path, force: bool) -> None:
-    """Refuse to overwrite an existing artifact or a non-empty folder unless `force`."""
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an output that holds an artifact (unless `force`) or anything else; writes nothing.
+
+    Stages call this before their slow work, so a taken output fails in a second, not after training.
+    """
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExists(f"{out} exists and is a file", "choose another output folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        what = "an artifact" if Artifact.is_artifact(out) else "files"
-        raise OutputExists(f"{out} already holds {what}", "choose another output folder or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f"{PARTIAL_PREFIX}{out.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not Artifact.is_artifact(out):
+        # --force replaces artifacts only: a typo must never empty someone's folder of other files.
+        raise OutputExists(f"{out} already holds files that are not a toolchain artifact",
+                           "choose another output folder (--force only replaces artifacts)")
+    if not force:
+        raise OutputExists(f"{out} already holds an artifact", "choose another output folder or pass --force")
+
+
+def prepare_output(out: Path, force: bool) -> None:
+    """check_output, then create the parent folder and clear what interrupted runs left beside `out`."""
+    out = Path(out)
+    check_output(out, force)
+    with _write_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted(out)
+
+
+def _recover_interrupted(out: Path) -> None:
+    """Remove partial folders of dead runs; put back a previous artifact a killed swap left aside."""
+    pattern = re.compile(rf"{re.escape(PARTIAL_PREFIX + out.name)}-(old-)?(\d+)")
+    for stale in sorted(out.parent.iterdir()):
+        m = pattern.fullmatch(stale.name)
+        if not m or _alive(int(m.group(2))):
+            continue
+        if m.group(1) and not out.exists() and Artifact.is_artifact(stale):
+            os.rename(stale, out)  # killed between the two renames of _replace_folder
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether another process with this id runs (its partial folder is still being written)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _replace_folder(tmp: Path, out: Path) -> None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
+import os
 import sys
+import threading
 
 import click
 
@@ -16,10 +19,15 @@ from .errors import ToolchainError
 
 
 def reports_errors(fn):
-    """Turn the toolchain's own errors into one clear line, its fix, and the error's exit code."""
+    """Turn the toolchain's own errors into one clear line, its fix, and the error's exit code.
+
+    SIGTERM (what `kill`, schedulers and containers send) is handled like Ctrl-C: the stage unwinds,
+    its partial output is removed, previous artifacts stay as they were.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = _terminate_like_interrupt()
         try:
             return fn(*args, **kwargs)
         except ToolchainError as exc:
@@ -27,11 +35,28 @@ def reports_errors(fn):
             if exc.fix:
                 click.echo(f"  fix: {exc.fix}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+            click.echo(f"interrupted ({signal.Signals(signum).name}): no new artifact was written; "
+                       "earlier ones are untouched", err=True)
+            click.echo("  fix: run the same command again (finetune resumes from its last checkpoint)", err=True)
+            sys.exit(128 + signum)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt(SIGTERM); returns the handler to restore (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def emit(data, as_json: bool, table=None) -> None:
@@ -81,10 +106,46 @@ def info(artifact, as_json, verify):
             f"{len(art.manifest.files)} files, {data['size_bytes'] / 1e6:.1f} MB, "
             f"{'verified' if verify and not problems else 'NOT verified' if problems else 'unchecked'}")
     emit(data, as_json, head + "\n" + format_table(rows, ["stage", "config", "time", "metrics"]))
+    _raise_problems(art.path, problems)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--smoke", is_flag=True, help="Also run one inference on sample text (ONNX artifacts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reports_errors
+def verify(path, smoke, as_json):
+    """Check every file of the artifact or edge bundle at PATH against its manifest.
+
+    Changed, missing or extra files exit 9. A bundle is also run once (model.onnx and model.ort) and
+    compared with the outputs stored when it was packaged.
+    """
+    import dataclasses
+
+    from .verify import verify as run_verify
+
+    report = run_verify(path, smoke=smoke)
+    head = (f"{report.path}: {report.kind}, {report.files} files, "
+            + (f"{len(report.problems)} problem(s)" if report.problems else "every hash matches"))
+    if report.smoke and "models" in report.smoke:  # a bundle: diffs against the packaged outputs
+        head += "\nsmoke inference: ok (" + ", ".join(
+            f"{m} max abs diff {d:.2g}" for m, d in report.smoke["models"].items()) + f", atol {report.smoke['atol']:g})"
+    elif report.smoke:
+        head += "\nsmoke inference: " + ", ".join(f"{k} {v}" for k, v in report.smoke["outputs"].items()) + ", finite"
+    emit(dataclasses.asdict(report), as_json, head)
+    _raise_problems(report.path, report.problems)
+
+
+def _raise_problems(path, problems: list[str]) -> None:
+    """List every changed, missing or extra file, then fail with exit 9 (IntegrityError)."""
+    from .errors import IntegrityError
+
+    for p in problems:
+        click.secho(f"  {p}", fg="red", err=True)
     if problems:
-        for p in problems:
-            click.secho(f"  {p}", fg="red", err=True)
-        sys.exit(9)
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise IntegrityError(f"{path} does not match its manifest: {problems[0]}{more}",
+                             "rebuild it with the stage that made it; do not ship it")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -125,10 +186,15 @@ def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pi
          f"(tolerance {p['atol']:g}, shapes {p['shapes']}): ok")
 
 
-def data_options(fn):
-    """--data and the column options shared by every command that reads labelled text."""
+def data_options(fn=None, *, default: str | None = "rotten-tomatoes"):
+    """--data and the column options shared by every command that reads labelled text.
+
+    `@data_options(default=None)` leaves --data unset, for commands that pick data by the model's task.
+    """
+    if fn is None:
+        return functools.partial(data_options, default=default)
     for opt in reversed([
-        click.option("--data", default="rotten-tomatoes", show_default=True,
+        click.option("--data", default=default, show_default=default is not None,
                      help="Built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id (glue/sst2)."),
         click.option("--text-column", default="text", show_default=True),
         click.option("--label-column", default="label", show_default=True),
@@ -207,11 +273,284 @@ def _evaluation_table(artifact, r: dict) -> str:
     return table + "\n\n" + cm
 
 
+@main.command()
+@click.argument("artifact")
+@click.argument("out", type=click.Path())
+@click.option("--model-type", help="Optimizer model type (bert, gpt2, ...); from the manifest when omitted.")
+@click.option("--num-heads", type=int, help="Attention heads (default: config.json; 0 = detect from the graph).")
+@click.option("--hidden-size", type=int, help="Hidden size (default: config.json; 0 = detect from the graph).")
+@click.option("--opt-level", type=click.Choice(["0", "1", "2", "99"]), help="ONNX Runtime graph optimizations first.")
+@click.option("--disable-attention", is_flag=True, help="Keep attention unfused (for static int8 QDQ afterwards).")
+@click.option("--fp16", is_flag=True, help="Convert to float16 for GPU targets (inputs/outputs stay float32).")
+@click.option("--fp16-io", "fp16_io", is_flag=True, help="With --fp16: float16 inputs and outputs too.")
+@click.option("--use-gpu", is_flag=True, help="Allow GPU-only fusions (implied by --fp16).")
+@click.option("--atol", type=float, help="Parity tolerance vs the parent (relative with --fp16).")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
+    """Fuse ARTIFACT (ONNX) with ONNX Runtime's transformer optimizer into OUT, checked against ARTIFACT."""
+    from .optimize import OptimizeConfig, optimize as run_optimize
+
+    cfg = _config(OptimizeConfig, opt_level=int(opt_level) if opt_level else None,
+                  keep_io_types=False if fp16_io else None, **options)
+    art = run_optimize(artifact, cfg, out, force=force)
+    m = art.manifest.lineage[-1].metrics
+    p = m["parity"]
+    diff = p.get("max_abs_diff", p.get("max_rel_diff"))
+    fusions = ", ".join(f"{k} {v}" for k, v in m["fusions"].items()) or "none"
+    emit({"artifact": str(art.path), **m}, as_json,
+         f"optimized {artifact} -> {art.onnx_path} ({m['size_bytes_after'] / 1e6:.1f} MB, "
+         f"{m['nodes_before']} -> {m['nodes_after']} nodes) in {m['optimize_seconds']:.1f}s\n"
+         f"fusions ({m['optimizer_model_type']}): {fusions}\n"
+         f"parity vs parent: {'relative ' if 'rtol' in p else ''}max diff {diff:.2e} on {p['worst_output']} "
+         f"(tolerance {p.get('atol', p.get('rtol')):g}): ok")
+
+
+@main.command()
+@click.argument("artifact")
+@click.argument("out", type=click.Path())
+@click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
+@click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64"]),
+              help="Hardware preset (default: detected from this CPU); the options below override it.")
+@click.option("--activation-type", type=click.Choice(["quint8", "qint8"]), help="Static: activation type.")
+@click.option("--weight-type", type=click.Choice(["quint8", "qint8"]), help="Weight type.")
+@click.option("--reduce-range/--full-range", default=None, help="7-bit weights (CPUs without VNNI).")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default).")
+@click.option("--symmetric-activations", is_flag=True, default=None, help="Static: zero point 0 for activations.")
+@click.option("--op-types", help="Comma-separated op types to quantize (default depends on --mode).")
+@click.option("--exclude-node", "exclude_nodes", multiple=True, help="Keep this node in float32 (repeatable).")
+@click.option("--quantize-activation-matmuls", is_flag=True, default=None,
+              help="Also quantize activation x activation MatMuls (attention scores).")
+@click.option("--no-mask-guard", is_flag=True, help="Do not keep attention-mask paths out of quantization.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="Static: how activation ranges are set (default minmax).")
+@click.option("--calibration-samples", type=int, help="Static: task examples to calibrate on (default 128).")
+@click.option("--percentile", type=float, help="Percentile calibration: share of values covered (default 99.999).")
+@data_options(default=None)
+@click.option("--max-length", type=int, help="Tokens per calibration / evaluation example (default 128).")
+@click.option("--max-accuracy-drop", type=float, help="Classifiers: accuracy budget vs float32 (0.01 = 1 point).")
+@click.option("--max-perplexity-increase", type=float, help="Causal LMs: relative perplexity budget (0.05 = 5%).")
+@click.option("--eval-batch-size", type=int, help="Loop: evaluation batch size (default 1, as served).")
+@click.option("--eval-max-samples", type=int, help="Loop: score the first N validation examples only.")
+@click.option("--eval-max-tokens", type=int, help="Loop, causal LMs: perplexity over the first N tokens.")
+@click.option("--max-iterations", type=int, help="Loop: fallback rounds (default 6).")
+@click.option("--rtol", type=float, help="Parity: max |int8 - fp32| / max |fp32| per output (default 0.5).")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def quantize(artifact, out, op_types, no_mask_guard, force, as_json, **options):
+    """Quantize ARTIFACT (ONNX) to int8 at OUT: dynamic, or static QDQ calibrated on task data.
+
+    With --max-accuracy-drop (or --max-perplexity-increase) the most sensitive nodes go back to float32
+    until the int8 model is within budget on the validation split; exit code 7 if it never is.
+    """
+    from .quantize import QuantizeConfig, quantize as run_quantize
+
+    ops = tuple(o.strip() for o in op_types.split(",") if o.strip()) if op_types else None
+    cfg = _config(QuantizeConfig, op_types=ops, mask_guard=False if no_mask_guard else None,
+                  **{k: (v or None) if k == "exclude_nodes" else v for k, v in options.items()})
+    art = run_quantize(artifact, cfg, out, force=force)
+    m = art.manifest.lineage[-1].metrics
+    emit({"artifact": str(art.path), **m}, as_json, _quantize_report(artifact, art, m))
+    if m.get("within_budget") is False:
+        click.secho(f"error: accuracy budget not met; the best model found is at {art.path}", fg="red", err=True)
+        click.echo("  fix: raise the budget, use --mode dynamic, or calibrate on more samples", err=True)
+        sys.exit(7)
+
+
+def _reasons(m: dict) -> str:
+    why = dict(m["fp32_reasons"]) | ({"accuracy loop": len(m["fallback_nodes"])} if "fallback_nodes" in m else {})
+    why = {k: v for k, v in why.items() if v}
+    return f" ({', '.join(f'{k}: {v}' for k, v in why.items())})" if why else ""
+
+
+def _quantize_report(artifact, art, m: dict) -> str:
+    s = m["settings"]
+    ops = ", ".join(f"{k} {v}" for k, v in m["quantized_ops"].items())
+    lines = [f"quantized {artifact} -> {art.onnx_path} ({s['mode']}, preset {s['preset']}: {s['activation_type']} "
+             f"activations, {s['weight_type']} weights, reduce_range {s['reduce_range']}) in {m['quantize_seconds']:.0f}s",
+             f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "
+             f"({m['size_ratio']:.2f}x smaller); ops: {ops}",
+             f"parity vs float32: relative max diff {m['parity']['max_rel_diff']:.3g} on {m['parity']['worst_output']} "
+             f"(tolerance {m['parity']['rtol']:g}): ok",
+             f"float32 nodes: {len(m['fp32_nodes'])}" + _reasons(m)]
+    if m.get("run_time_scaled"):
+        lines.append("activation scales set per run (integer kernels, no QDQ form): "
+                     + ", ".join(f"{k} {v}" for k, v in m["run_time_scaled"].items()))
+    if "iterations" in m:
+        b = m["budget"]
+        rows = [[i, it["fp32_nodes"], it[b["metric"]], it["cost"], "yes" if it["within_budget"] else "no"]
+                for i, it in enumerate(m["iterations"])]
+        lines += ["", f"accuracy loop on {b['split']} (batch {b['batch_size']}): float32 parent {b['metric']} "
+                      f"{b['parent']:.4g}, budget {b['limit']:g}",
+                  format_table(rows, ["iteration", "fp32 nodes", b["metric"], "cost", "within budget"])]
+    return "\n".join(lines + [f"warning: {w}" for w in m["warnings"]])
+
+
 def _config(cls, **kwargs):
     """Build a stage config from CLI options; a bad value is a clear error, not a traceback."""
     from .config import config_from_dict
 
     return config_from_dict(cls, {k: v for k, v in kwargs.items() if v is not None}, where="option")
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--providers", default="cpu", show_default=True,
+              help="Execution providers, comma-separated (cpu,cuda,tensorrt); one not available is a 'skipped' row.")
+@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--seq", default="16,64,128", show_default=True, help="Fixed sequence lengths (unless --data).")
+@click.option("--data", help="Real texts instead of fixed lengths: a dataset's test split (rotten-tomatoes, a file) "
+                             "or hamlet; padded per batch.")
+@click.option("--max-length", type=int, help="Truncate real texts to this many tokens (default 128).")
+@click.option("--threads", type=int, help="Threads for torch and onnxruntime alike (default: all usable cores).")
+@click.option("--runs", type=int, help="Timed calls per artifact and configuration (default 50).")
+@click.option("--warmup", type=int, help="Untimed calls first (default 5).")
+@click.option("--block", type=int, help="Calls per artifact before the next one's turn (default 5).")
+@click.option("--baseline", help="Artifact the speedup column is relative to (default: the first).")
+@click.option("--torch-compile", is_flag=True, help="Run torch artifacts through torch.compile instead of eager.")
+@click.option("--decode-tokens", type=int, help="Causal LMs: greedy decode steps after each prefill (default 16).")
+@click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
+@click.option("--trt-int8", is_flag=True, help="TensorRT: allow int8 kernels.")
+@click.option("--no-peak", is_flag=True, help="Skip the GEMM peak (no fraction-of-peak column).")
+@click.option("--refresh-peak", is_flag=True, help="Re-measure this machine's GEMM peak instead of using the cache.")
+@click.option("--no-store", is_flag=True, help="Do not write the results into the artifacts' manifests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@reports_errors
+def bench(artifacts, providers, batch, seq, data, max_length, threads, runs, warmup, block, baseline, torch_compile,
+          decode_tokens, trt_fp16, trt_int8, no_peak, refresh_peak, no_store, as_json):
+    """Time ARTIFACTS (torch or ONNX) side by side: latency, throughput, memory, fraction of the machine's peak."""
+    from tqdm import tqdm
+
+    from .bench import BenchConfig, bench as run_bench
+    from .bench.results import table_rows
+
+    cfg = _config(BenchConfig, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+                  batch=_ints(batch, "--batch"), seq=_ints(seq, "--seq"), data=data, max_length=max_length,
+                  threads=threads, runs=runs, warmup=warmup, block=block, baseline=baseline,
+                  torch_compile=torch_compile, decode_tokens=decode_tokens, trt_fp16=trt_fp16, trt_int8=trt_int8,
+                  peak=not no_peak, refresh_peak=refresh_peak, store=not no_store)
+    n_shapes = len(cfg.batch) * (1 if cfg.data else len(cfg.seq))
+    total = len(cfg.providers) * len(artifacts) * n_shapes * (cfg.runs + cfg.warmup)
+    with tqdm(total=total, desc="bench", unit="call", leave=False, disable=None) as bar:
+        result = run_bench(list(artifacts), cfg, progress=bar.update)
+    rows, headers = table_rows(result)
+    emit(result, as_json, _bench_header(result) + "\n" + format_table(rows, headers) + _bench_footer(result))
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+
+
+def _bench_header(result: dict) -> str:
+    m = result["machine"]
+    isa = " ".join(k.upper().replace("AVX512", "AVX-512") for k, v in m["isa"].items() if v) or "no SIMD flags read"
+    gpu = ", ".join(f"{g['name']} (driver {g['driver']})" for g in m["gpu"]) or "no GPU"
+    ort = m["onnxruntime"]
+    peaks = "; ".join(f"{k} {v['gflops']:.0f} GFLOP/s ({v['source']})" if v.get("gflops") else f"{k}: {v.get('error')}"
+                      for k, v in result["peaks"].items())
+    return (f"machine: {m['cpu_model']}, {m['cores_usable']} usable cores, {m['threads_used']} threads used, {isa}; "
+            f"onnxruntime {ort['version']} ({', '.join(p.replace('ExecutionProvider', '') for p in ort['providers'])}); "
+            f"{gpu}\npeak (GEMM): {peaks or 'not measured'}; speedup vs {result['baseline']} (its p50 / p50)\n")
+
+
+def _bench_footer(result: dict) -> str:
+    stored = [f"{a['label']}: {', '.join(a['stored_as'])}" for a in result["artifacts"] if a["stored_as"]]
+    return "\nstored in manifests: " + "; ".join(stored) if stored else ""
+def _int_list(value: str | None, name: str):
+    """'0,2,4' -> (0, 2, 4); a bare '3' -> 3 (a count); bad text is a usage error."""
+    if value is None:
+        return None
+    try:
+        if "," not in value:
+            return int(value)
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or a comma-separated list of numbers", param_hint=name)
+
+
+@main.command()
+@click.argument("teacher")
+@click.argument("out", type=click.Path())
+@click.option("--student", help="A ready student (folder, torch artifact), e.g. a pruned model to recover.")
+@click.option("--student-layers", help="Layers to keep: a count (3: evenly spaced) or teacher indices (0,2,4).")
+@click.option("--hidden-size", "student_hidden_size", type=int, help="Narrower student hidden size.")
+@click.option("--intermediate-size", "student_intermediate_size", type=int, help="Narrower student FFN size.")
+@click.option("--num-heads", "student_num_heads", type=int, help="Student attention heads (default: keep head size).")
+@click.option("--init", "student_init", type=click.Choice(["copy", "random"]), help="Copy teacher layers (default) or random.")
+@click.option("--data", help="Built-in, file or hub dataset (default: rotten-tomatoes, or hamlet for LMs).")
+@click.option("--text-column")
+@click.option("--label-column")
+@click.option("--pair-column")
+@click.option("--max-length", type=int, help="Tokens per example / text window (default 128).")
+@click.option("--max-train-examples", type=int, help="Train on the first N examples only (quick runs).")
+@click.option("--max-eval-examples", type=int, help="Validate on the first N examples only.")
+@click.option("--epochs", type=float, help="Training epochs (default 2).")
+@click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, help="Per-device batch size (default 32).")
+@click.option("--grad-accum", type=int, help="Gradient accumulation steps (default 1).")
+@click.option("--lr", type=float, help="Learning rate (default 5e-5).")
+@click.option("--seed", type=int)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="auto: bf16/fp16 on CUDA, fp32 on CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--temperature", "-T", type=float, help="Softmax temperature of the soft targets (default 2).")
+@click.option("--alpha", type=float, help="Weight of the hard-label loss; 1 - alpha on the soft loss (default 0.5).")
+@click.option("--logit-loss", type=click.Choice(["kl", "mse"]), help="Soft logit loss (default kl).")
+@click.option("--hidden-weight", type=float, help="Weight of the hidden-state loss (default 0: off).")
+@click.option("--hidden-loss", type=click.Choice(["mse", "cosine"]))
+@click.option("--attention-weight", type=float, help="Weight of the attention-map KL (default 0: off).")
+@click.option("--layer-map", help="Teacher layer per student layer for feature losses, e.g. 1,3,5.")
+@click.option("--boundary-weight", type=float, help="Up-weight examples near the teacher's decision boundary (beta).")
+@click.option("--teacher-mode", type=click.Choice(["auto", "online", "cached"]), help="Teacher beside the student, "
+              "or its logits cached on disk.")
+@click.option("--cache-dir", type=click.Path(), help="Where cached teacher logits live.")
+@click.option("--cache-top-k", type=int, help="Cache only the teacher's top-k logits per row (large vocabularies).")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
+    """Distill TEACHER (torch artifact, folder or built-in) into a smaller student at OUT.
+
+    \b
+    toolchain distill runs/teacher runs/student --student-layers 0,2,4 -T 2 --alpha 0.5
+    torchrun --nproc_per_node 4 -m toolchain distill runs/teacher runs/student --student-layers 3
+    """
+    import contextlib
+
+    from .distill import DistillConfig, distill as run_distill
+
+    cfg = _config(DistillConfig, student_layers=_int_list(student_layers, "--student-layers"),
+                  layer_map=_as_tuple(_int_list(layer_map, "--layer-map")), **options)
+    # Trainer prints its logs on stdout; keep stdout for the result (JSON for scripts).
+    with contextlib.redirect_stdout(sys.stderr):
+        art = run_distill(teacher, cfg, out, force=force)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, process 0 reports
+    m = art.manifest.lineage[-1].metrics
+    v, t, s = m["validation"], m["train"], m["student"]
+    if "accuracy" in v:
+        score = f"validation accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f} ({v['n']} examples)"
+    else:
+        teacher_ppl = m["teacher"]["validation"]["perplexity"]
+        score = f"held-out perplexity {v['perplexity']:.2f} (teacher {teacher_ppl:.2f}, {v['tokens']} tokens)"
+    rows = [[i + 1] + [e.get(k) for k in ("total", "ce", "kd", "hidden", "attention")]
+            for i, e in enumerate(t["losses_by_epoch"])]
+    emit({"artifact": str(art.path), **m}, as_json,
+         f"distilled {teacher} -> {art.path}: {s['num_layers']}-layer student, {s['params'] / 1e6:.2f}M params "
+         f"(teacher {m['teacher']['params'] / 1e6:.2f}M), trained in {t['wall_seconds']:.1f}s on {t['device']} "
+         f"x{t['world_size']}\n{score}\n" + format_table(rows, ["epoch", "loss", "ce", "kd", "hidden", "attention"]))
+
+
+def _as_tuple(value):
+    return (value,) if isinstance(value, int) else value
 
 
 @main.command()
@@ -279,13 +618,6 @@ def _items(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _ints(value: str | None, name: str) -> list[int] | None:
-    try:
-        return None if value is None else [int(v) for v in _items(value)]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers", param_hint=name) from None
-
-
 def _structured_text(m: dict) -> str:
     kept = [i for i in range(m["layers_before"]) if i not in m["dropped_layers"]]
     rows = []
@@ -315,3 +647,95 @@ def _unstructured_text(m: dict) -> str:
             f"({sp['whole_model']:.1%} of all parameters)\n" + format_table(rows, ["layer", "attention", "ffn"])
             + f"\nweights: {size(f)}" + (f"\nsource:  {size(src)}" if src else "")
             + f"\nNOTE: {m['note']}")
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path())
+@click.option("--out", required=True, type=click.Path(),
+              help="Folder of the run: one artifact per step, and the report.")
+@click.option("--dry-run", is_flag=True, help="Print which steps would run or be skipped, and why; run nothing.")
+@click.option("--force", is_flag=True, help="Re-run every step, replacing what is there.")
+@click.option("--quick", is_flag=True, help="Apply the recipe's `quick:` overrides (less data, fewer epochs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
+@reports_errors
+def run_recipe(recipe, out, dry_run, force, quick, as_json):
+    """Run RECIPE (YAML: model, data, steps) into --out, then write the report.
+
+    A step whose input and config are unchanged since it was built is skipped, so an interrupted run
+    resumes where it stopped. Recipes for the built-in models are in models/.
+    """
+    from .recipe import load_recipe, plan, run
+    from .report import as_dict, summary, table, write_report
+
+    r = load_recipe(recipe, quick=quick)
+    if dry_run:
+        decisions = plan(r, out, force=force)
+        rows = [[i, d.step.name, d.step.stage, ", ".join(d.step.inputs), "run" if d.run else "skip", d.reason]
+                for i, d in enumerate(decisions, 1)]
+        data = [{"step": d.step.name, "stage": d.step.stage, "kind": d.step.kind, "inputs": list(d.step.inputs),
+                 "run": d.run, "reason": d.reason, "config": d.step.as_dict()["config"]} for d in decisions]
+        emit({"recipe": str(recipe), "out": str(out), "quick": quick, "plan": data}, as_json,
+             f"plan for {recipe} -> {out}{' (quick)' if quick else ''}: "
+             f"{sum(d.run for d in decisions)} to run, {sum(not d.run for d in decisions)} to skip\n"
+             + format_table(rows, ["#", "step", "stage", "input", "action", "why"]))
+        return
+    steps = run(r, out, force=force, echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+    report = write_report(out)
+    rows, headers = table(report)
+    emit({"steps": steps, "report": as_dict(report)}, as_json,
+         "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + _where(report))
+
+
+def _where(report) -> str:
+    lines = [f"report: {report.folder / 'report.html'} (and report.md)"]
+    lines += [f"bundle: {b} (check it: toolchain verify {b})" for b in report.bundles]
+    return "\n".join(lines + [f"note: {n}" for n in report.notes])
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path())
+@click.option("--other", multiple=True, type=click.Path(),
+              help="A `bench --json` file from another machine (repeatable); the file name names the machine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reports_errors
+def report_cmd(folder, other, as_json):
+    """Write FOLDER/report.md and report.html: every artifact's accuracy, size and speed, and which to ship."""
+    from .report import as_dict, summary, table, write_report
+
+    report = write_report(folder, list(other))
+    rows, headers = table(report)
+    emit(as_dict(report), as_json, format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n"
+         + _where(report))
+
+
+@main.command("package")
+@click.argument("artifact", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--target-platform", type=click.Choice(["arm", "amd64"]),
+              help="What model.ort is optimized for (default arm).")
+@click.option("--no-ort", is_flag=True, help="Do not write model.ort / required_operators.config.")
+@click.option("--no-mobile-check", is_flag=True, help="Skip the NNAPI / CoreML usability check.")
+@click.option("--max-length", type=int, help="Tokens predict.py keeps per text (default 128).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def package_cmd(artifact, out, target_platform, no_ort, no_mobile_check, max_length, force, as_json):
+    """Package an ONNX ARTIFACT as an edge bundle at OUT: model.onnx/.ort, tokenizer, predict.py, manifest."""
+    from .package import BUNDLE_FILE, PackageConfig, package
+
+    cfg = _config(PackageConfig, target_platform=target_platform, ort_format=False if no_ort else None,
+                  mobile_check=False if no_mobile_check else None, max_length=max_length)
+    art = package(artifact, cfg, out, force=force)
+    info = json.loads((art.path / BUNDLE_FILE).read_text())
+    rows = [[name, (art.path / name).stat().st_size / 1e6, digest[:12]] for name, digest in info["files"].items()]
+    mobile = info.get("mobile") or {}
+    lines = [f"bundle {art.path}: {info['task']}, opset {info['onnx']['opsets'].get('ai.onnx')}, "
+             f"IR {info['onnx']['ir_version']}, onnxruntime >= {info['min_onnxruntime']['model.onnx']}",
+             "mobile: " + ("; ".join(f"{ep} {v['as_is']} (fixed shapes: {v['if_shapes_fixed']})"
+                                     for ep, v in mobile.items()) if "error" not in mobile else mobile["error"])
+             if mobile else "mobile: not checked",
+             f"smoke test: ok (max abs diff {max(art.manifest.lineage[-1].metrics['smoke']['models'].values()):.2g})"]
+    emit({"bundle": str(art.path), **info}, as_json,
+         "\n".join(lines) + "\n" + format_table(rows, ["file", "MB", "sha256"]))
+
+

@@ -115,7 +115,7 @@ def read_rows(path: Path) -> list[dict]:
                 rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
         elif suffix in (".jsonl", ".json"):
             with open(path, encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
+                rows = [_json_line(line, path, i) for i, line in enumerate(f, 1) if line.strip()]
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -124,8 +124,6 @@ def read_rows(path: Path) -> list[dict]:
             raise DataError(f"{path}: unknown file type {suffix!r}", "use .csv, .tsv, .jsonl or .parquet")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not valid UTF-8 (byte {exc.start})", "re-save the file as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: line {exc.lineno} is not valid JSON", "write one JSON object per line") from None
     except (OSError, csv.Error) as exc:
         raise DataError(f"{path} cannot be read: {exc}", "check the file") from None
     if not rows:
@@ -133,6 +131,13 @@ def read_rows(path: Path) -> list[dict]:
     if not all(isinstance(r, dict) for r in rows):
         raise DataError(f"{path}: every row must be an object with named columns", "write one JSON object per line")
     return rows
+
+
+def _json_line(line: str, path: Path, number: int):
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer too long to convert
+        raise DataError(f"{path}: line {number} is not valid JSON", "write one JSON object per line") from None
 
 
 def _from_rows(spec: DataSpec, name: str, rows: list[dict]) -> ClassificationData:

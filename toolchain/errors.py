@@ -55,6 +55,7 @@ class RecipeError(ToolchainError):
     """A recipe or stage config that does not validate: unknown key, wrong type, bad value."""
 
     exit_code = 8
+    key: str | None = None  # the config key at fault, when known: a recipe turns it into a line number
 
 
 class IntegrityError(ToolchainError):
@@ -79,3 +80,9 @@ class Unsupported(ToolchainError):
     """A task, architecture or option combination the toolchain does not handle."""
 
     exit_code = 12
+
+
+class WriteFailed(ToolchainError):
+    """The output could not be written (disk full, no permission): nothing was left that looks finished."""
+
+    exit_code = 13

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact
+from .config import config_to_dict
 from .data import DataSpec, Split, batches, load_classification, load_text
 from .errors import DataError, Unsupported
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
@@ -54,19 +55,19 @@ class Runner:
     """Logits for padded numpy inputs, from a torch model or an onnxruntime session."""
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None):
-        self.artifact = Artifact.load(path) if Artifact.is_artifact(Path(path)) else None
+        # Hashes are checked first: a score of a file that is not the one the manifest describes means nothing.
+        self.artifact = Artifact.load(path, verify=True) if Artifact.is_artifact(Path(path)) else None
+        src = ModelSource(str(path), str(path), local=True, artifact=self.artifact) if self.artifact else None
         if self.artifact is not None and self.artifact.format == "onnx":
-            from transformers import AutoConfig
-
             from .runtime import make_session
 
             self.task = self.artifact.task
-            self.tokenizer = load_tokenizer(ModelSource(str(path), str(path), local=True))
-            self.config = AutoConfig.from_pretrained(path)
+            self.tokenizer = load_tokenizer(src)
+            self.config = src.config
             self.session = make_session(self.artifact.onnx_path, provider, threads)
             self.inputs = {i.name: i for i in self.session.get_inputs()}
         else:
-            src = resolve_model(path)
+            src = src or resolve_model(path)
             self.task = src.artifact.task if src.artifact else infer_task(src.config)
             self.tokenizer = load_tokenizer(src)
             self.model = load_model(src, self.task)
@@ -84,18 +85,12 @@ class Runner:
             return self.model(**kwargs).logits.float().numpy()
 
     def _onnx(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        from .parity import onnx_feeds
+        from .parity import empty_past, onnx_feeds
 
-        past = {n: _empty_past(i, batch["input_ids"].shape[0]) for n, i in self.inputs.items()
+        past = {n: empty_past(i, batch["input_ids"].shape[0]) for n, i in self.inputs.items()
                 if n.startswith("past_key_values")}
         feeds = onnx_feeds(self.session, batch, past)
         return self.session.run(["logits"], feeds)[0].astype(np.float32)
-
-
-def _empty_past(inp, batch: int) -> np.ndarray:
-    """A zero-length KV cache, so a with-past export scores a window from scratch."""
-    dims = [batch if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(inp.shape)]
-    return np.zeros(dims, dtype=np.float32)
 
 
 def evaluate(path: str | Path, cfg: EvaluateConfig, *, reference: str | Path | None = None,
@@ -109,11 +104,20 @@ def evaluate(path: str | Path, cfg: EvaluateConfig, *, reference: str | Path | N
     else:
         raise Unsupported(f"{path} is a {runner.task} model; evaluation needs a classifier or a causal LM",
                           "fine-tune a classification head first (toolchain finetune)")
+    # The config it ran under, so a recipe can tell this measurement is already done.
     result |= {"data": cfg.data, "split": cfg.split, "batch_size": cfg.batch_size,
-               "format": runner.artifact.format if runner.artifact else "torch"}
+               "format": runner.artifact.format if runner.artifact else "torch", "config": config_to_dict(cfg)}
     if record and runner.artifact is not None:
-        runner.artifact.record_result(f"evaluate/{Path(cfg.data).name}/{cfg.split}", result)
+        runner.artifact.record_result(result_key(cfg), result)
     return result
+
+
+def result_key(cfg: EvaluateConfig) -> str:
+    """Where an evaluation is stored in a manifest's results."""
+    return f"evaluate/{Path(cfg.data).name}/{cfg.split}"
+def evaluate_artifacts(paths: list[str | Path], cfg: EvaluateConfig) -> dict:
+    """Evaluate several artifacts with one config (the recipe's measure step); path -> result."""
+    return {str(p): evaluate(p, cfg) for p in paths}
 
 
 def predict(runner: Runner, split: Split, cfg: EvaluateConfig, progress: bool = True) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import parity
-from .artifact import TASKS, Artifact, write_artifact
+from .artifact import TASKS, Artifact, check_output, write_artifact
 from .config import config_to_dict
 from .errors import CheckFailed, Unsupported
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
@@ -47,7 +47,8 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
 
     >>> export("minilm", ExportConfig(), "runs/minilm-onnx")  # doctest: +SKIP
     """
-    source = src if isinstance(src, ModelSource) else resolve_model(src)
+    check_output(Path(out), force)  # fail now, not after loading and exporting
+    source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
     config = source.config
     task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
     if cfg.with_past and task != "text-generation":
@@ -108,19 +109,8 @@ def check_export(model, tokenizer, onnx_path: Path, task: str, with_past: bool, 
             ref, valid = _torch_outputs(model, feeds, task), enc["attention_mask"]
         names = [o.name for o in session.get_outputs()]
         got = dict(zip(names, session.run(None, feeds)))
-        results.append(parity.compare(_mask(ref, valid), _mask(got, valid), atol))
+        results.append(parity.compare(parity.mask_padding(ref, valid), parity.mask_padding(got, valid), atol))
     return parity.merge(results)
-
-
-def _mask(outputs: dict, valid: np.ndarray) -> dict:
-    """Zero positions that are padding: their values are unconstrained and differ between runtimes."""
-    out = {}
-    for k, v in outputs.items():
-        v = np.asarray(v)
-        if v.ndim >= 2 and v.shape[:2] == valid.shape:
-            v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 2))
-        out[k] = v
-    return out
 
 
 def _torch_outputs(model, feeds: dict, task: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact, prepare_output, write_artifact
+from .artifact import Artifact, check_output, write_artifact
 from .config import config_to_dict
 from .data import DataSpec, load_classification, tokenize_split
-from .evaluate import EvaluateConfig, Runner, evaluate
-from .modeling import ModelSource, load_model, load_tokenizer, resolve_model
+from .evaluate import EvaluateConfig, Runner, evaluate, result_key
+from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, source_hash
 
 
 @dataclass(frozen=True)
@@ -53,35 +54,55 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
     >>> finetune("minilm", FinetuneConfig(), "runs/teacher")  # doctest: +SKIP
     """
     out = Path(out)
-    prepare_output(out, force)
-    source = src if isinstance(src, ModelSource) else resolve_model(src)
+    check_output(out, force)  # fail now, not after training
+    source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
     data = load_classification(DataSpec(cfg.data, cfg.text_column, cfg.label_column, cfg.pair_column))
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     model = load_model(source, "text-classification", trust_remote_code=cfg.trust_remote_code,
-                       allow_pickle=cfg.allow_pickle, num_labels=len(data.label_names), id2label=data.id2label,
-                       label2id=data.label2id, ignore_mismatched_sizes=True)
+                       allow_pickle=cfg.allow_pickle, new_head=True, num_labels=len(data.label_names),
+                       id2label=data.id2label, label2id=data.label2id)
     checkpoints = _checkpoint_dir(out, source, cfg)
     started = time.perf_counter()
     trainer = _trainer(model, tokenizer, data, cfg, checkpoints)
-    resume = any(checkpoints.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = last_complete_checkpoint(checkpoints)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
     with write_artifact(out, stage="finetune", config=config_to_dict(cfg) | {"source": source.spec},
                         format="torch", task="text-classification", model_type=model.config.model_type,
                         parent=source.artifact, force=force) as o:
+        o.record.input_hash = source_hash(source)  # a plain folder too, so a recipe can tell it changed
         trainer.model.eval().save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
-        o.record.metrics |= {"train_seconds": round(train_seconds, 1), "resumed": resume,
+        o.record.metrics |= {"train_seconds": round(train_seconds, 1), "resumed": resume is not None,
                              "train_examples": len(trainer.train_dataset),
                              "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name}
-    art = Artifact.load(out)
-    runner = Runner(out)
-    for split in ("validation", "test"):
-        ecfg = EvaluateConfig(cfg.data, split, cfg.text_column, cfg.label_column, cfg.pair_column,
-                              max_length=cfg.max_length, max_samples=cfg.max_eval_samples)
-        evaluate(out, ecfg, runner=runner)
+        # Scored before the rename, so the artifact appears with its results or not at all.
+        runner = Runner(o.folder)
+        for split in ("validation", "test"):
+            ecfg = EvaluateConfig(cfg.data, split, cfg.text_column, cfg.label_column, cfg.pair_column,
+                                  max_length=cfg.max_length, max_samples=cfg.max_eval_samples)
+            o.results[result_key(ecfg)] = evaluate(o.folder, ecfg, runner=runner, record=False)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the artifact is complete: nothing left to resume
     return Artifact.load(out)
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that was written to the end; ones a kill cut short are removed.
+
+    The Trainer writes a checkpoint in place, trainer_state.json last, so a run killed while saving
+    leaves a newer folder without it (or with it half-written) that it would otherwise resume from.
+    """
+    steps = {int(m.group(1)): p for p in folder.glob("checkpoint-*")
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    for ckpt in (steps[k] for k in sorted(steps, reverse=True)):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            if (ckpt / "model.safetensors").is_file():
+                return ckpt
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return None
 
 
 def _checkpoint_dir(out: Path, source: ModelSource, cfg: FinetuneConfig) -> Path:

@@ -7,11 +7,14 @@ caller asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from . import assets
 from .artifact import TASKS, Artifact, hash_payload
@@ -29,50 +32,57 @@ class ModelSource:
     location: str  # folder path or hub id
     local: bool
     artifact: Artifact | None = None
+    # Passed explicitly (never None) so transformers can neither run a folder's code nor prompt for it.
+    trust_remote_code: bool = False
 
     @property
     def config(self):
         from transformers import AutoConfig
 
+        if self.local and not (Path(self.location) / "config.json").is_file():
+            raise BadModel(f"{self.spec} has no config.json", "save the model (and its config) with save_pretrained")
         try:
-            return AutoConfig.from_pretrained(self.location)
+            with quiet_transformers():
+                return AutoConfig.from_pretrained(self.location, trust_remote_code=self.trust_remote_code)
         except OSError as exc:
             raise _load_error(self, exc) from None
-        except ValueError as exc:
+        except (ValueError, KeyError) as exc:
+            _raise_if_remote_code(self, exc)
             raise BadModel(f"{self.spec}: config.json is not usable: {_first_line(exc)}", "re-save the model") from None
 
 
-def resolve_model(spec: str | Path) -> ModelSource:
-    """Turn what the user typed into a model location, or a clear error."""
+def resolve_model(spec: str | Path, *, trust_remote_code: bool = False) -> ModelSource:
+    """Turn what the user typed into a model location, or a clear error; an artifact's hashes are checked."""
     spec = str(spec)
     if spec in assets.BUILTIN_MODELS:
-        return ModelSource(spec, str(assets.model_folder(spec)), local=True)
+        return ModelSource(spec, str(assets.model_folder(spec)), local=True, trust_remote_code=trust_remote_code)
     path = Path(spec).expanduser()
     if path.exists():
-        return _local_source(spec, path)
+        return _local_source(spec, path, trust_remote_code)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise InputNotFound(f"{spec} does not exist", "check the path")
-    return ModelSource(spec, spec, local=False)
+    return ModelSource(spec, spec, local=False, trust_remote_code=trust_remote_code)
 
 
-def _local_source(spec: str, path: Path) -> ModelSource:
+def _local_source(spec: str, path: Path, trust_remote_code: bool = False) -> ModelSource:
     if not path.is_dir():
         raise BadModel(f"{path} is a file, not a model folder", "pass the folder that holds config.json")
     if Artifact.is_artifact(path):
-        art = Artifact.load(path)
+        # A stage records its input's hash in the lineage: that record means something only if checked.
+        art = Artifact.load(path, verify=True)
         if art.format != "torch":
             raise Unsupported(
                 f"{path} is an ONNX artifact; this step needs a PyTorch model",
                 "pass the torch artifact or model folder it was exported from",
             )
-        return ModelSource(spec, str(path), local=True, artifact=art)
+        return ModelSource(spec, str(path), local=True, artifact=art, trust_remote_code=trust_remote_code)
     if not (path / "config.json").is_file():
         what = "is empty" if not any(path.iterdir()) else "has no config.json"
         raise BadModel(
             f"{path} {what}: it is not a Hugging Face model folder",
             "pass a folder saved with save_pretrained, a built-in name (minilm, smollm2-135m) or a hub id",
         )
-    return ModelSource(spec, str(path), local=True)
+    return ModelSource(spec, str(path), local=True, trust_remote_code=trust_remote_code)
 
 
 def source_hash(source: ModelSource) -> str | None:
@@ -114,16 +124,59 @@ def _weights_kwargs(src: ModelSource, allow_pickle: bool) -> dict:
                 f"{folder} holds only pickle weights, which can run code when loaded",
                 "convert them to safetensors, or pass --allow-pickle if you trust the source",
             )
+        _check_pickles(folder)
         return {"use_safetensors": False}  # transformers reads them with torch.load(weights_only=True)
     raise BadModel(f"{folder} has a config.json but no weights file", "save the model with save_pretrained")
 
 
-def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
-               **overrides):
-    """Load the PyTorch model for `task` in eval mode; shapes that disagree with the config are errors.
+def _check_pickles(folder: Path) -> None:
+    """Open each pickle checkpoint with torch's weights-only unpickler first, to name what it refused.
 
-    `overrides` go to `from_pretrained` (e.g. num_labels, id2label for a new classification head).
+    transformers reports a refused pickle as "unable to load weights" (a corrupt file); a pickle that
+    asks for a function such as os.system is hostile, and says so here. Nothing in it is executed.
     """
+    import pickle
+
+    import torch
+
+    weights = sorted(folder.glob("pytorch_model*.bin")) + [folder / n for n in PICKLE_WEIGHTS[2:]]
+    for path in (p for p in weights if p.is_file()):
+        try:
+            torch.load(path, map_location="meta", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise BadModel(f"{path} is not a readable checkpoint: {_first_line(exc)}",
+                               "re-save the model") from None
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            what = f"it calls {found.group(1)}" if found else "it holds objects that are not tensors"
+            raise UnsafeInput(f"{path} would run code when unpickled ({what}); it was not loaded",
+                              "do not use this file; get the model as safetensors from a source you trust") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise BadModel(f"{path} is not a readable checkpoint: {_first_line(exc)}", "re-save the model") from None
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' logger: its warnings would bury the one line this toolchain prints."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+               new_head: bool = False, **overrides):
+    """Load the PyTorch model for `task` in eval mode; weights that disagree with the config are errors.
+
+    Only the task head may be missing or of another shape (then it is newly initialized: expected with
+    `new_head`, e.g. finetune's head for new labels, and a warning otherwise). `overrides` go to
+    `from_pretrained` (e.g. num_labels, id2label).
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = {
@@ -134,23 +187,41 @@ def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, 
     kwargs = _weights_kwargs(src, allow_pickle)
     if src.local and _recorded_shapes(Path(src.location)):
         return _load_reshaped(src, cls, task, kwargs["use_safetensors"], overrides).eval()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model = cls.from_pretrained(src.location, trust_remote_code=trust_remote_code, **kwargs, **overrides)
-        except OSError as exc:
-            raise _load_error(src, exc) from None
-        except (ValueError, RuntimeError, KeyError) as exc:
-            if "trust_remote_code" in str(exc):
-                raise UnsafeInput(
-                    f"{src.spec} needs custom code from its repository to load",
-                    "read that code, then pass --trust-remote-code",
-                ) from None
-            raise BadModel(f"{src.spec} could not be loaded as {task}: {_first_line(exc)}", _shape_fix(exc)) from None
-    for w in caught:
-        if "newly initialized" in str(w.message):
-            warnings.warn(f"{src.spec}: the {task} head is newly initialized; fine-tune before shipping")
+    # Shapes are checked below, key by key, so the head may differ while the body may not.
+    overrides |= {"ignore_mismatched_sizes": True, "output_loading_info": True}
+    try:
+        with quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = cls.from_pretrained(src.location, trust_remote_code=trust_remote_code, **kwargs, **overrides)
+    except OSError as exc:
+        raise _load_error(src, exc) from None
+    except SafetensorError as exc:
+        raise BadModel(f"{src.spec}: the safetensors weights are corrupt or truncated ({_first_line(exc)})",
+                       "download or save the model again") from None
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        _raise_if_remote_code(src, exc)
+        raise BadModel(f"{src.spec} could not be loaded as {task}: {_first_line(exc)}", _shape_fix(exc)) from None
+    _check_loaded(src, model, info, task, new_head)
     return model.eval()
+
+
+def _check_loaded(src: ModelSource, model, info: dict, task: str, new_head: bool) -> None:
+    """Refuse weights that left part of the model's body random; report a newly initialized head."""
+    prefix = model.base_model_prefix + "."
+    has_head = model.base_model is not model
+
+    def in_head(key: str) -> bool:
+        return has_head and not key.startswith(prefix)
+
+    state = model.state_dict()
+    for key in info["mismatched_keys"] + info["missing_keys"]:
+        if not in_head(key):
+            how = (f"has another shape than config.json gives it ({list(state[key].shape)})"
+                   if key in info["mismatched_keys"] and key in state else "is missing from the weights")
+            raise BadModel(f"{src.spec}: weight {key} {how}",
+                           "the weights do not match config.json: re-save the model with save_pretrained")
+    if info["mismatched_keys"] + info["missing_keys"] and not new_head:
+        warnings.warn(f"{src.spec}: the {task} head is newly initialized; fine-tune before shipping")
 
 
 def _recorded_shapes(folder: Path) -> dict | None:
@@ -224,13 +295,23 @@ def load_tokenizer(src: ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(src.location, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise BadModel(f"{src.spec} has no usable tokenizer: {_first_line(exc)}", "save the tokenizer beside the model") from None
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(src.location, trust_remote_code=trust_remote_code)
+    # The tokenizers library raises a bare Exception for a corrupt tokenizer.json.
+    except Exception as exc:  # noqa: BLE001
+        _raise_if_remote_code(src, exc)
+        raise BadModel(f"{src.spec} has no usable tokenizer: {_first_line(exc)}",
+                       "save the tokenizer beside the model (tokenizer.save_pretrained)") from None
     if tok.pad_token is None:
         # Decoder-only tokenizers ship without a pad token; padding positions are masked anyway.
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _raise_if_remote_code(src: ModelSource, exc: Exception) -> None:
+    if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+        raise UnsafeInput(f"{src.spec} needs custom code from its folder or repository to load",
+                          "read that code, then pass --trust-remote-code if you trust it") from None
 
 
 def _load_error(src: ModelSource, exc: Exception):

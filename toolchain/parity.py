@@ -30,13 +30,16 @@ class ParityResult:
     atol: float
     worst_output: str
     per_output: dict[str, float]
+    # Relative results (int8) hold max|a - b| / max|a| per output in the same fields; atol is then relative.
+    relative: bool = False
 
     @property
     def ok(self) -> bool:
         return bool(np.isfinite(self.max_abs_diff)) and self.max_abs_diff <= self.atol
 
     def as_metrics(self) -> dict:
-        return {"max_abs_diff": self.max_abs_diff, "atol": self.atol, "worst_output": self.worst_output,
+        diff, tol = ("max_rel_diff", "rtol") if self.relative else ("max_abs_diff", "atol")
+        return {diff: self.max_abs_diff, tol: self.atol, "worst_output": self.worst_output,
                 "per_output": self.per_output, "shapes": [list(s) for s in SHAPES]}
 
 
@@ -46,17 +49,23 @@ def tokenize(tokenizer, batch: int, seq: int) -> dict[str, np.ndarray]:
     return {k: v.astype(np.int64) for k, v in enc.items()}
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], atol: float) -> ParityResult:
-    """Max abs difference over the outputs both sides produced."""
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], atol: float,
+            relative: bool = False) -> ParityResult:
+    """Max abs difference over the outputs both sides produced; with `relative`, divided by max|reference|
+    per output, so one tolerance fits int8 models whose outputs have any scale."""
     per = {}
     for name, ref in reference.items():
         if name in candidate:
+            ref = np.asarray(ref, dtype=np.float64)
             cand = np.asarray(candidate[name], dtype=np.float64)
-            per[name] = float(np.max(np.abs(np.asarray(ref, dtype=np.float64) - cand))) if ref.size else 0.0
+            diff = float(np.max(np.abs(ref - cand))) if ref.size else 0.0
+            if relative and ref.size:
+                diff /= max(float(np.max(np.abs(ref))), 1e-12)
+            per[name] = diff
     if not per:
         raise ValueError(f"no common outputs: reference {list(reference)}, candidate {list(candidate)}")
     worst = max(per, key=lambda k: per[k] if np.isfinite(per[k]) else np.inf)
-    return ParityResult(per[worst], atol, worst, per)
+    return ParityResult(per[worst], atol, worst, per, relative)
 
 
 def merge(results: list[ParityResult]) -> ParityResult:
@@ -66,7 +75,7 @@ def merge(results: list[ParityResult]) -> ParityResult:
     for r in results:
         for k, v in r.per_output.items():
             per[k] = max(per.get(k, 0.0), v)
-    return ParityResult(worst.max_abs_diff, worst.atol, worst.worst_output, per)
+    return ParityResult(worst.max_abs_diff, worst.atol, worst.worst_output, per, worst.relative)
 
 
 def onnx_feeds(session, enc: dict[str, np.ndarray], past: dict[str, np.ndarray] | None = None) -> dict:
@@ -94,3 +103,55 @@ def position_ids(mask: np.ndarray) -> np.ndarray:
     """Positions that skip padding, as Hugging Face generation computes them."""
     pos = np.cumsum(mask, axis=1) - 1
     return np.where(mask == 0, 1, pos).astype(np.int64)
+
+
+def mask_padding(outputs: dict, valid: np.ndarray) -> dict:
+    """Zero positions that are padding: their values are unconstrained and differ between runtimes."""
+    out = {}
+    for k, v in outputs.items():
+        v = np.asarray(v)
+        if v.ndim >= 2 and v.shape[:2] == valid.shape:
+            v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 2))
+        out[k] = v
+    return out
+
+
+def compare_onnx(reference, candidate, tokenizer, task: str, atol: float, relative: bool = False) -> ParityResult:
+    """Compare two ONNX Runtime sessions of the same model (before and after a graph rewrite) on real
+    text at each of SHAPES. With-past graphs first run a prefix through `reference` to make the cache
+    that both are then fed, so the cache path is checked too."""
+    if task == "text-generation":
+        tokenizer.padding_side = "left"  # how batched generation pads
+    results = []
+    for batch, seq in SHAPES:
+        enc = tokenize(tokenizer, batch, seq)
+        feeds, valid = _onnx_step(reference, enc)
+        ref = _run(reference, feeds)
+        got = _run(candidate, {k: v for k, v in feeds.items() if k in {i.name for i in candidate.get_inputs()}})
+        results.append(compare(mask_padding(ref, valid), mask_padding(got, valid), atol, relative))
+    return merge(results)
+
+
+def _onnx_step(session, enc: dict) -> tuple[dict, np.ndarray]:
+    """Feeds for one step; for a with-past session, the step after a PAST_PREFIX-token prefix."""
+    past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values")]
+    if not past_names:
+        return onnx_feeds(session, enc), enc["attention_mask"]
+    p = PAST_PREFIX
+    empty = {i.name: empty_past(i, enc["input_ids"].shape[0]) for i in session.get_inputs() if i.name in past_names}
+    prefix = {"input_ids": enc["input_ids"][:, :p], "attention_mask": enc["attention_mask"][:, :p]}
+    first = _run(session, onnx_feeds(session, prefix, empty))
+    past = {n: first[n.replace("past_key_values", "present")] for n in past_names}
+    step = {"input_ids": enc["input_ids"][:, p:], "attention_mask": enc["attention_mask"]}
+    return onnx_feeds(session, step, past), enc["attention_mask"][:, p:]
+
+
+def empty_past(inp, batch: int) -> np.ndarray:
+    """A zero-length KV cache for session input `inp`, so a with-past graph runs a sequence from scratch."""
+    dims = [batch if i == 0 else (d if isinstance(d, int) else 0) for i, d in enumerate(inp.shape)]
+    return np.zeros(dims, dtype=np.float16 if "float16" in inp.type else np.float32)
+
+
+def _run(session, feeds: dict) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))

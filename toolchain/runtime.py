@@ -63,6 +63,8 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     providers = [(name, provider_options or {})]
+    if name == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.append(("CUDAExecutionProvider", {}))  # nodes TensorRT cannot take stay on the GPU
     if name != "CPUExecutionProvider":
         providers.append(("CPUExecutionProvider", {}))
     try:

@@ -1,0 +1,276 @@
+"""The toolchain against what users would pick instead: one teacher, one test split, one machine, one run.
+
+    python benchmarks/compare.py                          # ~25 min on 2 cores; writes benchmarks/results/
+    python benchmarks/compare.py --quick                  # smoke test: subsets, few runs, a few minutes
+    python benchmarks/compare.py --run runs/minilm --readme README.md   # and put the table in the README
+
+From the fine-tuned teacher of a `toolchain run models/minilm-rotten-tomatoes.yaml` run folder (or
+--teacher), it builds what a user would pick instead (PyTorch eager, torch.ao dynamic int8, Optimum's
+export / O2 / dynamic-int8 pipeline, ONNX Runtime's quantize_static with defaults) and the toolchain's
+own artifacts of the same teacher (the recipe's export, optimize and quantize steps), and takes the
+recipe's final artifact from the run folder. Then, for each: test accuracy through toolchain.evaluate
+(one code path; batch 1, as per-request serving runs and as dynamic int8 must be scored), file size,
+batch-1 latency on real test sentences and batch-32 throughput with dynamic padding through
+toolchain.bench (each model in its own worker process, runs interleaved so machine drift lands on all
+alike), ratios to the PyTorch teacher and to the Optimum pipeline, and the issue's targets met or not.
+Also: latency against sequence length and batch for the teacher and the final artifact (a PNG), and
+`smollm2-135m` on `hamlet` (perplexity, size, prefill latency, decode tokens/s: PyTorch vs the
+toolchain's fp32 and int8 ONNX). Built models go to --work (runs/compare) and are reused on re-runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkout's toolchain, and compare_variants.py
+
+import click  # noqa: E402
+
+from toolchain.cli import reports_errors  # noqa: E402
+
+DATA = "rotten-tomatoes"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much is measured: the full run, or --quick."""
+
+    eval_samples: int | None  # test sentences scored per classifier (None: all 1,276)
+    b1_runs: int  # batch-1 calls per model, each on the next test sentence (real lengths)
+    b1_warmup: int
+    b32_runs: int  # batch-32 calls per model, consecutive test sentences padded per batch
+    b32_warmup: int
+    block: int  # calls per model before the next one's turn (interleaving)
+    scaling_seq: tuple[int, ...]  # batch 1, fixed lengths
+    scaling_batch: tuple[int, ...]  # at scaling_batch_seq tokens
+    scaling_batch_seq: int
+    scaling_runs: int
+    lm_tokens: int  # hamlet tokens scored for perplexity (512-token windows, stride 256)
+    lm_prompt: int  # prefill length of the LM benchmark
+    lm_decode: int  # greedy steps with the KV cache after each prefill
+    lm_runs: int
+    calibration_samples: int = 100  # naive static int8: train sentences, as ORT's examples use
+    max_length: int = 64  # the recipe's: reviews average ~27 tokens, 64 truncates ~1%
+
+
+FULL = Plan(None, 300, 20, 20, 3, 10, (16, 32, 64, 128, 256, 512), (1, 2, 4, 8, 16, 32, 64), 64, 10,
+            2048, 128, 16, 10)
+QUICK = Plan(100, 30, 3, 3, 1, 5, (16, 64, 128), (1, 8, 32), 64, 3, 512, 32, 8, 3)
+
+
+class Phases:
+    """Wall time per phase: where the run's time went."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str):
+        click.secho(f"== {name}", bold=True, err=True)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - t0, 1)
+            click.echo(f"   {name}: {self.seconds[name]:.0f} s", err=True)
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
+
+
+def calm_openmp(cores: int) -> str:
+    """On a busy machine, make OpenMP threads (PyTorch's) sleep at barriers instead of spinning; say which.
+
+    With more runnable threads than cores, a spinning OpenMP barrier waits for threads that lost their
+    core: measured here at load ~9 on 2 cores, PyTorch's batch-1 p50 went from 47 ms (passive) to 535 ms
+    (spinning), while onnxruntime (its own thread pool) moved from 31 to 35 ms. Left alone, that would
+    flatter every ONNX row against PyTorch. Set before torch is imported here or in any worker.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (set by the caller)"
+    load = os.getloadavg()[0]
+    if load <= cores:
+        return f"OpenMP default wait policy (load {load:.1f} <= {cores} cores)"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return (f"OMP_WAIT_POLICY=PASSIVE: the machine was busy (load {load:.1f} on {cores} cores), where PyTorch's "
+            "spinning OpenMP threads lose their cores and run up to ~10x slower")
+
+
+def echo(message: str) -> None:
+    click.echo(f"   {message}", err=True)
+
+
+def classifier_variants(teacher: Path, run: Path | None, final: str | None, work: Path, plan: Plan,
+                        quick: bool, isa: dict, arch: str) -> list:
+    """Every classifier in the table, built (or reused from --work) in the order the table lists them."""
+    import compare_variants as vs
+
+    base = vs.Variant("teacher", "PyTorch eager fp32", "the fine-tuned teacher (the baseline)", path=teacher,
+                      notes=[f"teacher: {vs.lineage_summary(teacher)} at {teacher}"])
+    int8 = vs.Variant("torch-int8", "PyTorch dynamic int8", "torch.ao.quantization.quantize_dynamic (Linear)",
+                      path=teacher, torch_int8=True)
+    optimum = vs.optimum_variant(teacher, work, vs.optimum_preset(isa, arch), echo)
+    ours = vs.teacher_variants(teacher, work, quick, echo)
+    naive = vs.naive_static_variant(ours[0], work, plan.calibration_samples, plan.max_length, echo)
+    return [base, int8, optimum, naive, *ours, vs.final_variant(run, final)]
+
+
+def evaluate_all(variants: list, cfg) -> dict[str, dict]:
+    """key -> evaluation (or its error), every model through toolchain.evaluate with the same config."""
+    from toolchain.bench.worker import torch_dynamic_int8
+    from toolchain.errors import ToolchainError
+    from toolchain.evaluate import Runner, evaluate
+
+    out = {}
+    for v in variants:
+        if v.path is None:
+            continue
+        echo(f"evaluate {v.name}")
+        t0 = time.perf_counter()
+        try:
+            runner = Runner(v.path)
+            if v.torch_int8:
+                runner.model = torch_dynamic_int8(runner.model)
+            out[v.key] = evaluate(v.path, cfg, record=False, runner=runner)
+        except ToolchainError as exc:
+            out[v.key] = {"error": exc.problem}
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be scored is that row's result
+            out[v.key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        out[v.key]["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def bench_variants(variants: list, cfg) -> dict:
+    """One toolchain.bench run over every built variant; the result with `keys` beside its artifacts."""
+    from tqdm.auto import tqdm
+
+    from toolchain.bench import bench
+    from toolchain.bench.workload import resolve_target, torch_dynamic_int8_target
+
+    live = [v for v in variants if v.path is not None]
+    specs = [torch_dynamic_int8_target(resolve_target(str(v.path))) if v.torch_int8 else str(v.path) for v in live]
+    shapes = len(cfg.batch) * (1 if cfg.data else len(cfg.seq))
+    with tqdm(total=len(live) * shapes * (cfg.runs + cfg.warmup), desc="bench", leave=False) as bar:
+        result = bench(specs, cfg, progress=bar.update)
+    result["keys"] = {a["label"]: v.key for a, v in zip(result["artifacts"], live)}
+    return result
+
+
+def classifier_benches(variants: list, plan: Plan, phases: Phases) -> dict[str, dict]:
+    """Batch 1 on real sentence lengths, then batch 32 with dynamic padding: two interleaved runs."""
+    from toolchain.bench import BenchConfig
+
+    common = dict(data=DATA, max_length=plan.max_length, block=plan.block, store=False)
+    out = {}
+    with phases("bench batch 1 (real test sentences)"):
+        out["b1"] = bench_variants(variants, BenchConfig(batch=(1,), runs=plan.b1_runs, warmup=plan.b1_warmup,
+                                                         peak=False, **common))
+    with phases("bench batch 32 (dynamic padding)"):
+        # The GEMM peak (cached per machine) gives the % of peak column: where the time goes at batch 32.
+        out["b32"] = bench_variants(variants, BenchConfig(batch=(32,), runs=plan.b32_runs, warmup=plan.b32_warmup,
+                                                          peak=plan is FULL, **common))
+    return out
+
+
+def scaling(variants: list, plan: Plan) -> dict[str, dict]:
+    """Latency of the teacher and the final artifact against sequence length (batch 1) and batch size."""
+    from toolchain.bench import BenchConfig
+
+    pair = [v for v in variants if v.key in ("teacher", "final") and v.path is not None]
+    common = dict(runs=plan.scaling_runs, warmup=2, block=2, store=False, peak=False)
+    return {"seq": bench_variants(pair, BenchConfig(batch=(1,), seq=plan.scaling_seq, **common)),
+            "batch": bench_variants(pair, BenchConfig(batch=plan.scaling_batch, seq=(plan.scaling_batch_seq,),
+                                                      **common))}
+
+
+def causal_lm(lm: str, lm_run: Path | None, work: Path, plan: Plan, quick: bool) -> dict:
+    """smollm2-135m (or --lm) on hamlet: perplexity, size, prefill latency, decode tokens/s."""
+    import compare_variants as vs
+
+    from toolchain.bench import BenchConfig
+    from toolchain.evaluate import EvaluateConfig
+
+    models = vs.lm_variants(lm, lm_run, work, quick, echo)
+    evals = evaluate_all(models, EvaluateConfig(data="hamlet", max_tokens=plan.lm_tokens, window=512, stride=256))
+    cfg = BenchConfig(batch=(1,), seq=(plan.lm_prompt,), decode_tokens=plan.lm_decode, runs=plan.lm_runs, warmup=1,
+                      block=2, store=False, peak=False)
+    return {"variants": [asdict(v) for v in models], "evaluate": evals, "bench": bench_variants(models, cfg)}
+
+
+def default_run(run: str | None) -> Path | None:
+    if run:
+        return Path(run)
+    return Path("runs/minilm") if Path("runs/minilm/recipe.json").is_file() else None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run", "run_dir", help="recipe run folder of models/minilm-rotten-tomatoes.yaml [runs/minilm]")
+@click.option("--teacher", help="fine-tuned PyTorch classifier [RUN/teacher]")
+@click.option("--final", help="the toolchain's final artifact [the one RUN's report recommends]")
+@click.option("--lm", default="smollm2-135m", show_default=True, help="causal LM (built-in name or folder)")
+@click.option("--lm-run", help="run folder of models/smollm2-hamlet.yaml to reuse (its onnx and int8 steps)")
+@click.option("--work", default="runs/compare", show_default=True, help="where built variants go (reused)")
+@click.option("--out", default=str(ROOT / "benchmarks" / "results"), show_default=True, help="JSON, Markdown, PNG")
+@click.option("--readme", type=click.Path(dir_okay=False), help="replace the table between the README's markers")
+@click.option("--quick", is_flag=True, help="subsets and few runs: a smoke test, not a measurement")
+@click.option("--eval-samples", type=int, help="test sentences per classifier (default: all; --quick: 100)")
+@click.option("--skip", default="", help="comma-separated parts to leave out: scaling, lm")
+@reports_errors
+def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_samples, skip):
+    """Measure the toolchain's artifacts against PyTorch, torch.ao, Optimum and naive ORT static int8."""
+    import compare_report as report
+    import compare_variants as vs
+
+    from toolchain.bench.machine import machine_record, usable_cores
+    from toolchain.errors import RecipeError
+    from toolchain.evaluate import EvaluateConfig
+
+    skipped = {s.strip() for s in skip.split(",") if s.strip()}
+    if skipped - {"scaling", "lm"}:
+        raise RecipeError(f"--skip {skip!r}: unknown part", "use scaling, lm or both")
+    if quick and readme:
+        raise RecipeError("--quick results are a smoke test, not a measurement: they never go in the README",
+                          "drop --readme, or run without --quick")
+    plan = QUICK if quick else FULL
+    if eval_samples:
+        plan = Plan(**{**asdict(plan), "eval_samples": eval_samples})
+    run = default_run(run_dir)
+    teacher_dir = vs.teacher_path(teacher, run)
+    work = Path(work)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    phases, load_start = Phases(), os.getloadavg()
+    openmp = calm_openmp(usable_cores())
+    machine = machine_record(usable_cores())
+    with phases("build the variants"):
+        variants = classifier_variants(teacher_dir, run, final, work, plan, quick, machine["isa"], machine["arch"])
+    with phases("evaluate (test split, batch 1)"):
+        cfg = EvaluateConfig(data=DATA, split="test", batch_size=1, max_length=plan.max_length,
+                             max_samples=plan.eval_samples)
+        evals = evaluate_all(variants, cfg)
+    benches = classifier_benches(variants, plan, phases)
+    scaled = None
+    if "scaling" not in skipped:
+        with phases("scaling (sequence length, batch)"):
+            scaled = scaling(variants, plan)
+    lm_result = None
+    if "lm" not in skipped:
+        with phases("causal LM"):
+            lm_result = causal_lm(lm, Path(lm_run) if lm_run else None, work, plan, quick)
+    result = report.assemble(variants, evals, benches, scaled, lm_result, machine=machine, plan=asdict(plan),
+                             quick=quick, phases=phases.seconds, wall_s=phases.total,
+                             load=[load_start, os.getloadavg()], eval_config=asdict(cfg), openmp=openmp)
+    written = report.write(result, Path(out) / ("quick" if quick else ""), readme=Path(readme) if readme else None)
+    click.echo(report.console_table(result))
+    click.echo("\n".join(f"wrote {p}" for p in written) + f"\nwall time {result['wall_s'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

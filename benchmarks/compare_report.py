@@ -1,0 +1,315 @@
+"""compare.py's results: one row per model with its ratios, the targets, the Markdown and the scaling plot.
+
+The JSON (`compare.json`) keeps the raw toolchain.bench results too (session options, RSS, every
+percentile), so a figure in the table can always be traced to the runs behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+BASELINE, OPTIMUM, FINAL = "teacher", "optimum", "final"
+README_BEGIN, README_END = "<!-- compare:begin -->", "<!-- compare:end -->"
+# The issue's bar for the final artifact: (what, ratio key, against, at least).
+TARGETS = (
+    ("batch-1 latency, x faster than the Optimum pipeline", "b1_speedup", "vs_optimum", 3.0),
+    ("batch-1 latency, x faster than the PyTorch teacher", "b1_speedup", "vs_teacher", 8.0),
+    ("batch-32 throughput, x the Optimum pipeline's", "b32_throughput", "vs_optimum", 2.5),
+    ("file size, x smaller than the teacher", "smaller", "vs_teacher", 5.0),
+    ("test accuracy, points vs the teacher", "accuracy_points", "vs_teacher", -1.0),
+)
+
+
+def bench_rows(result: dict | None, mode: str = "forward") -> dict[str, list[dict]]:
+    """variant key -> its rows of one toolchain.bench result (keys were attached by compare.bench_variants)."""
+    out: dict[str, list[dict]] = {}
+    for row in (result or {}).get("rows", []):
+        if row["mode"] == mode:
+            out.setdefault(result["keys"][row["artifact"]], []).append(row)
+    return out
+
+
+def classifier_row(v, evaluation: dict, b1: dict, b32: dict) -> dict:
+    """One model's figures: accuracy, size, batch-1 latency per sentence, batch-32 throughput."""
+    row = {"key": v.key, "name": v.name, "how": v.how, "path": str(v.path) if v.path else None, "error": v.error,
+           "notes": list(v.notes), "accuracy": evaluation.get("accuracy"), "macro_f1": evaluation.get("macro_f1"),
+           "eval_n": evaluation.get("n"), "eval_batch": evaluation.get("batch_size"),
+           "eval_seconds": evaluation.get("seconds")}
+    if evaluation.get("error"):
+        row["notes"].append(f"evaluate failed: {evaluation['error']}")
+    one, many = (b1.get(v.key) or [None])[0], (b32.get(v.key) or [None])[0]
+    for r in (one, many):
+        if r is not None and r["status"] != "ok":
+            row["notes"].append(f"bench batch {r['batch']}: {r['status']}: {r['message']}")
+    ok1 = one if one and one["status"] == "ok" else {}
+    ok32 = many if many and many["status"] == "ok" else {}
+    row |= {"precision": (one or many or {}).get("precision"), "file_mb": (one or many or {}).get("file_mb"),
+            "b1_p50_ms": ok1.get("p50_ms"), "b1_p90_ms": ok1.get("p90_ms"), "b1_runs": ok1.get("runs"),
+            "b1_mean_tokens": ok1.get("mean_padded_len"), "b32_items_s": ok32.get("throughput"),
+            "b32_p50_ms": ok32.get("p50_ms"), "b32_fraction_of_peak": ok32.get("fraction_of_peak"),
+            "b32_rss_mb": ok32.get("peak_rss_mb")}
+    return row
+
+
+def _div(a, b):
+    return a / b if a is not None and b else None
+
+
+def ratios(r: dict, ref: dict) -> dict:
+    """How `r` compares with `ref`: speed-ups (>1 faster), throughput ratio, size ratio (>1 smaller), points."""
+    points = 100 * (r["accuracy"] - ref["accuracy"]) if r["accuracy"] is not None and ref["accuracy"] is not None else None
+    return {"b1_speedup": _div(ref["b1_p50_ms"], r["b1_p50_ms"]), "b1_p90_speedup": _div(ref["b1_p90_ms"], r["b1_p90_ms"]),
+            "b32_throughput": _div(r["b32_items_s"], ref["b32_items_s"]), "smaller": _div(ref["file_mb"], r["file_mb"]),
+            "accuracy_points": points}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    by = {r["key"]: r for r in rows}
+    for ref_key, field in ((BASELINE, "vs_teacher"), (OPTIMUM, "vs_optimum")):
+        ref = by.get(ref_key)
+        for r in rows:
+            r[field] = ratios(r, ref) if ref else None
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue's targets for the final artifact: wanted, measured, met (None when not measured)."""
+    final = next((r for r in rows if r["key"] == FINAL), None)
+    out = []
+    for what, key, against, want in TARGETS:
+        measured = ((final or {}).get(against) or {}).get(key)
+        out.append({"what": what, "want": want, "measured": measured,
+                    "met": None if measured is None else measured >= want})
+    return out
+
+
+def lm_rows(lm: dict | None) -> list[dict]:
+    """The causal LM table: perplexity, size, prefill latency and decode tokens/s, ratios to PyTorch."""
+    if not lm:
+        return []
+    prefill, decode = bench_rows(lm["bench"], "prefill"), bench_rows(lm["bench"], "decode")
+    rows = []
+    for v in lm["variants"]:
+        ev = lm["evaluate"].get(v["key"], {})
+        p, d = (prefill.get(v["key"]) or [{}])[0], (decode.get(v["key"]) or [{}])[0]
+        notes = [n for n in (v["error"], ev.get("error"), p.get("message"), d.get("message")) if n]
+        rows.append({"key": v["key"], "name": v["name"], "how": v["how"], "path": str(v["path"]) if v["path"] else None,
+                     "perplexity": ev.get("perplexity"), "tokens": ev.get("tokens"), "file_mb": p.get("file_mb"),
+                     "prefill_ms": p.get("p50_ms") if p.get("status") == "ok" else None,
+                     "prompt_tokens": p.get("seq"),
+                     "decode_tokens_s": d.get("throughput") if d.get("status") == "ok" else None, "notes": notes})
+    base = rows[0] if rows else None
+    for r in rows:
+        r["prefill_speedup"] = _div(base["prefill_ms"], r["prefill_ms"])
+        r["decode_speedup"] = _div(r["decode_tokens_s"], base["decode_tokens_s"])
+        r["smaller"] = _div(base["file_mb"], r["file_mb"])
+    return rows
+
+
+def scaling_series(scaled: dict | None) -> dict:
+    """variant key -> {"seq": [(len, p50 ms)], "batch": [(batch, p50 ms, items/s)]} for the plot and the JSON."""
+    out: dict[str, dict] = {}
+    if not scaled:
+        return out
+    for key, rows in bench_rows(scaled["seq"]).items():
+        out.setdefault(key, {})["seq"] = [(r["seq"], r["p50_ms"]) for r in rows if r["status"] == "ok"]
+    for key, rows in bench_rows(scaled["batch"]).items():
+        out.setdefault(key, {})["batch"] = [(r["batch"], r["p50_ms"], r["throughput"]) for r in rows
+                                            if r["status"] == "ok"]
+        out[key]["batch_seq"] = rows[0]["seq"] if rows else None
+    return out
+
+
+def assemble(variants, evals: dict, benches: dict, scaled: dict | None, lm: dict | None, **meta) -> dict:
+    """The whole comparison as one JSON-ready dict."""
+    b1, b32 = bench_rows(benches["b1"]), bench_rows(benches["b32"])
+    rows = [classifier_row(v, evals.get(v.key, {}), b1, b32) for v in variants]
+    add_ratios(rows)
+    return {"schema_version": SCHEMA_VERSION, "kind": "toolchain.compare", "created": time.time(), **meta,
+            "classifier": rows, "targets": targets(rows), "lm": lm_rows(lm), "scaling": scaling_series(scaled),
+            "raw": {"bench": benches, "scaling": scaled, "lm": lm}}
+
+
+# ---------------------------------------------------------------- presentation
+
+
+def _f(v, fmt: str = "{:.2f}", none: str = "–") -> str:
+    return none if v is None else fmt.format(v)
+
+
+def _x(v) -> str:
+    """A ratio with two significant digits or more: 0.27x, 3.4x, 54x."""
+    return "–" if v is None else f"{v:.0f}x" if v >= 10 else f"{v:.1f}x" if v >= 1 else f"{v:.2f}x"
+
+
+def _ms(v) -> str:
+    return "–" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def when_where(result: dict) -> str:
+    m = result["machine"]
+    isa = ", ".join(k for k, v in m["isa"].items() if v) or "no SIMD flags read"
+    day = datetime.fromtimestamp(result["created"], tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    versions = m.get("versions", {})
+    load = result.get("load") or [[None], [None]]
+    return (f"Measured {day} on {m['cpu_model']} ({m['arch']}, {isa}; {m['threads_used']} threads, "
+            f"{m['cores_usable']} usable cores, {m['memory_gb']} GB), onnxruntime {m['onnxruntime']['version']}, "
+            f"torch {versions.get('torch', '?')}, by `python benchmarks/compare.py"
+            f"{' --quick' if result['quick'] else ''}` in {result['wall_s'] / 60:.1f} min. "
+            f"Load average at start {_f(load[0][0], '{:.1f}')}, at end {_f(load[1][0], '{:.1f}')}"
+            " (a shared machine: runs are interleaved so drift lands on every model alike).")
+
+
+def classifier_table(result: dict) -> list[str]:
+    head = ("| model | how it was made | test acc. | Δ pts | file MB | b1 p50 ms | b1 p90 ms | b32 items/s "
+            "| b1 speed-up vs teacher / Optimum | b32 thru. vs teacher / Optimum | smaller than teacher |")
+    lines = [head, "|" + "---|" * 11]
+    for r in result["classifier"]:
+        t, o = r["vs_teacher"] or {}, r["vs_optimum"] or {}
+        name = f"**{r['name']}**" if r["key"] == FINAL else r["name"]
+        how = r["how"] + (f" — not measured: {r['error']}" if r["error"] else "")
+        lines.append(f"| {name} | {how} | {_f(r['accuracy'], '{:.3f}')} | {_f(t.get('accuracy_points'), '{:+.1f}')} "
+                     f"| {_f(r['file_mb'], '{:.1f}')} | {_ms(r['b1_p50_ms'])} | {_ms(r['b1_p90_ms'])} "
+                     f"| {_f(r['b32_items_s'], '{:.0f}')} | {_x(t.get('b1_speedup'))} / {_x(o.get('b1_speedup'))} "
+                     f"| {_x(t.get('b32_throughput'))} / {_x(o.get('b32_throughput'))} | {_x(t.get('smaller'))} |")
+    return lines
+
+
+def targets_table(result: dict) -> list[str]:
+    lines = ["| target (final artifact) | wanted | measured | met |", "|---|---|---|---|"]
+    for t in result["targets"]:
+        fmt = "{:+.1f}" if "points" in t["what"] else "{:.1f}x"
+        want = (">= " if "points" not in t["what"] else ">= ") + fmt.format(t["want"])
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['what']} | {want} | {_f(t['measured'], fmt)} | {met} |")
+    return lines
+
+
+def lm_table(result: dict) -> list[str]:
+    if not result["lm"]:
+        return []
+    prompt = next((r["prompt_tokens"] for r in result["lm"] if r["prompt_tokens"]), "?")
+    tokens = next((r["tokens"] for r in result["lm"] if r["tokens"]), "?")
+    lines = [f"| model | how it was made | perplexity ({tokens} tokens) | file MB | prefill ms ({prompt} tokens) "
+             "| decode tokens/s | prefill / decode vs PyTorch | smaller |", "|" + "---|" * 8]
+    for r in result["lm"]:
+        how = r["how"] + (f" — {'; '.join(r['notes'])}" if r["notes"] else "")
+        lines.append(f"| {r['name']} | {how} | {_f(r['perplexity'])} | {_f(r['file_mb'], '{:.0f}')} "
+                     f"| {_ms(r['prefill_ms'])} | {_f(r['decode_tokens_s'], '{:.1f}')} "
+                     f"| {_x(r['prefill_speedup'])} / {_x(r['decode_speedup'])} | {_x(r['smaller'])} |")
+    return lines
+
+
+def notes(result: dict) -> list[str]:
+    rows = result["classifier"]
+    ev = next((r for r in rows if r["eval_n"]), {})
+    b1 = next((r for r in rows if r["b1_runs"]), {})
+    out = [f"Accuracy: {ev.get('eval_n', '?')} test sentences of the fixed rotten-tomatoes split, batch "
+           f"{ev.get('eval_batch', '?')} for every model (dynamic int8 computes its scales per batch: scored as "
+           "deployed, one request at a time), through toolchain.evaluate; max length "
+           f"{result['eval_config']['max_length']} tokens.",
+           f"Latency: model call only (tokenized beforehand), {b1.get('b1_runs', '?')} consecutive test sentences "
+           f"at batch 1 (mean {_f(b1.get('b1_mean_tokens'), '{:.1f}')} tokens), p50/p90 per sentence; batch 32: "
+           "consecutive test sentences padded to each batch's longest. Each model in its own worker process "
+           "(toolchain.bench), torch and onnxruntime never in one process, blocks of runs interleaved.",
+           "File size: the weights file (model.onnx, or model.safetensors; torch.ao int8: its saved state_dict).",
+           f"Threads: {result['machine']['threads_used']} for every model; {result.get('openmp', '')}."]
+    out += [f"{r['name']}: {n}" for r in rows for n in r["notes"]]
+    return out
+
+
+def phases_table(result: dict) -> list[str]:
+    lines = ["| phase | seconds |", "|---|---|"]
+    lines += [f"| {name} | {s:.0f} |" for name, s in result["phases"].items()]
+    return lines + [f"| total | {result['wall_s']:.0f} |"]
+
+
+def markdown(result: dict, image: str = "scaling.png") -> str:
+    """The results page: table, targets, causal LM, scaling plot, notes, where the time went."""
+    parts = [when_where(result), "", *classifier_table(result), "", *targets_table(result)]
+    if result["lm"]:
+        parts += ["", "Causal LM (`smollm2-135m` on `hamlet`, batch 1, greedy decode with the KV cache):", "",
+                  *lm_table(result)]
+    if result["scaling"]:
+        parts += ["", f"![latency against sequence length and batch size]({image})"]
+    parts += ["", *(f"- {n}" for n in notes(result)), "", "Where the run's time went:", "", *phases_table(result)]
+    return "\n".join(parts) + "\n"
+
+
+def console_table(result: dict) -> str:
+    from toolchain.cli import format_table
+
+    rows = []
+    for r in result["classifier"]:
+        t, o = r["vs_teacher"] or {}, r["vs_optimum"] or {}
+        rows.append([r["name"], r["accuracy"], r["file_mb"], r["b1_p50_ms"], r["b1_p90_ms"], r["b32_items_s"],
+                     _x(t.get("b1_speedup")), _x(o.get("b1_speedup")), _x(o.get("b32_throughput")),
+                     _x(t.get("smaller")), r["error"] or ""])
+    heads = ["model", "acc", "MB", "b1 p50", "b1 p90", "b32/s", "b1 x teacher", "b1 x optimum", "b32 x optimum",
+             "smaller", "note"]
+    met = [f"{t['what']}: {_f(t['measured'])} (want {t['want']}) {'met' if t['met'] else 'MISSED'}"
+           for t in result["targets"]]
+    return format_table(rows, heads) + "\n" + "\n".join(met)
+
+
+def plot_scaling(series: dict, names: dict, path: Path) -> None:
+    """Two panels: batch-1 latency against sequence length; latency per call against batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, s in series.items():
+        if s.get("seq"):
+            x, y = zip(*s["seq"])
+            left.plot(x, y, marker="o", label=names.get(key, key))
+        if s.get("batch"):
+            x, y, _ = zip(*s["batch"])
+            right.plot(x, y, marker="o", label=names.get(key, key))
+    batch_seq = next((s["batch_seq"] for s in series.values() if s.get("batch_seq")), "?")
+    for ax, xlabel, title in ((left, "sequence length (tokens), batch 1", "latency vs sequence length"),
+                              (right, f"batch size ({batch_seq} tokens each)", "latency vs batch size")):
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="p50 latency per call (ms)", title=title)
+        ticks = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])  # the measured points, not powers of ten
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(readme: Path, block: str) -> None:
+    """Replace what sits between the README's compare markers with `block`."""
+    from toolchain.errors import InputNotFound
+
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise InputNotFound(f"{readme} has no {README_BEGIN} ... {README_END} markers",
+                            "add both lines where the table belongs")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{block}{README_END}{tail}")
+
+
+def write(result: dict, out: Path, readme: Path | None = None) -> list[Path]:
+    """compare.json, compare.md and scaling.png into `out`; the table into the README when asked."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "compare.json", out / "compare.md"]
+    (out / "compare.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    if result["scaling"]:
+        names = {r["key"]: r["name"] for r in result["classifier"]}
+        plot_scaling(result["scaling"], names, out / "scaling.png")
+        written.append(out / "scaling.png")
+    (out / "compare.md").write_text("# The toolchain against the alternatives\n\n" + markdown(result))
+    if readme is not None:
+        image = Path(os.path.relpath(out.resolve(), readme.resolve().parent)) / "scaling.png"
+        update_readme(readme, markdown(result, image=str(image)))
+        written.append(readme)
+    return written

@@ -1,0 +1,142 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from toolchain.artifact import Artifact, atomic_write_text
+from toolchain.cli import main
+from toolchain.errors import IntegrityError, Unsupported
+from toolchain.package import BUNDLE_FILE, PackageConfig, mobile_readiness, package, smoke_test
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _flip(path, offset=100):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+@pytest.fixture
+def bundle(tiny_run, tmp_path):
+    """A private copy of the tiny run's bundle, free to damage."""
+    return shutil.copytree(tiny_run[0] / "bundle", tmp_path / "bundle")
+
+
+def test_package_writes_the_whole_edge_bundle(tiny_run):
+    folder = tiny_run[0] / "bundle"
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "model.ort", "required_operators.config", "tokenizer.json", "labels.json", "predict.py",
+            "bundle.json", "manifest.json", "README.md", "config.json"} <= names
+    info = json.loads((folder / BUNDLE_FILE).read_text())
+    assert info["labels"] == ["negative", "positive"]
+    assert json.loads((folder / "labels.json").read_text()) == {"0": "negative", "1": "positive"}
+    assert info["onnx"]["opsets"]["ai.onnx"] >= 13 and info["onnx"]["ir_version"] >= 7
+    assert [i["name"] for i in info["onnx"]["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert info["onnx"]["outputs"][0] == {"name": "logits", "shape": ["batch_size", 2], "dtype": "tensor(float)"}
+    assert info["min_onnxruntime"]["model.onnx"] == "1.14"  # opset 18
+    assert info["metrics"]["evaluate"]["evaluate/reviews.csv/test"]["n"] == 6
+    from toolchain.artifact import sha256_file
+
+    assert info["files"] == {n: sha256_file(folder / n) for n in sorted(names - {BUNDLE_FILE, "manifest.json"})}
+    ops = (folder / "required_operators.config").read_text()
+    assert "# - model.ort\n" in ops
+    assert any(line.startswith("ai.onnx;") and "MatMul" in line for line in ops.splitlines())
+
+
+def test_verify_accepts_the_bundle_and_runs_a_smoke_inference(bundle, tiny_run):
+    r = cli("verify", bundle)
+    assert r.exit_code == 0, r.output
+    assert "every hash matches" in r.output and "smoke inference: ok" in r.output and "model.ort" in r.output
+    r = cli("verify", tiny_run[0] / "onnx", "--json")  # an artifact that is not a bundle: hashes only
+    assert r.exit_code == 0 and json.loads(r.output)["smoke"] is None
+
+
+def test_verify_catches_a_changed_byte(bundle):
+    _flip(bundle / "model.onnx")
+    r = cli("verify", bundle)
+    assert r.exit_code == 9
+    assert "changed file model.onnx" in r.output
+    with pytest.raises(IntegrityError):
+        smoke_test(bundle)
+
+
+def test_verify_fails_when_the_model_no_longer_gives_the_packaged_outputs(bundle):
+    """A bundle whose hashes were rewritten to match (edited, not corrupted) still fails its smoke test."""
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    info["smoke"]["logits"][0][0] += 0.5
+    (bundle / BUNDLE_FILE).write_text(json.dumps(info))
+    art = Artifact.load(bundle)
+    from toolchain.artifact import hash_payload
+
+    art.manifest.files = hash_payload(bundle)
+    atomic_write_text(bundle / "manifest.json", art.manifest.to_json())
+    r = cli("verify", bundle)
+    assert r.exit_code == 7
+    assert "smoke inference failed: model.onnx differs from the packaged reference by 0.5" in r.output
+
+
+def test_predict_py_runs_standalone_in_a_subprocess(bundle, tmp_path):
+    """predict.py with the venv's python, torch, transformers and toolchain made unimportable."""
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    texts = info["smoke"]["texts"]
+    code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('torch', 'transformers', 'toolchain')]; "
+            "sys.argv = ['predict.py', '--json', *sys.argv[1:]]; runpy.run_path('predict.py', run_name='__main__')")
+    for model in ("model.onnx", "model.ort"):
+        out = subprocess.run([sys.executable, "-c", code, "--model", model, *texts], cwd=bundle, capture_output=True,
+                             text=True, env={"PATH": "/usr/bin:/bin"})
+        assert out.returncode == 0, out.stderr
+        results = json.loads(out.stdout)
+        assert [r["text"] for r in results] == texts
+        for r, ref in zip(results, info["smoke"]["logits"]):
+            assert r["label"] in ("negative", "positive")
+            assert sum(r["probabilities"].values()) == pytest.approx(1.0)
+            assert max(abs(a - b) for a, b in zip(r["logits"], ref)) < 1e-4
+
+
+def test_package_causal_lm_generates_with_its_kv_cache(tiny_onnx, tmp_path):
+    art = package(tiny_onnx("gpt2-past").path, PackageConfig(mobile_check=False, generate_tokens=5), tmp_path / "b")
+    info = json.loads((art.path / BUNDLE_FILE).read_text())
+    assert info["onnx"]["with_past"] and "labels.json" not in info["files"]
+    # predict.py decodes with the cache; the reference recomputed the whole sequence each step.
+    assert art.manifest.lineage[-1].metrics["smoke"]["ok"]
+    out = subprocess.run([sys.executable, "predict.py", "--json", "--tokens", str(len(info["smoke"]["token_ids"])),
+                          info["smoke"]["texts"][0]], cwd=art.path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["token_ids"] == info["smoke"]["token_ids"]
+
+
+def test_package_checks_the_input_hashes_first(tiny_onnx, tmp_path):
+    src = shutil.copytree(tiny_onnx("bert").path, tmp_path / "src")
+    _flip(src / "model.onnx")
+    with pytest.raises(IntegrityError, match="changed file model.onnx"):
+        package(src, PackageConfig(), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_package_refuses_a_torch_artifact(tiny, tmp_path):
+    from toolchain.artifact import write_artifact
+
+    with write_artifact(tmp_path / "torch", stage="x", config={}, format="torch", task="text-classification",
+                        model_type="bert") as o:
+        shutil.copytree(tiny("bert"), o.folder, dirs_exist_ok=True)
+    with pytest.raises(Unsupported, match="export it first"):
+        package(tmp_path / "torch", PackageConfig(), tmp_path / "b")
+
+
+def test_mobile_readiness_lists_what_falls_back_per_execution_provider(tiny_onnx):
+    report = mobile_readiness(tiny_onnx("bert").onnx_path)
+    assert set(report) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
+    nnapi = report["NNAPI"]
+    assert nnapi["suitability"] in ("YES", "MAYBE", "NO")
+    assert 0 < nnapi["supported_nodes"] <= nnapi["nodes"]
+    # Dynamic shapes count against NNAPI: fixing them can only let more nodes onto it.
+    assert nnapi["if_shapes_fixed"]["supported_nodes"] >= nnapi["supported_nodes"]
+    assert all(":" in op and n > 0 for op, n in nnapi["if_shapes_fixed"]["fallback_ops"].items())

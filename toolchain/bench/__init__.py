@@ -1,0 +1,154 @@
+"""Benchmarks: latency, throughput, memory and fraction of the machine's limit, per execution provider.
+
+    >>> from toolchain.bench import BenchConfig, bench                      # doctest: +SKIP
+    >>> result = bench(["runs/teacher", "runs/teacher-onnx"], BenchConfig(data="rotten-tomatoes", batch=(1, 32)))
+
+Each (artifact, provider) is timed in its own worker process (`python -m toolchain.bench.worker`),
+torch or onnxruntime but never both. The parent tokenizes, sends the same batches to every worker,
+and hands out blocks of runs round-robin (stats.interleave) so drift of a shared machine lands on
+all artifacts alike. Results carry machine.machine_record() and are stored in each artifact's
+manifest (results.stored_results reads them back). The result layout is in results.py.
+
+This module imports neither torch nor onnxruntime: the worker imports this package first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import config_to_dict
+from ..errors import RecipeError
+from ..runtime import PROVIDERS
+from .results import RESULT_KEYS, ROW_KEYS, SCHEMA_VERSION, stored_results
+
+__all__ = ["BenchConfig", "bench", "stored_results", "SCHEMA_VERSION", "ROW_KEYS", "RESULT_KEYS"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    providers: tuple[str, ...] = ("cpu",)  # execution providers; one not available here gives a 'skipped' row
+    batch: tuple[int, ...] = (1, 8, 32)  # batch sizes, each a configuration
+    seq: tuple[int, ...] = (16, 64, 128)  # fixed sequence lengths (no padding); ignored when data is set
+    data: str | None = None  # real texts (test split of a dataset, or hamlet lines): padded per batch
+    max_length: int = 128  # truncation of real texts, as deployment would truncate
+    threads: int | None = None  # intra-op threads for torch and onnxruntime alike; None: all usable cores
+    runs: int = 50  # timed calls per artifact and configuration
+    warmup: int = 5  # untimed calls first (allocations, caches, lazy init, compilation)
+    block: int = 5  # calls per artifact before the next one's turn: small blocks cancel drift better
+    baseline: str | None = None  # artifact the speedup column is relative to (label or path); the first if None
+    torch_compile: bool = False  # torch artifacts through torch.compile instead of eager
+    decode_tokens: int = 16  # causal LMs: greedy steps with the KV cache after each prefill
+    trt_fp16: bool = False  # TensorRT may build fp16 kernels
+    trt_int8: bool = False  # TensorRT may build int8 kernels (needs a QDQ graph or a calibration table)
+    peak: bool = True  # measure (or read the cached) GEMM peak for the fraction-of-peak column
+    refresh_peak: bool = False  # re-measure the peak even if this machine has a cached one
+    store: bool = True  # write the results into each artifact's manifest
+
+    def __post_init__(self):
+        unknown = [p for p in self.providers if p not in PROVIDERS]
+        if not self.providers or unknown:
+            raise ValueError(f"providers must be some of {', '.join(PROVIDERS)}; got {list(self.providers)}")
+        if len(set(self.providers)) != len(self.providers):
+            raise ValueError("providers are listed twice")
+        for name in ("batch", "seq"):
+            values = getattr(self, name)
+            if not values or any(v < 1 for v in values):
+                raise ValueError(f"{name} needs positive values; got {list(values)}")
+        for name, low in (("runs", 1), ("warmup", 0), ("block", 1), ("decode_tokens", 1), ("max_length", 2)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1")
+
+
+def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int], None] | None = None) -> dict:
+    """Benchmark artifacts (or model folders) on each provider and configuration; see results.py for the layout.
+
+    A spec is what a user types (artifact or model folder, built-in name) or a ready workload.Target
+    (e.g. workload.torch_dynamic_int8_target(...), which has no folder of its own).
+    """
+    from .machine import machine_record, usable_cores
+    from .results import add_limits, add_speedups, store, storage_key
+    from .runner import run_provider
+    from .workload import Target, resolve_target, unique_labels
+
+    targets = [s if isinstance(s, Target) else resolve_target(s) for s in specs]
+    unique_labels(targets)
+    baseline = pick_baseline(targets, specs, cfg.baseline)
+    machine = machine_record(cfg.threads or usable_cores())
+    workloads = build_workloads(targets, cfg)
+    rows = []
+    for provider in cfg.providers:
+        rows += run_provider(targets, workloads, provider, cfg, machine, progress or (lambda n: None))
+    peaks = measure_peaks(rows, machine, cfg) if cfg.peak else {}
+    add_limits(rows, peaks, lambda r: f"{r['provider']}/{r['precision']}")
+    add_speedups(rows, baseline.label)
+    rows.sort(key=_row_order(targets, cfg))
+    result = {
+        "schema_version": SCHEMA_VERSION, "kind": "toolchain.bench", "created": _now(), "machine": machine,
+        "config": config_to_dict(cfg), "baseline": baseline.label, "peaks": peaks, "rows": rows,
+        "artifacts": [{"label": t.label, "path": str(t.path), "format": t.format, "task": t.task,
+                       "precision": t.precision, "file_mb": t.file_bytes / 1e6,
+                       "stored_as": sorted({storage_key(r["provider"], r["workload"]) for r in rows
+                                            if r["artifact"] == t.label}) if t.artifact and cfg.store else []}
+                      for t in targets],
+    }
+    if cfg.store:
+        store(result, targets)
+    return result
+
+
+def pick_baseline(targets, specs: list[str], wanted: str | None):
+    """The target named by `wanted` (its label, or the spec typed for it); the first when None."""
+    if wanted is None:
+        return targets[0]
+    for t, spec in zip(targets, specs):
+        if wanted in (t.label, spec, str(t.path)):
+            return t
+    raise RecipeError(f"baseline {wanted!r} is not one of the benchmarked artifacts",
+                      f"use one of: {', '.join(t.label for t in targets)}")
+
+
+def build_workloads(targets, cfg: BenchConfig) -> dict:
+    """label -> one Workload per configuration, in the same order for every target (batch, then length)."""
+    from .workload import TokenizerJson, data_texts, data_workload, synthetic_workload
+
+    texts = data_texts(cfg.data) if cfg.data else None
+    made: dict[tuple, list] = {}
+    out = {}
+    for t in targets:
+        left = t.task == "text-generation"
+        key = ((t.path / "tokenizer.json").read_bytes(), left) if (t.path / "tokenizer.json").is_file() else (t.path, left)
+        if key not in made:
+            tok = TokenizerJson(t.path, left_pad=left)
+            if texts is not None:
+                made[key] = [data_workload(tok, texts, cfg.data, b, cfg.max_length, cfg.runs + cfg.warmup)
+                             for b in cfg.batch]
+            else:
+                made[key] = [synthetic_workload(tok, b, s) for b in cfg.batch for s in cfg.seq]
+        out[t.label] = made[key]
+    return out
+
+
+def measure_peaks(rows: list[dict], machine: dict, cfg: BenchConfig) -> dict:
+    """'provider/precision' -> measured peak, for each pair that has a timed row."""
+    from .peak import measured_peak
+    from .runner import worker_env
+
+    pairs = sorted({(r["provider"], r["precision"]) for r in rows if r["status"] == "ok"})
+    env = worker_env(machine["threads_used"])
+    return {f"{p}/{prec}": measured_peak(p, prec, machine, env, cfg.refresh_peak) for p, prec in pairs}
+
+
+def _row_order(targets, cfg: BenchConfig):
+    order = {t.label: i for i, t in enumerate(targets)}
+    modes = {"forward": 0, "prefill": 1, "decode": 2}
+    return lambda r: (cfg.providers.index(r["provider"]), r["batch"], r["seq"] or 0, modes[r["mode"]],
+                      order[r["artifact"]])
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,387 @@
+"""The edge bundle: everything a phone or board team needs to run and check one ONNX artifact.
+
+A bundle is an artifact folder (its manifest.json holds the sha256 of every file and the whole
+lineage, so `toolchain verify` and `toolchain info` work on it) with:
+
+    model.onnx, tokenizer files, config.json   copied from the artifact, after its hashes are checked
+    model.ort, required_operators.config       ORT format for a reduced/mobile onnxruntime build
+    labels.json                                classifiers: label id -> name
+    predict.py                                 runs the model with onnxruntime, tokenizers and numpy only
+    mobile_readiness.json / .md                ONNX Runtime's NNAPI / CoreML usability check: what falls back
+    bundle.json                                what the model is (opset, IR version, minimum onnxruntime,
+                                               inputs/outputs), its metrics and the machines they came from,
+                                               sha256 of the other files, and the smoke-test reference outputs
+    README.md                                  how to run and check it
+
+The smoke test (`smoke_test`, run by `toolchain verify`) runs predict.py's own code on texts stored in
+bundle.json and compares with outputs the toolchain computed from the source artifact when packaging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .artifact import Artifact, sha256_file, write_artifact
+from .config import config_to_dict
+from .errors import BadModel, CheckFailed, IntegrityError, Unsupported
+
+BUNDLE_FILE = "bundle.json"
+BUNDLE_SCHEMA = 1
+PREDICT = Path(__file__).with_name("bundle_predict.py")
+# ai.onnx opset / IR version -> first onnxruntime release that implements it (onnxruntime's compatibility table).
+# Newer than the table: the running version is the only one known to work.
+ORT_FOR_OPSET = {13: "1.7", 14: "1.8", 15: "1.9", 16: "1.11", 17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17",
+                 21: "1.18"}
+ORT_FOR_IR = {7: "1.6", 8: "1.10", 9: "1.15", 10: "1.18"}
+SAMPLES = (
+    "A gripping, beautifully acted drama that earns every one of its tears.",
+    "The plot is thin and the jokes land with a dull thud.",
+    "To be, or not to be, that is the question.",
+)
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    ort_format: bool = True  # also write model.ort + required_operators.config (for a reduced onnxruntime build)
+    # model.ort bakes in platform-specific graph optimizations: phones and boards are ARM.
+    target_platform: Literal["arm", "amd64"] = "arm"
+    mobile_check: bool = True  # run ONNX Runtime's NNAPI / CoreML usability check
+    max_length: int = 128  # predict.py truncates each text to this many tokens
+    samples: tuple[str, ...] = SAMPLES  # smoke-test texts (causal LM: the first is the prompt)
+    generate_tokens: int = 8  # causal LM smoke test: greedy tokens compared with the toolchain's own decoding
+    # predict.py and model.ort against the toolchain's ONNX run of the source artifact: same graph, same
+    # tokens, so only kernel-order noise (int8 graphs with other fusions move by a quantization step at most).
+    atol: float = 1e-3
+
+    def __post_init__(self):
+        if not self.samples or not all(isinstance(s, str) and s.strip() for s in self.samples):
+            raise ValueError("samples must be non-empty texts")
+        if self.max_length < 2 or self.generate_tokens < 1 or not self.atol > 0:
+            raise ValueError("max_length must be >= 2, generate_tokens >= 1 and atol > 0")
+
+
+def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool = False) -> Artifact:
+    """Check `src`'s hashes, then write the edge bundle for it at `out`.
+
+    >>> package("runs/minilm/int8", PackageConfig(), "runs/minilm/bundle")  # doctest: +SKIP
+    """
+    art = _checked_input(src)
+    with write_artifact(out, stage="package", config=config_to_dict(cfg) | {"source": str(src)}, format="onnx",
+                        task=art.task, model_type=art.manifest.model_type, parent=art, force=force) as o:
+        for name in art.manifest.files:
+            (o.folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(art.path / name, o.folder / name)
+        shutil.copy2(PREDICT, o.folder / "predict.py")
+        info = describe(o.folder, art, cfg)
+        if info["labels"]:
+            (o.folder / "labels.json").write_text(json.dumps(dict(enumerate(info["labels"])), indent=2) + "\n")
+        if cfg.ort_format:
+            convert_to_ort(o.folder / "model.onnx", o.folder, cfg.target_platform)
+        if cfg.mobile_check:
+            info["mobile"] = write_mobile_readiness(o.folder)
+        info["smoke"] = reference_outputs(art, cfg, info)
+        (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        checks = smoke_test(o.folder, verify_hashes=False)
+        size = sum(p.stat().st_size for p in o.folder.rglob("*") if p.is_file())
+        o.record.metrics |= {"smoke": checks, "files": len(list(o.folder.iterdir())), "bundle_mb": round(size / 1e6, 2)}
+        (o.folder / "README.md").write_text(_readme(info, Path(out).name))
+        info["files"] = _file_hashes(o.folder)
+        (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if not checks["ok"]:
+            raise CheckFailed(f"bundle smoke test failed: {checks['problem']}",
+                              "raise atol only if the difference is acceptable; check the tokenizer files")
+    return Artifact.load(out)
+
+
+def _checked_input(src: str | Path) -> Artifact:
+    art = Artifact.load(src, verify=True)  # refuses an artifact whose files changed since it was written
+    if art.format != "onnx" or not art.onnx_path.is_file():
+        raise Unsupported(f"{src} is a {art.format} artifact; a bundle holds an ONNX model",
+                          "export it first (toolchain export), then package the ONNX artifact")
+    if not (art.path / "tokenizer.json").is_file():
+        raise BadModel(f"{src} has no tokenizer.json; predict.py needs a fast tokenizer",
+                       "export from a model with a fast (Rust) tokenizer")
+    return art
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in (BUNDLE_FILE, "manifest.json")}
+
+
+# ---------------------------------------------------------------- describing the model
+
+
+def describe(folder: Path, art: Artifact, cfg: PackageConfig) -> dict:
+    """bundle.json without smoke and files: what the model is, what it needs, how it measured."""
+    import onnx
+    import onnxruntime as ort
+
+    from .modeling import ModelSource, load_tokenizer
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    tok = load_tokenizer(ModelSource(str(folder), str(folder), local=True))
+    labels = ([config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+              if art.task == "text-classification" and config.get("id2label") else None)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return {
+        "format": "toolchain.bundle", "schema_version": BUNDLE_SCHEMA, "task": art.task,
+        "model_type": art.manifest.model_type, "labels": labels, "max_length": cfg.max_length,
+        "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+        "onnx": {"opsets": opsets, "ir_version": model.ir_version, "producer": f"{model.producer_name} "
+                 f"{model.producer_version}".strip(), "inputs": _signature(session.get_inputs()),
+                 "outputs": _signature(session.get_outputs()),
+                 "with_past": any(i.name.startswith("past_key_values") for i in session.get_inputs())},
+        "min_onnxruntime": min_onnxruntime(opsets.get("ai.onnx"), model.ir_version, cfg.ort_format),
+        "source": {"artifact": str(art.path), "content_hash": art.content_hash,
+                   "lineage": [{"stage": r.stage, "config": r.config} for r in art.manifest.lineage]},
+        **measured(art),
+    }
+
+
+def _signature(values) -> list[dict]:
+    return [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape], "dtype": v.type}
+            for v in values]
+
+
+def min_onnxruntime(opset: int | None, ir_version: int, ort_format: bool) -> dict:
+    """The oldest onnxruntime that can load model.onnx (by opset and IR version), and model.ort."""
+    import onnxruntime as ort
+
+    here = ".".join(ort.__version__.split(".")[:2])
+    needs = [ORT_FOR_OPSET.get(opset, here) if opset and opset >= min(ORT_FOR_OPSET) else "1.7",
+             ORT_FOR_IR.get(ir_version, here) if ir_version >= min(ORT_FOR_IR) else "1.6"]
+    out = {"model.onnx": max(needs, key=lambda v: tuple(int(x) for x in v.split("."))),
+           "note": "from the graph's ai.onnx opset and IR version; contrib (com.microsoft) operators of fused or "
+                   "quantized graphs may need a build as new as the one that made them"}
+    if ort_format:
+        out["model.ort"] = here  # ORT format files load in the version that wrote them and newer ones
+    return out
+
+
+def measured(art: Artifact) -> dict:
+    """The artifact's stored metrics, and the machines the benchmark numbers came from."""
+    evaluation = {k: {m: v[m] for m in ("accuracy", "macro_f1", "perplexity", "n", "tokens", "data", "split",
+                                        "batch_size") if m in v}
+                  for k, v in art.manifest.results.items() if k.startswith("evaluate/") and isinstance(v, dict)}
+    bench, machines = [], {}
+    for key, result in art.manifest.results.items():
+        if not key.startswith("bench/") or not isinstance(result, dict):
+            continue
+        machine = result.get("machine") or {}
+        label = machine.get("cpu_model", "unknown machine")
+        machines[label] = machine
+        bench += [{"machine": label, **{k: r.get(k) for k in ("provider", "mode", "workload", "batch", "seq",
+                                                              "p50_ms", "p90_ms", "throughput", "throughput_unit")}}
+                  for r in result.get("rows") or [] if r.get("status") == "ok"]
+    return {"metrics": {"evaluate": evaluation, "bench": bench}, "machines": machines}
+
+
+# ---------------------------------------------------------------- ORT format and mobile readiness
+
+
+def convert_to_ort(onnx_path: Path, folder: Path, target_platform: str) -> None:
+    """model.ort and required_operators.config, by onnxruntime's own converter (run as a separate process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # The converter writes scratch files beside its input: give it a copy, not the bundle's folder.
+        src = Path(tmp) / "in" / "model.onnx"
+        src.parent.mkdir()
+        shutil.copy2(onnx_path, src)
+        cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src), "--output_dir",
+               str(Path(tmp) / "out"), "--optimization_style", "Fixed", "--target_platform", target_platform]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        produced = Path(tmp) / "out" / "model.ort"
+        if done.returncode != 0 or not produced.is_file():
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1][:300]
+            raise CheckFailed(f"onnxruntime could not convert the model to ORT format: {last}",
+                              "package with ort_format: false (the bundle keeps model.onnx)")
+        shutil.copy2(produced, folder / "model.ort")
+        config = (Path(tmp) / "out" / "model.required_operators.config").read_text()
+        # Its header names the scratch path it was converted at: name the bundle's file instead.
+        (folder / "required_operators.config").write_text(config.replace(str(produced), "model.ort"))
+
+
+EPS = {"NNAPI": None, "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
+       "CoreML MLProgram": "coreml_supported_mlprogram_ops.md"}
+
+
+def mobile_readiness(onnx_path: Path) -> dict:
+    """ONNX Runtime's usability check for NNAPI and CoreML: per EP, which operators would fall back to the CPU.
+
+    Checked as the graph is (dynamic shapes count against NNAPI) and as if its shapes were fixed.
+    """
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        basic = Path(tmp) / "model.onnx"
+        optimize_model(onnx_path, basic, use_external_initializers=True)  # BASIC level, as ORT's own check does
+        model = ModelProtoWithShapeInfo(basic).model_with_shape_info
+        out = {}
+        for ep, ops_file in EPS.items():
+            check = ((lambda m, fixed: uc.check_nnapi_partitions(m, fixed)) if ops_file is None else
+                     (lambda m, fixed, f=ops_file: uc.check_coreml_partitions(m, fixed, f)))
+            out[ep] = _partition_summary(check(model, True), model) | {
+                "if_shapes_fixed": _partition_summary(check(model, False), model)}
+    return out
+
+
+def _partition_summary(info, model) -> dict:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        op = f"{node.domain or 'ai.onnx'}:{node.op_type}"
+        if op in info.unsupported_ops:
+            counts[op] = counts.get(op, 0) + 1
+    return {"suitability": info.suitability().name, "nodes": info.num_nodes,
+            "supported_nodes": info.num_supported_nodes, "partitions": info.num_partitions,
+            "fallback_ops": dict(sorted(counts.items())),
+            "unsupported_for_dynamic_shape": info.nodes_unsupported_due_to_dynamic_input}
+
+
+def write_mobile_readiness(folder: Path) -> dict:
+    """mobile_readiness.json and .md in `folder`; returns the per-EP verdicts for bundle.json."""
+    try:
+        report = mobile_readiness(folder / "model.onnx")
+    except Exception as exc:  # the checker is advisory: record why it could not run instead of failing the bundle
+        report = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+    (folder / "mobile_readiness.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "mobile_readiness.md").write_text(_mobile_markdown(report))
+    if "error" in report:
+        return report
+    return {ep: {"as_is": r["suitability"], "if_shapes_fixed": r["if_shapes_fixed"]["suitability"]}
+            for ep, r in report.items()}
+
+
+def _mobile_markdown(report: dict) -> str:
+    lines = ["# Mobile readiness (ONNX Runtime usability check)", ""]
+    if "error" in report:
+        return "\n".join(lines + [f"The check could not run: {report['error']}", ""])
+    lines += ["| execution provider | verdict | nodes on EP | partitions | verdict if shapes fixed "
+              "| falls back to CPU |", "|---|---|---|---|---|---|"]
+    for ep, r in report.items():
+        fixed = r["if_shapes_fixed"]
+        falls = ", ".join(f"{op.split(':')[1]} x{n}" for op, n in fixed["fallback_ops"].items()) or "nothing"
+        lines.append(f"| {ep} | {r['suitability']} | {r['supported_nodes']}/{r['nodes']} | {r['partitions']} | "
+                     f"{fixed['suitability']} ({fixed['supported_nodes']}/{fixed['nodes']}) | {falls} |")
+    lines += ["", "YES / MAYBE / NO is ONNX Runtime's verdict on whether the EP is worth trying. NNAPI needs fixed "
+              "input shapes (`python -m onnxruntime.tools.make_dynamic_shape_fixed`); operators listed as falling "
+              "back run on the CPU EP, and every switch between EP and CPU costs a copy.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- smoke test
+
+
+def reference_outputs(art: Artifact, cfg: PackageConfig, info: dict) -> dict:
+    """What the toolchain's own ONNX path (transformers tokenizer, full recompute) gives on the samples."""
+    from .evaluate import Runner
+
+    runner = Runner(art.path)
+    runner.tokenizer.model_max_length = cfg.max_length
+    smoke = {"atol": cfg.atol, "texts": list(cfg.samples)}
+    if art.task == "text-generation":
+        ids, new, first = list(runner.tokenizer(cfg.samples[0])["input_ids"]), [], None
+        for _ in range(cfg.generate_tokens):  # no KV cache here: predict.py's cached decoding must match it
+            batch = np.array([ids + new], dtype=np.int64)
+            logits = runner.logits({"input_ids": batch, "attention_mask": np.ones_like(batch)})[0, -1]
+            first = logits if first is None else first
+            new.append(int(logits.argmax()))
+            if new[-1] == info["eos_token_id"]:
+                break
+        top = np.argsort(-first)[:5]
+        return smoke | {"token_ids": new, "first_top5": top.tolist(),
+                        "first_top5_logits": first[top].astype(float).tolist()}
+    enc = runner.tokenizer(list(cfg.samples), padding=True, truncation=True, max_length=cfg.max_length,
+                           return_tensors="np")
+    batch = {k: v.astype(np.int64) for k, v in enc.items()}
+    if art.task == "text-classification":
+        smoke["logits"] = runner.logits(batch).astype(float).tolist()
+    else:
+        hidden = runner.session.run(["last_hidden_state"], _feeds(runner, batch))[0]
+        mask = batch["attention_mask"][..., None]
+        smoke["embeddings"] = ((hidden * mask).sum(1) / mask.sum(1)).astype(float).tolist()
+    return smoke
+
+
+def _feeds(runner, batch: dict) -> dict:
+    from .parity import onnx_feeds
+
+    return onnx_feeds(runner.session, batch)
+
+
+def is_bundle(path: str | Path) -> bool:
+    """An artifact folder written by `package` (what `verify` checks with a smoke inference too)."""
+    return Artifact.is_artifact(Path(path)) and (Path(path) / BUNDLE_FILE).is_file()
+
+
+def smoke_test(bundle: str | Path, verify_hashes: bool = True) -> dict:
+    """Check a bundle: its hashes, then predict.py's code on model.onnx (and model.ort) against the stored outputs.
+
+    Returns {"ok", "problem", "models": {file: max abs diff}, "atol"}; runs only the toolchain's own copy of
+    the predict code, never the bundle's predict.py, so checking a bundle runs no code from it.
+    """
+    from . import bundle_predict
+
+    bundle = Path(bundle)
+    if verify_hashes:
+        problems = Artifact.load(bundle).verify()
+        if problems:
+            raise IntegrityError(f"{bundle}: {problems[0]}", "rebuild the bundle; do not ship it")
+    if not (bundle / BUNDLE_FILE).is_file():
+        raise BadModel(f"{bundle} is not a bundle (no {BUNDLE_FILE})", "make one with toolchain package")
+    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    smoke, models = info["smoke"], {}
+    for name in ("model.onnx", "model.ort"):
+        if (bundle / name).is_file():
+            models[name] = _smoke_one(bundle_predict.Predictor(bundle, name, threads=1), info["task"], smoke)
+    bad = [(m, d) for m, d in models.items() if not d <= smoke["atol"]]
+    problem = (f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})"
+               if bad else "")
+    return {"ok": not bad, "problem": problem, "models": models, "atol": smoke["atol"]}
+
+
+def _smoke_one(p, task: str, smoke: dict) -> float:
+    """Max abs difference from the reference outputs (inf when greedy tokens differ)."""
+    texts = smoke["texts"]
+    if task == "text-classification":
+        got = np.array([r["logits"] for r in p.classify(texts)])
+        return float(np.abs(got - np.array(smoke["logits"])).max())
+    if task == "text-generation":
+        out = p.generate(texts[0], len(smoke["token_ids"]))
+        if out["token_ids"] != smoke["token_ids"]:
+            return float("inf")
+        ids = list(p.tokenizer.encode(texts[0]).ids)
+        logits = p.run(p._lm_feeds(ids, len(ids), p._empty_past()))["logits"][0, -1]
+        return float(np.abs(logits[smoke["first_top5"]] - np.array(smoke["first_top5_logits"])).max())
+    return float(np.abs(p.embed(texts) - np.array(smoke["embeddings"])).max())
+
+
+def _readme(info: dict, name: str) -> str:
+    task = info["task"]
+    example = ('python predict.py "A charming, moving film." "A waste of two hours."' if task == "text-classification"
+               else 'python predict.py --tokens 20 "To be, or not to be"' if task == "text-generation"
+               else 'python predict.py "some text"')
+    ort_line = ("- `model.ort` + `required_operators.config`: ORT format for a reduced build "
+                "(`--include_ops_by_config required_operators.config`), onnxruntime >= "
+                f"{info['min_onnxruntime'].get('model.ort')}\n" if "model.ort" in info["min_onnxruntime"] else "")
+    return (f"# {name}: {task} bundle\n\n"
+            f"Needs only `pip install onnxruntime tokenizers numpy` (onnxruntime >= "
+            f"{info['min_onnxruntime']['model.onnx']} for model.onnx).\n\n    {example}\n\n"
+            f"- `model.onnx`: opset {info['onnx']['opsets'].get('ai.onnx')}, IR version {info['onnx']['ir_version']}\n"
+            f"{ort_line}- `bundle.json`: inputs/outputs, metrics and the machines they were measured on, sha256 of "
+            "every file\n- `mobile_readiness.md`: what NNAPI / CoreML would run and what falls back to the CPU\n\n"
+            "Check it: `toolchain verify .` (hashes + smoke inference), or `sha256sum` against bundle.json's "
+            "`files`.\n")

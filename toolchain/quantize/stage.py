@@ -1,0 +1,452 @@
+"""The quantize stage: settings from a hardware preset, ONNX Runtime's quantizers, the accuracy loop."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .. import parity
+from ..artifact import Artifact, check_output, write_artifact
+from ..config import config_to_dict
+from ..errors import CheckFailed, Unsupported
+from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
+from . import calibration, graph, loop
+from .presets import PRESETS, detect_preset
+
+QType = Literal["quint8", "qint8"]
+# Op types quantized by default: the ones that hold the weights. Gather and EmbedLayerNormalization
+# hold the embedding table (half of a small BERT); Attention holds the fused graph's Q/K/V projections.
+DEFAULT_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+# Ops that ONNX Runtime's QDQ format runs badly or not at all. In static mode they get its integer-op
+# kernels (QAttention, QEmbedLayerNormalization, DynamicQuantizeMatMul: int8 weights, activation scales
+# per run) rather than staying float32: keeping a fused graph's attention is what makes int8 fast at batch 1.
+INTEGER_ONLY_OPS = ("Attention", "EmbedLayerNormalization", "Gemm")
+# Gemm is among them because ONNX Runtime's CPU QDQ path runs a Gemm whose output is not quantized as
+# dequantize-the-weights-then-float-Gemm on every call (measured on the MiniLM classifier's pooler and
+# head: 0.5 ms of DequantizeLinear per sentence, ~8% of the int8 model's time); its integer kernel is int8.
+FLOAT_DEFAULT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT: fused contrib ops carry no type information
+# A relative output difference beyond this means the int8 model computes something else, whatever
+# the accuracy says (measured: ~0.02-0.1 on MiniLM and the tiny test models).
+DEFAULT_RTOL = 0.5
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    mode: Literal["dynamic", "static"] = "dynamic"  # dynamic: activation scales per run; static: calibrated
+    preset: str | None = None  # avx2, avx512, avx512_vnni, avx_vnni, arm64; detected from this CPU when None
+    activation_type: QType | None = None  # static only (dynamic is uint8 at run time); preset's when None
+    weight_type: QType | None = None  # preset's when None
+    reduce_range: bool | None = None  # 7-bit weights; preset's when None
+    # Per-channel weight scales: measured MiniLM embedding cosine vs fp32 0.9925, per-tensor 0.966.
+    per_channel: bool = True
+    symmetric_activations: bool = False  # static: zero point 0; asymmetric fits GELU/softmax outputs better
+    op_types: tuple[str, ...] | None = None  # op types to quantize; DEFAULT_OPS (those the model has) when None
+    exclude_nodes: tuple[str, ...] = ()  # node names kept in float32
+    # Q.K^T and probs x V stay float32: quantizing softmax outputs per tensor costs accuracy, saves little.
+    quantize_activation_matmuls: bool = False
+    mask_guard: bool = True  # keep attention-mask paths out of calibration and quantization (float-min values)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int = 128  # static: single sentences of the task data's train split
+    percentile: float = 99.999  # percentile calibration: the share of values the range covers
+    data: str | None = None  # calibration and loop data: rotten-tomatoes (classifiers) or hamlet (LMs) when None
+    text_column: str = "text"
+    label_column: str = "label"
+    pair_column: str | None = None
+    max_length: int = 128  # tokens per calibration / evaluation example
+    max_accuracy_drop: float | None = None  # classifiers: accuracy-aware loop budget, absolute (0.01 = 1 point)
+    max_perplexity_increase: float | None = None  # causal LMs: loop budget, relative (0.05 = +5% perplexity)
+    # Dynamic int8 depends on the batch (per-batch scales): the loop scores the way per-request serving runs.
+    eval_batch_size: int = 1
+    eval_max_samples: int | None = None  # loop: score the first N validation examples only
+    eval_max_tokens: int | None = 4096  # loop, causal LMs: perplexity over the first N tokens
+    max_iterations: int = 6  # loop: fallback rounds; round k keeps 2^k - 1 more activations in fp32
+    rtol: float = DEFAULT_RTOL  # parity: max |int8 - fp32| / max |fp32| per output, on real text
+
+    def __post_init__(self):
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
+        if self.mode == "dynamic" and (self.activation_type is not None or self.symmetric_activations):
+            raise ValueError("dynamic mode quantizes activations to uint8 at run time; "
+                             "activation_type and symmetric_activations apply to --mode static")
+        if self.calibration_samples < 1 or self.max_length < 8 or self.eval_batch_size < 1:
+            raise ValueError("calibration_samples and eval_batch_size must be >= 1, max_length >= 8")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError("percentile must be in (50, 100]")
+        for name in ("max_accuracy_drop", "max_perplexity_increase"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1): 0.01 is one point / one percent")
+        if self.max_accuracy_drop is not None and self.max_perplexity_increase is not None:
+            raise ValueError("give max_accuracy_drop (classifiers) or max_perplexity_increase (LMs), not both")
+        if self.max_iterations < 1 or not self.rtol > 0:
+            raise ValueError("max_iterations must be >= 1 and rtol positive")
+        if self.op_types is not None and not self.op_types:
+            raise ValueError("op_types must name at least one op type")
+
+    @property
+    def budget_limit(self) -> float | None:
+        return self.max_accuracy_drop if self.max_accuracy_drop is not None else self.max_perplexity_increase
+
+
+@dataclass
+class _Job:
+    """Everything a quantization attempt needs, prepared once and reused by every loop iteration."""
+
+    parent: Artifact
+    cfg: QuantizeConfig
+    model: Path  # the pre-processed float32 graph the quantizer reads
+    work: Path
+    settings: dict
+    op_types: list[str]
+    excluded: dict[str, str]  # node -> why it stays float32 (user, mask guard, activation matmul)
+    feeds: list[dict] = field(default_factory=list)
+    cache: Path | None = None  # static: calibrated ranges
+    mask_tensors: set[str] = field(default_factory=set)  # never calibrated: they hold float-min
+    ranged: set[str] = field(default_factory=set)  # tensors with a calibrated range
+    integer_nodes: list[tuple[str, str]] = field(default_factory=list)  # static: (name, op) of INTEGER_ONLY_OPS
+    notes: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *, force: bool = False) -> Artifact:
+    """Quantize the ONNX artifact `src` to int8 at `out`; with a budget, keep sensitive nodes in float32.
+
+    >>> quantize("runs/teacher-onnx", QuantizeConfig(mode="static", max_accuracy_drop=0.01), "runs/int8")  # doctest: +SKIP
+    """
+    out = Path(out)
+    check_output(out, force)  # fail now, not after calibrating
+    parent = onnx_parent(src, "quantize")
+    with write_artifact(out, stage="quantize", config=config_to_dict(cfg), format="onnx", task=parent.task,
+                        model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
+        started = time.perf_counter()
+        job = _prepare(parent, cfg, Path(work))
+        chosen, loop_metrics = _run(job)
+        shutil.copy2(chosen, o.folder / "model.onnx")
+        copy_sidecar_files(parent.path, o.folder)
+        m = o.record.metrics
+        m.update(job.notes, settings=job.settings, quantize_seconds=round(time.perf_counter() - started, 1),
+                 **loop_metrics, **_model_metrics(parent.onnx_path, o.folder / "model.onnx"))
+        m["fp32_nodes"] = sorted(set(job.excluded) | set(loop_metrics.get("fallback_nodes", []))
+                                 | set(job.notes.get("no_calibrated_range", [])))
+        m["fp32_reasons"] = _count_reasons(job.excluded)
+        m["parity"] = _check(parent, o.folder / "model.onnx", cfg.rtol)
+        m["warnings"] = job.warnings
+    return Artifact.load(out)
+
+
+def resolve_settings(cfg: QuantizeConfig) -> dict:
+    """The preset (named or detected) with the config's overrides applied, as recorded in the manifest."""
+    name, detected = (cfg.preset, "chosen by the user") if cfg.preset else detect_preset()
+    preset = PRESETS[name]
+    return {"preset": name, "detected": detected, "why": preset.why, "mode": cfg.mode,
+            "activation_type": "quint8" if cfg.mode == "dynamic" else cfg.activation_type or preset.activation_type,
+            "weight_type": cfg.weight_type or preset.weight_type,
+            "reduce_range": preset.reduce_range if cfg.reduce_range is None else cfg.reduce_range,
+            "per_channel": cfg.per_channel, "symmetric_activations": cfg.symmetric_activations}
+
+
+def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
+    """Refuse quantized input, pre-process, choose op types and float32 nodes, calibrate (static)."""
+    import onnx
+
+    from ..runtime import check_onnx_file
+
+    already = graph.quantized_ops(check_onnx_file(parent.onnx_path))
+    if already:
+        raise Unsupported(f"{parent.path} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())})",
+                          "quantize the float32 ONNX artifact it was made from (see `toolchain info`)")
+    job = _Job(parent, cfg, work / "float.onnx", work, resolve_settings(cfg), [], {})
+    job.notes["shape_inference"] = calibration.preprocess(parent.onnx_path, job.model)
+    model = onnx.load(str(job.model))
+    job.op_types = _op_types(model, cfg, job.warnings)
+    job.excluded = _excluded(model, cfg, job)
+    if cfg.mode == "static":
+        job.integer_nodes = [(n.name, n.op_type) for n in model.graph.node
+                             if n.op_type in INTEGER_ONLY_OPS and n.op_type in job.op_types]
+        # Recorded, so nobody mistakes these for calibrated ops: their activation scales are set per run.
+        job.notes["run_time_scaled"] = dict(Counter(op for _, op in job.integer_nodes))
+    if cfg.mode == "static" or cfg.budget_limit is not None:
+        job.feeds = _feeds(job)
+    if cfg.mode == "static":
+        job.cache = _calibrate(job, model)
+    return job
+
+
+def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
+    """The op types to quantize that the model has; asking for absent or unsupported ones is reported."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
+
+    supported = set(QDQRegistry) | set(INTEGER_ONLY_OPS) if cfg.mode == "static" else set(IntegerOpsRegistry)
+    supported |= {"Gemm"}
+    requested = list(cfg.op_types or DEFAULT_OPS)
+    unsupported = [op for op in requested if op not in supported]
+    if unsupported:
+        raise Unsupported(f"{cfg.mode} quantization has no int8 kernel for {', '.join(unsupported)}",
+                          f"choose from: {', '.join(sorted(supported))}")
+    present = graph.op_counts(model)
+    chosen = [op for op in requested if present[op]]
+    if not chosen:
+        raise Unsupported(f"the model has none of the op types {', '.join(requested)}",
+                          f"its op types are: {', '.join(sorted(present))}")
+    missing = [op for op in requested if not present[op]]
+    if cfg.op_types and missing:
+        _warn(notes, f"op type(s) {', '.join(missing)} do not occur in the model: nothing to quantize there")
+    stranded = [op for op in ("Attention", "EmbedLayerNormalization") if present[op] and op not in chosen]
+    if stranded:
+        _warn(notes, f"{', '.join(stranded)} will keep float32 weights: add them to the op types")
+    return chosen
+
+
+def _excluded(model, cfg: QuantizeConfig, job: _Job) -> dict[str, str]:
+    names = {n.name for n in model.graph.node}
+    unknown = [n for n in cfg.exclude_nodes if n not in names]
+    if unknown:
+        _warn(job.warnings, f"excluded node(s) not in the graph: {', '.join(unknown[:5])}")
+    excluded = {n: "user" for n in cfg.exclude_nodes if n in names}
+    if cfg.mask_guard:
+        guard_nodes, guard_tensors = graph.mask_guard(model)
+        job.notes["mask_guard"] = {"nodes": len(guard_nodes), "tensors": len(guard_tensors)}
+        job.mask_tensors = guard_tensors
+        kinds = set(job.op_types)
+        excluded |= {n.name: "attention mask" for n in model.graph.node
+                     if n.name in guard_nodes and n.op_type in kinds and n.name not in excluded}
+    if not cfg.quantize_activation_matmuls and "MatMul" in job.op_types:
+        excluded |= {n: "activation x activation MatMul" for n in graph.activation_matmuls(model) if n not in excluded}
+    return excluded
+
+
+def _feeds(job: _Job) -> list[dict]:
+    from ..data import DataSpec, load_classification, load_text
+    from ..runtime import make_session
+
+    cfg = job.cfg
+    n = calibration.check_sample_count(cfg.calibration_samples) if cfg.mode == "static" else []
+    job.warnings += n
+    tokenizer = parent_tokenizer(job.parent)
+    if job.parent.task == "text-generation":
+        data = load_text(cfg.data or "hamlet")
+    else:
+        data = load_classification(DataSpec(cfg.data or "rotten-tomatoes", cfg.text_column, cfg.label_column,
+                                            cfg.pair_column))
+    return calibration.sample_feeds(make_session(job.model), tokenizer, data, cfg.calibration_samples, cfg.max_length)
+
+
+def _calibrate(job: _Job, model) -> Path:
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    cfg = job.cfg
+    ranges = calibration.calibrate(job.model, job.feeds, cfg.calibration_method, _qdq_ops(job),
+                                   cfg.symmetric_activations, cfg.percentile, job.mask_tensors, job.work)
+    for name in job.mask_tensors & set(ranges.data):  # MinMax calibrates every tensor it was given
+        del ranges.data[name]
+    huge = calibration.drop_huge_ranges(ranges)
+    if huge:
+        readers = {n.name for n in model.graph.node if n.op_type in job.op_types
+                   and (set(n.input) & set(huge) or set(n.output) & set(huge))}
+        job.excluded |= {n: "unbounded range" for n in readers if n not in job.excluded}
+        _warn(job.warnings, f"{len(huge)} tensor(s) had unbounded calibrated ranges (mask fill values?): "
+                            f"{len(readers)} node(s) reading them stay float32")
+    job.ranged = set(ranges.data)
+    cache = job.work / "calibration.json"
+    save_tensors_data(ranges, cache)
+    job.notes["calibration"] = {"method": cfg.calibration_method, "samples": len(job.feeds),
+                                "tensors": len(ranges.data)}
+    return cache
+
+
+def _build(job: _Job, fallback: list[str], dst: Path) -> Path:
+    """One quantized graph at `dst`, with the job's excluded nodes and `fallback` kept in float32."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    s = job.settings
+    exclude = sorted(set(job.excluded) | set(fallback))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if job.cfg.mode == "static":
+            return _build_static(job, exclude, dst)
+        quantize_dynamic(str(job.model), str(dst), op_types_to_quantize=job.op_types, per_channel=s["per_channel"],
+                         reduce_range=s["reduce_range"], weight_type=_qtype(s["weight_type"]),
+                         nodes_to_exclude=exclude, extra_options=FLOAT_DEFAULT | {"MatMulConstBOnly": True})
+    return dst
+
+
+def _build_static(job: _Job, exclude: list[str], dst: Path) -> Path:
+    """The integer pass for INTEGER_ONLY_OPS, then calibrated QDQ for the rest."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+
+    s = job.settings
+    # The integer pass goes first: ORT's dynamic quantizer renames a QDQ graph's tensors into cycles.
+    # It splits every Gemm into MatMul + Add (named <gemm>_MatMul); the ones it does not quantize stay float.
+    integer_nodes = [f"{n}_MatMul" if op == "Gemm" else n for n, op in job.integer_nodes if n not in exclude]
+    exclude = exclude + [f"{n}_MatMul" for n, op in job.integer_nodes if op == "Gemm" and n in exclude]
+    source = job.model
+    if integer_nodes:
+        source = dst.with_suffix(".integer.onnx")
+        ops = sorted({op for _, op in job.integer_nodes} | {"MatMul"})
+        quantize_dynamic(str(job.model), str(source), op_types_to_quantize=ops, nodes_to_quantize=integer_nodes,
+                         per_channel=s["per_channel"], reduce_range=s["reduce_range"],
+                         weight_type=_qtype(s["weight_type"]), extra_options=FLOAT_DEFAULT)
+    exclude += _unranged(job, source, exclude)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[job.cfg.calibration_method]
+    # MatMul outputs stay float: re-quantizing them before the bias add measured cosine 0.88 vs 0.98 on
+    # MiniLM, and ONNX Runtime then runs MatMulIntegerToFloat, as fast as QLinearMatMul.
+    options = FLOAT_DEFAULT | {"ActivationSymmetric": s["symmetric_activations"],
+                               "OpTypesToExcludeOutputQuantization": ["MatMul"]}
+    quantize_static(str(source), str(dst), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=_qdq_ops(job),
+                    per_channel=s["per_channel"], reduce_range=s["reduce_range"],
+                    activation_type=_qtype(s["activation_type"]), weight_type=_qtype(s["weight_type"]),
+                    nodes_to_exclude=exclude, calibrate_method=method, calibration_cache_path=str(job.cache),
+                    extra_options=options)
+    _keep_float_consumers(job, dst, set(exclude))
+    return dst
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}[name]
+
+
+def _unranged(job: _Job, path: Path, exclude: list[str]) -> list[str]:
+    """MatMul/Gemm nodes whose input got no calibrated range (no type information reached it during
+    calibration, or the integer pass split a Gemm): the static quantizer would fail on them."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    consts = graph.constant_tensors(model)
+    found = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.op_type in job.op_types
+             and n.name not in exclude and n.input[0] not in consts and n.input[0] not in job.ranged]
+    if found and "no_calibrated_range" not in job.notes:
+        job.notes["no_calibrated_range"] = found
+        _warn(job.warnings, f"{len(found)} node(s) got no calibrated input range and stay float32: "
+                            f"{', '.join(found[:3])}{'...' if len(found) > 3 else ''}")
+    return found
+
+
+def _keep_float_consumers(job: _Job, path: Path, exclude: set[str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    qdq_ops = set(_qdq_ops(job))
+    quantized = {n.name for n in model.graph.node if n.op_type in qdq_ops and n.name not in exclude}
+    job.notes["float_inputs_restored"] = graph.keep_float_consumers(model, quantized)
+    onnx.save(model, str(path))
+
+
+def _qdq_ops(job: _Job) -> list[str]:
+    return [op for op in job.op_types if op not in INTEGER_ONLY_OPS]
+
+
+def _run(job: _Job) -> tuple[Path, dict]:
+    """Quantize once, or run the accuracy-aware loop when the config sets a budget."""
+    if job.cfg.budget_limit is None:
+        return _build(job, [], job.work / "int8.onnx"), {}
+    budget, score = _budget(job)
+    counter = iter(range(10**6))
+
+    def build(fallback):
+        return _build(job, fallback, job.work / f"int8-{next(counter)}.onnx")
+
+    def rank(path):
+        owners = _owners(job)
+        return loop.rank_activations(job.model, path, job.feeds, owners)
+
+    result, chosen = loop.accuracy_loop(build, score, budget, rank, job.cfg.max_iterations)
+    it = result.chosen
+    if not it.within_budget:
+        _warn(job.warnings, f"accuracy budget not met: best {budget.metric} {it.value:.4g} "
+                            f"({budget.metric} cost {it.cost:.4g} > {budget.limit:g}) with {len(it.fp32_nodes)} fp32 nodes")
+    metrics = {"budget": {"metric": budget.metric, "parent": budget.parent, "limit": budget.limit,
+                          "split": "validation" if budget.metric == "accuracy" else job.cfg.data or "hamlet",
+                          "batch_size": job.cfg.eval_batch_size},
+               "iterations": [i.as_dict(budget.metric) for i in result.iterations], "chosen_iteration": result.best,
+               "within_budget": it.within_budget, "fallback_nodes": it.fp32_nodes,
+               "sensitivity": result.ranking[:20]}
+    return chosen, metrics
+
+
+def _owners(job: _Job) -> dict[str, list[str]]:
+    """Activation tensor -> the quantized nodes that read (or write) it, in the pre-processed graph."""
+    import onnx
+
+    model = onnx.load(str(job.model), load_external_data=False)
+    consts = graph.constant_tensors(model)
+    owners: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type in job.op_types and n.name not in job.excluded:
+            for t in list(n.input) + list(n.output):
+                if t and t not in consts:
+                    owners.setdefault(t, []).append(n.name)
+    return owners
+
+
+def _budget(job: _Job):
+    """The loop's budget against the float32 parent and a function scoring a quantized graph."""
+    from ..evaluate import EvaluateConfig, evaluate
+
+    cfg = job.cfg
+    lm = job.parent.task == "text-generation"
+    if lm and cfg.max_accuracy_drop is not None or not lm and cfg.max_perplexity_increase is not None:
+        raise Unsupported("max_accuracy_drop is for classifiers, max_perplexity_increase for causal LMs",
+                          "use the budget that matches the model's task")
+    ecfg = EvaluateConfig(data=cfg.data or ("hamlet" if lm else "rotten-tomatoes"), split="validation",
+                          text_column=cfg.text_column, label_column=cfg.label_column, pair_column=cfg.pair_column,
+                          batch_size=cfg.eval_batch_size, max_length=cfg.max_length, max_samples=cfg.eval_max_samples,
+                          max_tokens=cfg.eval_max_tokens)
+    metric = "perplexity" if lm else "accuracy"
+    parent_value = evaluate(job.parent.path, ecfg, record=False)[metric]
+
+    def score(path: Path) -> float:
+        trial = job.work / f"trial-{path.stem}"
+        with write_artifact(trial, stage="quantize-trial", config={}, format="onnx", task=job.parent.task,
+                            model_type=job.parent.manifest.model_type, parent=job.parent) as o:
+            shutil.copy2(path, o.folder / "model.onnx")
+            copy_sidecar_files(job.parent.path, o.folder)
+        value = evaluate(trial, ecfg, record=False)[metric]
+        shutil.rmtree(trial, ignore_errors=True)
+        return value
+
+    return loop.Budget(metric, parent_value, cfg.budget_limit), score
+
+
+def _model_metrics(parent: Path, path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path))
+    before, after = parent.stat().st_size, path.stat().st_size
+    return {"size_bytes_before": before, "size_bytes_after": after, "size_ratio": round(before / after, 2),
+            "quantized_ops": graph.quantized_ops(model), "weights": graph.int8_weight_stats(model)}
+
+
+def _count_reasons(excluded: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for why in excluded.values():
+        out[why] = out.get(why, 0) + 1
+    return out
+
+
+def _check(parent: Artifact, path: Path, rtol: float) -> dict:
+    """int8 vs float32 on real text, relative to each output's scale."""
+    from ..runtime import make_session
+
+    tokenizer = parent_tokenizer(parent)
+    result = parity.compare_onnx(make_session(parent.onnx_path), make_session(path), tokenizer, parent.task, rtol,
+                                 relative=True)
+    if not result.ok:
+        raise CheckFailed(f"the int8 model's {result.worst_output!r} differs from float32 by "
+                          f"{result.max_abs_diff:.3g} of its scale (tolerance {rtol:g})",
+                          "use --mode dynamic, a --max-accuracy-drop budget, or exclude sensitive nodes")
+    return result.as_metrics()
+
+
+def _warn(notes: list[str], message: str) -> None:
+    warnings.warn(message)
+    notes.append(message)
