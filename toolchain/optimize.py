@@ -35,7 +35,7 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "EmbedLay
              "BiasAdd", "BiasSplitGelu")
 # fp32 fusions reorder float math: outputs move by ~1e-6..1e-4 (tanh-approximated Gelu fusions a little more).
 DEFAULT_ATOL = 1e-3
-# float16 keeps ~3 significant digits, so it is held relative to each output's largest value.
+# float16 keeps ~3 significant digits, so it is held to a relative L2 error per output.
 FP16_RTOL = 2e-2
 
 
