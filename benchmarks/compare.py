@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +57,12 @@ class Plan:
     lm_runs: int
     calibration_samples: int = 100  # naive static int8: train sentences, as ORT's examples use
     max_length: int = 64  # the recipe's: reviews average ~27 tokens, 64 truncates ~1%
+    threads: int | None = None  # intra-op threads of every timed model; set at start by pick_threads
+    peak: bool = False  # measure the GEMM peak (cached per machine) for batch 32's % of peak: where time goes
 
 
 FULL = Plan(None, 300, 20, 20, 3, 10, (16, 32, 64, 128, 256, 512), (1, 2, 4, 8, 16, 32, 64), 64, 10,
-            2048, 128, 16, 10)
+            2048, 128, 16, 10, peak=True)
 QUICK = Plan(100, 30, 3, 3, 1, 5, (16, 64, 128), (1, 8, 32), 64, 3, 512, 32, 8, 3)
 
 
@@ -102,6 +104,22 @@ def calm_openmp(cores: int) -> str:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return (f"OMP_WAIT_POLICY=PASSIVE: the machine was busy (load {load:.1f} on {cores} cores), where PyTorch's "
             "spinning OpenMP threads lose their cores and run up to ~10x slower")
+
+
+def pick_threads(wanted: int | None, cores: int) -> tuple[int, str]:
+    """Threads per timed model: --threads; else all usable cores, or 1 when the machine is busy.
+
+    On a busy machine each multi-threaded call waits until all its threads hold a core at once, and
+    that wait, not the model, decides the figure: at load ~6 on 2 cores, 2 threads gave ONNX fp32
+    14.0 ms and fused int8 6.6 ms where 1 thread gave 5.4 and 2.2 ms, and the ranking changed with it.
+    """
+    load = os.getloadavg()[0]
+    if wanted:
+        return wanted, f"{wanted} thread(s) per model (--threads; load {load:.1f} on {cores} cores at start)"
+    if load > cores:
+        return 1, (f"1 thread per model: the machine was busy (load {load:.1f} on {cores} cores), where a call "
+                   "on 2 threads waits for both to hold a core and measures the contention, not the model")
+    return cores, f"{cores} threads per model: all usable cores (load {load:.1f})"
 
 
 def echo(message: str) -> None:
@@ -168,7 +186,7 @@ def classifier_benches(variants: list, plan: Plan, phases: Phases) -> dict[str, 
     """Batch 1 on real sentence lengths, then batch 32 with dynamic padding: two interleaved runs."""
     from toolchain.bench import BenchConfig
 
-    common = dict(data=DATA, max_length=plan.max_length, block=plan.block, store=False)
+    common = dict(data=DATA, max_length=plan.max_length, block=plan.block, store=False, threads=plan.threads)
     out = {}
     with phases("bench batch 1 (real test sentences)"):
         out["b1"] = bench_variants(variants, BenchConfig(batch=(1,), runs=plan.b1_runs, warmup=plan.b1_warmup,
@@ -176,7 +194,7 @@ def classifier_benches(variants: list, plan: Plan, phases: Phases) -> dict[str, 
     with phases("bench batch 32 (dynamic padding)"):
         # The GEMM peak (cached per machine) gives the % of peak column: where the time goes at batch 32.
         out["b32"] = bench_variants(variants, BenchConfig(batch=(32,), runs=plan.b32_runs, warmup=plan.b32_warmup,
-                                                          peak=plan is FULL, **common))
+                                                          peak=plan.peak, **common))
     return out
 
 
@@ -185,7 +203,7 @@ def scaling(variants: list, plan: Plan) -> dict[str, dict]:
     from toolchain.bench import BenchConfig
 
     pair = [v for v in variants if v.key in ("teacher", "final") and v.path is not None]
-    common = dict(runs=plan.scaling_runs, warmup=2, block=2, store=False, peak=False)
+    common = dict(runs=plan.scaling_runs, warmup=2, block=2, store=False, peak=False, threads=plan.threads)
     return {"seq": bench_variants(pair, BenchConfig(batch=(1,), seq=plan.scaling_seq, **common)),
             "batch": bench_variants(pair, BenchConfig(batch=plan.scaling_batch, seq=(plan.scaling_batch_seq,),
                                                       **common))}
@@ -201,7 +219,7 @@ def causal_lm(lm: str, lm_run: Path | None, work: Path, plan: Plan, quick: bool)
     models = vs.lm_variants(lm, lm_run, work, quick, echo)
     evals = evaluate_all(models, EvaluateConfig(data="hamlet", max_tokens=plan.lm_tokens, window=512, stride=256))
     cfg = BenchConfig(batch=(1,), seq=(plan.lm_prompt,), decode_tokens=plan.lm_decode, runs=plan.lm_runs, warmup=1,
-                      block=2, store=False, peak=False)
+                      block=2, store=False, peak=False, threads=plan.threads)
     return {"variants": [asdict(v) for v in models], "evaluate": evals, "bench": bench_variants(models, cfg)}
 
 
@@ -223,8 +241,9 @@ def default_run(run: str | None) -> Path | None:
 @click.option("--quick", is_flag=True, help="subsets and few runs: a smoke test, not a measurement")
 @click.option("--eval-samples", type=int, help="test sentences per classifier (default: all; --quick: 100)")
 @click.option("--skip", default="", help="comma-separated parts to leave out: scaling, lm")
+@click.option("--threads", type=click.IntRange(min=1), help="threads per timed model [all cores; 1 on a busy machine]")
 @reports_errors
-def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_samples, skip):
+def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_samples, skip, threads):
     """Measure the toolchain's artifacts against PyTorch, torch.ao, Optimum and naive ORT static int8."""
     import compare_report as report
     import compare_variants as vs
@@ -241,14 +260,16 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
                           "drop --readme, or run without --quick")
     plan = QUICK if quick else FULL
     if eval_samples:
-        plan = Plan(**{**asdict(plan), "eval_samples": eval_samples})
+        plan = replace(plan, eval_samples=eval_samples)
     run = default_run(run_dir)
     teacher_dir = vs.teacher_path(teacher, run)
     work = Path(work)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     phases, load_start = Phases(), os.getloadavg()
     openmp = calm_openmp(usable_cores())
-    machine = machine_record(usable_cores())
+    n_threads, threads_why = pick_threads(threads, usable_cores())
+    plan = replace(plan, threads=n_threads)
+    machine = machine_record(n_threads)
     with phases("build the variants"):
         variants = classifier_variants(teacher_dir, run, final, work, plan, quick, machine["isa"], machine["arch"])
     with phases("evaluate (test split, batch 1)"):
@@ -266,7 +287,8 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
             lm_result = causal_lm(lm, Path(lm_run) if lm_run else None, work, plan, quick)
     result = report.assemble(variants, evals, benches, scaled, lm_result, machine=machine, plan=asdict(plan),
                              quick=quick, phases=phases.seconds, wall_s=phases.total,
-                             load=[load_start, os.getloadavg()], eval_config=asdict(cfg), openmp=openmp)
+                             load=[load_start, os.getloadavg()], eval_config=asdict(cfg), openmp=openmp,
+                             threads=threads_why)
     written = report.write(result, Path(out) / ("quick" if quick else ""), readme=Path(readme) if readme else None)
     click.echo(report.console_table(result))
     click.echo("\n".join(f"wrote {p}" for p in written) + f"\nwall time {result['wall_s'] / 60:.1f} min")

@@ -217,7 +217,12 @@ def notes(result: dict) -> list[str]:
            "consecutive test sentences padded to each batch's longest. Each model in its own worker process "
            "(toolchain.bench), torch and onnxruntime never in one process, blocks of runs interleaved.",
            "File size: the weights file (model.onnx, or model.safetensors; torch.ao int8: its saved state_dict).",
-           f"Threads: {result['machine']['threads_used']} for every model; {result.get('openmp', '')}."]
+           f"Threads: {result.get('threads', result['machine']['threads_used'])}; {result.get('openmp', '')}."]
+    peak = [f"{r['name']} {100 * r['b32_fraction_of_peak']:.0f}%" for r in rows if r.get("b32_fraction_of_peak")]
+    if peak:
+        out.append("Where the time goes at batch 32, as a share of this machine's measured matrix-product peak "
+                   "(fp32 MatMul or int8 MatMulInteger, same threads; FLOPs of the model's own shapes): "
+                   + ", ".join(peak) + ".")
     out += [f"{r['name']}: {n}" for r in rows for n in r["notes"]]
     return out
 

@@ -155,3 +155,11 @@ def test_quick_run_measures_every_model_on_tiny_models(tiny, tmp_path, monkeypat
     assert all(r["perplexity"] and r["prefill_ms"] and r["decode_tokens_s"] for r in result["lm"])
     assert set(result["scaling"]) == {"teacher", "final"} and len(result["scaling"]["final"]["seq"]) == 3
     assert (out / "scaling.png").stat().st_size > 0 and "toolchain final" in (out / "compare.md").read_text()
+
+
+def test_pick_threads_uses_one_thread_on_a_busy_machine_unless_told(monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (7.5, 7.0, 7.0))
+    assert compare.pick_threads(None, 2)[0] == 1
+    assert compare.pick_threads(2, 2) == (2, "2 thread(s) per model (--threads; load 7.5 on 2 cores at start)")
+    monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert compare.pick_threads(None, 2)[0] == 2
