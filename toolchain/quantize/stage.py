@@ -447,10 +447,11 @@ def _check(parent: Artifact, path: Path, cfg: QuantizeConfig, loop_metrics: dict
             best = loop_metrics["iterations"][loop_metrics["chosen_iteration"]]
             tried = f"; the accuracy loop's best kept {best['fp32_nodes']} nodes in float32"
         budget = "--max-accuracy-drop" if parent.task == "text-classification" else "--max-perplexity-increase"
+        loop_hint = "more --max-iterations" if tried else f"a {budget} budget"
         other = "static" if cfg.mode == "dynamic" else "dynamic"
         raise CheckFailed(f"the int8 model's {result.worst_output!r} differs from float32 by a relative L2 error of "
                           f"{result.max_abs_diff:.3g} (tolerance {cfg.rtol:g}){tried}",
-                          f"try --mode {other}, a {budget} budget, or --exclude-node for the sensitive nodes; "
+                          f"try {loop_hint}, --mode {other}, or --exclude-node for the sensitive nodes; "
                           "raise --rtol only to inspect the model, not to ship it")
     return result.as_metrics()
 
