@@ -239,6 +239,12 @@ def _rows(n: int = 40, labels=("negative", "positive")) -> str:
     return "text,label\n" + "".join(f"the film was {words[i % 4]} {i},{labels[i % len(labels)]}\n" for i in range(n))
 
 
+def _int8(dest: Path, kit: Kit) -> None:
+    from toolchain.quantize import QuantizeConfig, quantize
+
+    quantize(kit.tiny_onnx("bert"), QuantizeConfig(), dest)
+
+
 def _out_with_files(dest: Path, kit: Kit) -> None:
     dest.mkdir()
     (dest / "notes.txt").write_text("my own notes, not an artifact")
@@ -313,6 +319,7 @@ SITUATIONS: dict[str, Situation] = {
                                 _csv('{"text": "good", "label": "positive"}\n{"text": oops\n', "data.jsonl")),
     "data_xlsx": Situation("a file of an unknown type (.xlsx)", _csv(b"PK\x03\x04", "data.xlsx")),
     "data_empty_text": Situation("a CSV with an empty text value", _csv(_rows() + ",negative\n")),
+    "onnx_int8": Situation("an ONNX artifact of the tiny BERT that is already int8 (dynamic)", _int8),
     "out_artifact": Situation("an output folder that already holds an artifact", lambda d, k: k.torch_artifact(d)),
     "out_files": Situation("an output folder holding a user's own files", _out_with_files),
     "out_file": Situation("an output path that is a file", _out_file),
@@ -426,6 +433,43 @@ ROWS: list[Row] = [
     Row("evaluate {onnx_art} --data {data} --provider cuda", "execution provider not installed", 11,
         "cuda is not available", "onnxruntime-gpu"),
     Row("evaluate {onnx_art} --data {data} --split dev", "unknown --split", 2, "'dev' is not one of", "Try"),
+    # optimize ARTIFACT OUT
+    Row("optimize {missing} {out}", "artifact path does not exist", 3, "does not exist", "check the path"),
+    Row("optimize {bert} {out}", "a model folder, not an artifact", 4, "not a toolchain artifact", "export the model"),
+    Row("optimize {torch_art} {out}", "input is a torch artifact", 12, "is a torch artifact", "export it first"),
+    Row("optimize {onnx_trunc_stale} {out}", "truncated model.onnx, stale hash", 9, "changed file model.onnx",
+        "rebuild"),
+    Row("optimize {onnx_random} {out}", "model.onnx random bytes, hash updated", 4, "not a valid ONNX model",
+        "re-export"),
+    Row("optimize {onnx_art} {out_artifact}", "output already holds an artifact", 6, "already holds an artifact",
+        "--force"),
+    Row("optimize {onnx_art} {out} --model-type mamba", "unknown optimizer model type", 12,
+        "no transformer-optimizer model type 'mamba'", "--model-type"),
+    Row("optimize {onnx_art} {out} --atol -1", "negative parity tolerance", 8, "atol must be positive",
+        "correct the value"),
+    # quantize ARTIFACT OUT
+    Row("quantize {missing} {out}", "artifact path does not exist", 3, "does not exist", "check the path"),
+    Row("quantize {torch_art} {out}", "input is a torch artifact", 12, "is a torch artifact", "export it first"),
+    Row("quantize {onnx_trunc_stale} {out}", "truncated model.onnx, stale hash", 9, "changed file model.onnx",
+        "rebuild"),
+    Row("quantize {onnx_random} {out}", "model.onnx random bytes, hash updated", 4, "not a valid ONNX model",
+        "re-export"),
+    Row("quantize {onnx_int8} {out}", "model already quantized", 12, "is already quantized (DequantizeLinear",
+        "float32 ONNX artifact"),
+    Row("quantize {onnx_art} {out} --mode static --calibration-samples 4", "too few calibration samples", 5,
+        "4 calibration samples are too few", "--calibration-samples 64"),
+    Row("quantize {onnx_art} {out} --op-types Conv", "an op type the model does not have", 12,
+        "none of the op types Conv", "its op types are"),
+    Row("quantize {onnx_art} {out} --op-types MatMul,Softmax", "an op type with no int8 kernel", 12,
+        "no int8 kernel for Softmax", "choose from"),
+    Row("quantize {onnx_art} {out} --activation-type qint8", "activation type in dynamic mode", 8,
+        "dynamic mode quantizes activations", "correct the value"),
+    Row("quantize {onnx_art} {out} --mode static --data {data_no_column}", "calibration data without the text column",
+        5, "no column 'text'", "--text-column"),
+    Row("quantize {onnx_art} {out} --max-perplexity-increase 0.05 --data {data}", "LM budget on a classifier", 12,
+        "max_perplexity_increase for causal LMs", "matches the model's task"),
+    Row("quantize {onnx_art} {out_files}", "output holds other files", 6, "not a toolchain artifact",
+        "only replaces artifacts"),
     # info ARTIFACT
     Row("info {missing}", "path does not exist", 3, "does not exist", "check the path"),
     Row("info {empty}", "empty folder", 4, "not a toolchain artifact", "toolchain stage"),
@@ -455,6 +499,12 @@ ROWS: list[Row] = [
 # Stage configs as a recipe gives them (toolchain.config.config_from_dict): (stage, config, error fragment).
 # `toolchain run` rows (unknown stage, unknown key, wrong type in a recipe file) join ROWS once it exists.
 CONFIG_ROWS: list[tuple[str, object, str]] = [
+    ("optimize", {"fp16": "yes"}, "expected bool, got str"),
+    ("optimize", {"opt_level": 3}, "opt_level 3 is not one of"),
+    ("quantize", {"mode": "fast"}, "'fast' is not one of"),
+    ("quantize", {"calibration_samples": "all"}, "expected int, got str"),
+    ("quantize", {"max_accuracy_drop": 1.5}, "must be in [0, 1)"),
+    ("quantize", {"op_types": "MatMul"}, "expected a list"),
     ("export", {"opst": 17}, "unknown key 'opst'"),
     ("export", {"opset": "17"}, "expected int, got str"),
     ("export", {"opset": 17.0}, "expected int, got float"),

@@ -230,6 +230,8 @@ def test_distill_classifier_writes_a_checked_artifact_and_reuses_the_cache(tiny,
     assert m["train"]["steps"] == math.ceil(m["train"]["examples"] / 16)  # batch 8 x accumulation 2
     assert 0.0 <= m["validation"]["accuracy"] <= 1.0 and m["validation"]["n"] > 0
     assert m["reload"]["max_abs_diff"] <= m["reload"]["atol"]
+    record = art.manifest.lineage[-1]
+    assert record.finished - record.started >= m["train"]["wall_seconds"]  # the record spans the training
     reloaded = load_model(resolve_model(str(art.path)), "text-classification")
     assert reloaded.config.num_hidden_layers == 1
     again = _metrics(distill(str(tiny("bert")), cfg, tmp_path / "s2", progress=False))

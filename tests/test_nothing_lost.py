@@ -6,6 +6,7 @@ The kills hit real `python -m toolchain` processes, at moments chosen by watchin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -56,6 +57,18 @@ def _kill_when(proc: subprocess.Popen, seen, sig: int, timeout: float = 600) -> 
     proc.send_signal(sig)
 
 
+def _complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint whose trainer_state.json (the Trainer's last write) parses: one the re-run can resume from.
+    Mere existence is not enough: on a loaded machine the kill can land while the file is half-written."""
+    for state in folder.glob(".out.checkpoints-*/checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
 def _rerun_resumes(args: list[str], out: Path, tmp_path: Path) -> Artifact:
     done = subprocess.run([sys.executable, "-m", "toolchain", *args], env=ENV, cwd=REPO, capture_output=True,
                           text=True, timeout=900)
@@ -77,7 +90,7 @@ def test_finetune_killed_after_a_checkpoint_keeps_the_old_artifact_and_resumes(t
     before = snapshot(out)
     args = _finetune_args(tiny("bert"), _data(tmp_path), out)
     proc = _start(args)
-    _kill_when(proc, lambda: any(tmp_path.glob(".out.checkpoints-*/checkpoint-*/trainer_state.json")), sig)
+    _kill_when(proc, lambda: _complete_checkpoint(tmp_path), sig)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + sig, stderr[-3000:]
     assert "interrupted" in stderr and "Traceback" not in stderr

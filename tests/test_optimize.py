@@ -1,3 +1,4 @@
+import numpy as np
 import onnx
 import pytest
 
@@ -48,7 +49,7 @@ def test_fp16_keeps_inputs_and_outputs_float32(tiny_onnx, tmp_path):
     halves = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
     assert len(halves) > 5
     p = art.manifest.lineage[-1].metrics["parity"]
-    assert p["max_rel_diff"] <= p["rtol"]
+    assert p["rel_l2_diff"] <= p["rtol"]
     assert art.onnx_path.stat().st_size < 0.7 * Artifact.load(tiny_onnx("bert").path).onnx_path.stat().st_size
 
 
@@ -99,3 +100,11 @@ def test_optimize_config_validates():
         OptimizeConfig(opt_level=3)
     with pytest.raises(ValueError, match="fp16"):
         OptimizeConfig(keep_io_types=False)
+
+
+def test_relative_parity_is_the_l2_error_and_ignores_a_logit_shift():
+    r = parity.compare({"a": np.array([3.0, 4.0])}, {"a": np.array([3.0, 4.5])}, atol=0.2, relative=True)
+    assert r.max_abs_diff == pytest.approx(0.1) and r.ok and r.as_metrics()["rel_l2_diff"] == r.max_abs_diff
+    logits = np.random.default_rng(0).normal(size=(2, 3, 7))
+    same = parity._log_probs({"logits": logits + 5.0})["logits"]
+    assert np.allclose(same, parity._log_probs({"logits": logits})["logits"])

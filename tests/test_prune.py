@@ -292,3 +292,18 @@ def test_recovery_distils_the_pruned_model_from_the_original(tiny, tmp_path):
     model = load_model(resolve_model(art.path), art.task)
     fam = family_of(model)
     assert [fam.num_heads(la) for la in fam.layers(model)] == before["heads_after"]  # recovery kept the shapes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, cfg", [
+    ("minilm", PruneConfig(heads=0.25, ffn=0.5)),
+    ("smollm2-135m", PruneConfig(heads=1 / 3, ffn=0.5, importance="activation", samples=8)),  # 3 of 9 heads: 1 group
+])
+def test_prune_builtin_models_then_export(tmp_path, name, cfg):
+    art = prune(name, cfg, tmp_path / "pruned")
+    m = art.manifest.lineage[-1].metrics
+    assert m["params_after"] < 0.9 * m["params_before"]
+    with_past = art.task == "text-generation"  # uniform GQA pruning keeps the KV-cache export possible
+    onnx = export(str(art.path), ExportConfig(with_past=with_past), tmp_path / "onnx")
+    p = onnx.manifest.lineage[-1].metrics["parity"]
+    assert p["max_abs_diff"] <= p["atol"]

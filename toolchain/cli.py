@@ -297,13 +297,13 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
     art = run_optimize(artifact, cfg, out, force=force)
     m = art.manifest.lineage[-1].metrics
     p = m["parity"]
-    diff = p.get("max_abs_diff", p.get("max_rel_diff"))
+    diff = p.get("max_abs_diff", p.get("rel_l2_diff"))
     fusions = ", ".join(f"{k} {v}" for k, v in m["fusions"].items()) or "none"
     emit({"artifact": str(art.path), **m}, as_json,
          f"optimized {artifact} -> {art.onnx_path} ({m['size_bytes_after'] / 1e6:.1f} MB, "
          f"{m['nodes_before']} -> {m['nodes_after']} nodes) in {m['optimize_seconds']:.1f}s\n"
          f"fusions ({m['optimizer_model_type']}): {fusions}\n"
-         f"parity vs parent: {'relative ' if 'rtol' in p else ''}max diff {diff:.2e} on {p['worst_output']} "
+         f"parity vs parent: {'relative L2 error' if 'rtol' in p else 'max abs diff'} {diff:.2e} on {p['worst_output']} "
          f"(tolerance {p.get('atol', p.get('rtol')):g}): ok")
 
 
@@ -335,7 +335,7 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @click.option("--eval-max-samples", type=int, help="Loop: score the first N validation examples only.")
 @click.option("--eval-max-tokens", type=int, help="Loop, causal LMs: perplexity over the first N tokens.")
 @click.option("--max-iterations", type=int, help="Loop: fallback rounds (default 6).")
-@click.option("--rtol", type=float, help="Parity: max |int8 - fp32| / max |fp32| per output (default 0.5).")
+@click.option("--rtol", type=float, help="Parity: relative L2 error per output vs float32 (default 0.5).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
@@ -372,9 +372,12 @@ def _quantize_report(artifact, art, m: dict) -> str:
              f"activations, {s['weight_type']} weights, reduce_range {s['reduce_range']}) in {m['quantize_seconds']:.0f}s",
              f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "
              f"({m['size_ratio']:.2f}x smaller); ops: {ops}",
-             f"parity vs float32: relative max diff {m['parity']['max_rel_diff']:.3g} on {m['parity']['worst_output']} "
+             f"parity vs float32: relative L2 error {m['parity']['rel_l2_diff']:.3g} on {m['parity']['worst_output']} "
              f"(tolerance {m['parity']['rtol']:g}): ok",
              f"float32 nodes: {len(m['fp32_nodes'])}" + _reasons(m)]
+    if m.get("run_time_scaled"):
+        lines.append("activation scales set per run (integer kernels, no QDQ form): "
+                     + ", ".join(f"{k} {v}" for k, v in m["run_time_scaled"].items()))
     if "iterations" in m:
         b = m["budget"]
         rows = [[i, it["fp32_nodes"], it[b["metric"]], it["cost"], "yes" if it["within_budget"] else "no"]
@@ -630,8 +633,8 @@ def _structured_text(m: dict) -> str:
             f"{m['params_after'] / 1e6:.2f}M params ({1 - m['params_after'] / m['params_before']:.1%} fewer), "
             f"{m['layers_before']} -> {m['layers_after']} layers\n"
             + format_table(rows, ["layer", "heads", "ffn", "layer kept?"])
-            + f"\nchecks: shrunk vs masked original max abs diff {s['max_abs_diff']:.2e} (tol {s['atol']:g}); "
-              f"reloaded {r['max_abs_diff']:.2e} (tol {r['atol']:g}): ok")
+            + f"\nchecks in float64: shrunk vs the masked original max abs diff {s['max_abs_diff']:.2e} "
+              f"(tol {s['atol']:g}); saved and reloaded {r['max_abs_diff']:.2e} (tol {r['atol']:g}): ok")
 
 
 def _unstructured_text(m: dict) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field

@@ -159,6 +159,7 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     import torch
     from transformers import set_seed
 
+    started = time.time()
     source = src if isinstance(src, ModelSource) else resolve_model(src)
     prepare_output(Path(out), force)  # fail before training, not after
     task = teacher_task(source)
@@ -184,7 +185,7 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args)
     metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics}
     if args.process_index == 0:
-        write_student(source, cfg, out, force, task, student, tokenizer, data, metrics)
+        write_student(source, cfg, out, force, task, student, tokenizer, data, metrics, started=started)
     if args.world_size > 1:
         torch.distributed.barrier()  # the other processes return the artifact process 0 wrote
     return Artifact.load(out)
@@ -517,7 +518,7 @@ def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: Dist
 
 
 def write_student(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str, student, tokenizer,
-                  data: DistillData, metrics: dict) -> None:
+                  data: DistillData, metrics: dict, *, started: float) -> None:
     """Save the student (HF folder + tokenizer) as a torch artifact, reloaded and scored on validation data."""
     from .evaluate import Runner
 
@@ -525,6 +526,7 @@ def write_student(source: ModelSource, cfg: DistillConfig, out, force: bool, tas
     with write_artifact(out, stage="distill", config=config_to_dict(cfg) | {"teacher": source.spec}, format="torch",
                         task=task, model_type=student.config.model_type, parent=source.artifact, force=force) as o:
         o.record.input_hash = source_hash(source)
+        o.record.started = started  # the lineage times the whole stage, training included
         student.save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
         runner = Runner(o.folder)  # the saved folder, loaded as any user would load it

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import parity
-from .artifact import Artifact, write_artifact
+from .artifact import Artifact, check_output, write_artifact
 from .config import config_to_dict
 from .errors import BadModel, CheckFailed, Unsupported
 
@@ -35,7 +35,7 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "EmbedLay
              "BiasAdd", "BiasSplitGelu")
 # fp32 fusions reorder float math: outputs move by ~1e-6..1e-4 (tanh-approximated Gelu fusions a little more).
 DEFAULT_ATOL = 1e-3
-# float16 keeps ~3 significant digits, so it is held relative to each output's largest value.
+# float16 keeps ~3 significant digits, so it is held to a relative L2 error per output.
 FP16_RTOL = 2e-2
 
 
@@ -67,9 +67,10 @@ def optimize(src: str | Path | Artifact, cfg: OptimizeConfig, out: str | Path, *
 
     >>> optimize("runs/minilm-onnx", OptimizeConfig(), "runs/minilm-opt")  # doctest: +SKIP
     """
+    check_output(Path(out), force)  # fail now, not after fusing
     parent = onnx_parent(src, "optimize")
     model_config = _model_config(parent)
-    opt_type = cfg.model_type or optimizer_type(parent.manifest.model_type)
+    opt_type = optimizer_type(parent.manifest.model_type, cfg.model_type)
     heads, hidden = attention_shape(model_config, cfg)
     with write_artifact(out, stage="optimize", config=config_to_dict(cfg), format="onnx", task=parent.task,
                         model_type=parent.manifest.model_type, parent=parent, force=force) as o:
@@ -91,20 +92,28 @@ def optimize(src: str | Path | Artifact, cfg: OptimizeConfig, out: str | Path, *
 
 
 def onnx_parent(src: str | Path | Artifact, stage: str) -> Artifact:
-    """The ONNX artifact a graph stage reads; a torch artifact or a bare file is a clear error."""
-    parent = src if isinstance(src, Artifact) else Artifact.load(src)
+    """The ONNX artifact a graph stage reads, its hashes checked; a torch artifact or a bare file is a clear error."""
+    parent = Artifact.load(src.path if isinstance(src, Artifact) else src, verify=True)
     if parent.format != "onnx":
         raise Unsupported(f"{parent.path} is a {parent.format} artifact; {stage} needs an ONNX one",
                           f"export it first: toolchain export {parent.path} OUT")
     if not parent.onnx_path.is_file():
         raise BadModel(f"{parent.path} has no model.onnx", "re-export the model")
+    from .runtime import check_onnx_file
+
+    check_onnx_file(parent.onnx_path)  # a parseable graph, external data inside its folder only
     return parent
 
 
-def optimizer_type(model_type: str) -> str:
-    """The transformer optimizer's model type for a Hugging Face model_type."""
-    if model_type in OPTIMIZER_TYPE:
-        return OPTIMIZER_TYPE[model_type]
+def optimizer_type(model_type: str, override: str | None = None) -> str:
+    """The transformer optimizer's model type: `override` if given, else mapped from a Hugging Face model_type."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    if override is not None and override not in MODEL_TYPES:
+        raise Unsupported(f"no transformer-optimizer model type {override!r}",
+                          f"pass --model-type as one of: {', '.join(sorted(MODEL_TYPES))}")
+    if override is not None or model_type in OPTIMIZER_TYPE:
+        return override or OPTIMIZER_TYPE[model_type]
     raise Unsupported(f"no transformer-optimizer mapping for model type {model_type!r}",
                       f"pass --model-type (one of: {', '.join(sorted(set(OPTIMIZER_TYPE.values())))})")
 
@@ -164,10 +173,9 @@ def _fusion_warnings(fusions: dict, opt_type: str, cfg: OptimizeConfig) -> list[
 
 def _check(parent: Artifact, path: Path, cfg: OptimizeConfig) -> dict:
     """Parity vs the parent on real text; float16 is held to a relative tolerance on outputs' scale."""
-    from .modeling import ModelSource, load_tokenizer
     from .runtime import make_session
 
-    tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), local=True))
+    tokenizer = parent_tokenizer(parent)
     ref = make_session(parent.onnx_path)
     provider = "cuda" if cfg.fp16 and "CUDAExecutionProvider" in _providers() else "cpu"
     cand = make_session(path, provider)
@@ -181,6 +189,13 @@ def _check(parent: Artifact, path: Path, cfg: OptimizeConfig) -> dict:
             "try --opt-level 0, --disable-attention, or raise --atol if this difference is acceptable",
         )
     return metrics
+
+
+def parent_tokenizer(parent: Artifact):
+    """The tokenizer saved in an ONNX artifact."""
+    from .modeling import ModelSource, load_tokenizer
+
+    return load_tokenizer(ModelSource(str(parent.path), str(parent.path), local=True, artifact=parent))
 
 
 def _providers() -> list[str]:

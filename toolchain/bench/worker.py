@@ -89,21 +89,12 @@ class OnnxRunner:
         self.inputs = [self._feeds({k: np.asarray(v, dtype=np.int64) for k, v in b.items()}) for b in batches]
 
     def _feeds(self, enc: dict, past: dict | None = None) -> dict:
-        from ..parity import onnx_feeds
+        from ..parity import empty_past, onnx_feeds
 
-        if self.with_past and past is None:
-            past = self._empty_past(enc["input_ids"].shape[0])
+        if self.with_past and past is None:  # the first (prefill) call starts from a zero-length cache
+            past = {i.name: empty_past(i, enc["input_ids"].shape[0]) for i in self.session.get_inputs()
+                    if i.name.startswith("past_key_values")}
         return onnx_feeds(self.session, enc, past)
-
-    def _empty_past(self, batch: int) -> dict:
-        """A zero-length cache: the first (prefill) call of a with-past export."""
-        past = {}
-        for i in self.session.get_inputs():
-            if i.name.startswith("past_key_values"):
-                shape = [batch if n == 0 else 0 if n == 2 else d for n, d in enumerate(i.shape)]
-                dtype = np.float16 if "float16" in i.type else np.float32
-                past[i.name] = np.zeros(shape, dtype=dtype)
-        return past
 
     def call(self, j: int):
         return self.session.run(None, self.inputs[j])

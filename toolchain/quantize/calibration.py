@@ -60,7 +60,8 @@ def sample_feeds(session, tokenizer, data, n: int, max_length: int) -> list[dict
     """`n` single-example input dicts for `session` from task data (classification data or plain text);
     with-past graphs get an empty cache. Single examples carry no padding, so no mask fill values."""
     from ..data import calibration_batches
-    from ..parity import empty_past, onnx_feeds
+    from ..parity import empty_past
+    from ..parity import onnx_feeds
 
     batches = calibration_batches(tokenizer, data, n, max_length)
     if len(batches) < min(n, MIN_SAMPLES):

@@ -2,8 +2,9 @@
 the most quantization-sensitive nodes in float32.
 
 Sensitivity is measured per quantized activation: the signal-to-quantization-noise ratio (SQNR, dB)
-of the float32 activation against its int8 round trip, with the scale and zero point the quantized
-model really uses (static: calibrated; dynamic: per sample, as DynamicQuantizeLinear computes them).
+of what its int8 round trip does to the MatMul outputs that read it (or to the activation itself), with
+the scale and zero point the quantized model really uses (static: calibrated; dynamic: per sample, as
+DynamicQuantizeLinear computes them).
 The nodes that read the noisiest activation go back to float32 first; each iteration doubles how many
 activations fall back, so a budget that needs many fallbacks is reached in a few evaluations.
 """
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 RANKING_SAMPLES = 16  # activations of this many calibration samples rank the nodes
+MAX_ROWS = 128  # tokens per sample kept for ranking (an LM's 128-token windows: all of them)
 
 
 @dataclass
@@ -96,19 +98,46 @@ def accuracy_loop(build: Callable[[list[str]], Path], score: Callable[[Path], fl
 
 def rank_activations(float_model: Path, quant_model: Path, feeds: list[dict],
                      candidates: dict[str, list[str]]) -> list[dict]:
-    """Quantized activations, noisiest first: {tensor, sqnr_db, nodes} where `nodes` are the float
-    graph's nodes that read (or, for an output, write) the tensor and would go back to float32."""
+    """Quantized activations, most damaging first: {tensor, sqnr_db, nodes} where `nodes` are the float
+    graph's nodes that read (or, for an output, write) the tensor and would go back to float32.
+
+    For a MatMul/Gemm reader the SQNR is that of its *output* (x W vs round_trip(x) W): an activation
+    with a few huge channels (LLM MLP inputs) loses its small channels to the int8 step, which the
+    input's own SQNR hides because the outliers carry nearly all of its energy. Other readers (fused
+    Attention) are ranked by the input's SQNR.
+    """
     import onnx
 
     quant = onnx.load(str(quant_model), load_external_data=False)
     params = _quant_params(quant)
     tensors = [t for t in params if candidates.get(t)]
     values = _float_activations(float_model, tensors, feeds[:RANKING_SAMPLES])
+    weights = _matmul_weights(onnx.load(str(float_model)), {n for t in tensors for n in candidates[t]})
     ranking = []
     for t in tensors:
-        sqnr = _sqnr(values[t], params[t])
-        ranking.append({"tensor": t, "sqnr_db": round(sqnr, 2), "nodes": candidates[t]})
+        trips = [_round_trip(v, params[t]) for v in values[t]]
+        sqnr = [_sqnr(values[t], trips)]
+        for node in candidates[t]:
+            w = weights.get(node)
+            if w is not None and values[t][0].shape[-1] == w.shape[0]:
+                sqnr.append(_sqnr([v @ w for v in values[t]], [q @ w for q in trips]))
+        ranking.append({"tensor": t, "sqnr_db": round(min(sqnr), 2), "nodes": candidates[t]})
     return sorted(ranking, key=lambda r: r["sqnr_db"])
+
+
+def _matmul_weights(model, nodes: set[str]) -> dict[str, np.ndarray]:
+    """node -> its constant weight as (in, out), for MatMul and Gemm nodes among `nodes`."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.name in nodes and n.op_type in ("MatMul", "Gemm") and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+            trans = n.op_type == "Gemm" and any(a.name == "transB" and helper.get_attribute_value(a) for a in n.attribute)
+            if w.ndim == 2:
+                out[n.name] = w.T if trans else w
+    return out
 
 
 def _quant_params(model) -> dict:
@@ -153,16 +182,17 @@ def _float_activations(model_path: Path, tensors: list[str], feeds: list[dict]) 
         out: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
         for feed in feeds:
             for t, v in zip(tensors, session.run(tensors, feed)):
-                out[t].append(np.asarray(v, dtype=np.float32).ravel())
+                v = np.asarray(v, dtype=np.float32)
+                rows = v.reshape(-1, v.shape[-1]) if v.ndim > 1 else v.reshape(1, -1)
+                out[t].append(rows[:MAX_ROWS])  # one row per token: enough to rank, bounded memory
     return out
 
 
-def _sqnr(values: list[np.ndarray], params) -> float:
-    """SQNR in dB of values against their int8 round trip (higher is better)."""
+def _sqnr(reference: list[np.ndarray], noisy: list[np.ndarray]) -> float:
+    """SQNR in dB of `noisy` against `reference` (higher is better)."""
     from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
 
-    trips = [_round_trip(v, params) for v in values]
-    return float(compute_signal_to_quantization_noice_ratio(values, trips))
+    return float(compute_signal_to_quantization_noice_ratio([r.ravel() for r in reference], [n.ravel() for n in noisy]))
 
 
 def _round_trip(x: np.ndarray, params) -> np.ndarray:

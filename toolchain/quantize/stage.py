@@ -6,15 +6,16 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .. import parity
-from ..artifact import Artifact, write_artifact
+from ..artifact import Artifact, check_output, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, Unsupported
-from ..optimize import copy_sidecar_files, onnx_parent
+from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
 from . import calibration, graph, loop
 from .presets import PRESETS, detect_preset
 
@@ -22,12 +23,17 @@ QType = Literal["quint8", "qint8"]
 # Op types quantized by default: the ones that hold the weights. Gather and EmbedLayerNormalization
 # hold the embedding table (half of a small BERT); Attention holds the fused graph's Q/K/V projections.
 DEFAULT_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
-# Fused ops that ONNX Runtime's QDQ format has no kernel for. In static mode they get its integer-op
-# kernels (QAttention, QEmbedLayerNormalization: int8 weights, activation scales per run) rather than
-# staying float32: keeping a fused graph's attention is what makes int8 fast at batch 1.
-INTEGER_ONLY_OPS = ("Attention", "EmbedLayerNormalization")
-# A relative output difference beyond this means the int8 model computes something else, whatever
-# the accuracy says (measured: ~0.02-0.1 on MiniLM and the tiny test models).
+# Ops that ONNX Runtime's QDQ format runs badly or not at all. In static mode they get its integer-op
+# kernels (QAttention, QEmbedLayerNormalization, DynamicQuantizeMatMul: int8 weights, activation scales
+# per run) rather than staying float32: keeping a fused graph's attention is what makes int8 fast at batch 1.
+INTEGER_ONLY_OPS = ("Attention", "EmbedLayerNormalization", "Gemm")
+# Gemm is among them because ONNX Runtime's CPU QDQ path runs a Gemm whose output is not quantized as
+# dequantize-the-weights-then-float-Gemm on every call (measured on the MiniLM classifier's pooler and
+# head: 0.5 ms of DequantizeLinear per sentence, ~8% of the int8 model's time); its integer kernel is int8.
+FLOAT_DEFAULT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT: fused contrib ops carry no type information
+# A relative L2 output error beyond this means the int8 model computes something else, whatever the
+# accuracy says. Measured: MiniLM classifier logits 0.02-0.03; SmolLM2 dynamic int8 0.67 on its KV cache
+# (top-1 next-token agreement 52%, perplexity +73%), which fails.
 DEFAULT_RTOL = 0.5
 
 
@@ -61,7 +67,7 @@ class QuantizeConfig:
     eval_max_samples: int | None = None  # loop: score the first N validation examples only
     eval_max_tokens: int | None = 4096  # loop, causal LMs: perplexity over the first N tokens
     max_iterations: int = 6  # loop: fallback rounds; round k keeps 2^k - 1 more activations in fp32
-    rtol: float = DEFAULT_RTOL  # parity: max |int8 - fp32| / max |fp32| per output, on real text
+    rtol: float = DEFAULT_RTOL  # parity: ||int8 - fp32|| / ||fp32|| per output on real text (LM logits: log-probs)
 
     def __post_init__(self):
         if self.preset is not None and self.preset not in PRESETS:
@@ -104,6 +110,7 @@ class _Job:
     cache: Path | None = None  # static: calibrated ranges
     mask_tensors: set[str] = field(default_factory=set)  # never calibrated: they hold float-min
     ranged: set[str] = field(default_factory=set)  # tensors with a calibrated range
+    integer_nodes: list[tuple[str, str]] = field(default_factory=list)  # static: (name, op) of INTEGER_ONLY_OPS
     notes: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -113,8 +120,9 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
 
     >>> quantize("runs/teacher-onnx", QuantizeConfig(mode="static", max_accuracy_drop=0.01), "runs/int8")  # doctest: +SKIP
     """
-    parent = onnx_parent(src, "quantize")
     out = Path(out)
+    check_output(out, force)  # fail now, not after calibrating
+    parent = onnx_parent(src, "quantize")
     with write_artifact(out, stage="quantize", config=config_to_dict(cfg), format="onnx", task=parent.task,
                         model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
@@ -129,7 +137,7 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
         m["fp32_nodes"] = sorted(set(job.excluded) | set(loop_metrics.get("fallback_nodes", []))
                                  | set(job.notes.get("no_calibrated_range", [])))
         m["fp32_reasons"] = _count_reasons(job.excluded)
-        m["parity"] = _check(parent, o.folder / "model.onnx", cfg.rtol)
+        m["parity"] = _check(parent, o.folder / "model.onnx", cfg, loop_metrics)
         m["warnings"] = job.warnings
     return Artifact.load(out)
 
@@ -160,6 +168,11 @@ def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
     model = onnx.load(str(job.model))
     job.op_types = _op_types(model, cfg, job.warnings)
     job.excluded = _excluded(model, cfg, job)
+    if cfg.mode == "static":
+        job.integer_nodes = [(n.name, n.op_type) for n in model.graph.node
+                             if n.op_type in INTEGER_ONLY_OPS and n.op_type in job.op_types]
+        # Recorded, so nobody mistakes these for calibrated ops: their activation scales are set per run.
+        job.notes["run_time_scaled"] = dict(Counter(op for _, op in job.integer_nodes))
     if cfg.mode == "static" or cfg.budget_limit is not None:
         job.feeds = _feeds(job)
     if cfg.mode == "static":
@@ -179,14 +192,14 @@ def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
         raise Unsupported(f"{cfg.mode} quantization has no int8 kernel for {', '.join(unsupported)}",
                           f"choose from: {', '.join(sorted(supported))}")
     present = graph.op_counts(model)
-    missing = [op for op in requested if not present[op]]
-    if cfg.op_types and missing:
-        _warn(notes, f"op type(s) {', '.join(missing)} do not occur in the model: nothing to quantize there")
     chosen = [op for op in requested if present[op]]
     if not chosen:
         raise Unsupported(f"the model has none of the op types {', '.join(requested)}",
                           f"its op types are: {', '.join(sorted(present))}")
-    stranded = [op for op in INTEGER_ONLY_OPS if present[op] and op not in chosen]
+    missing = [op for op in requested if not present[op]]
+    if cfg.op_types and missing:
+        _warn(notes, f"op type(s) {', '.join(missing)} do not occur in the model: nothing to quantize there")
+    stranded = [op for op in ("Attention", "EmbedLayerNormalization") if present[op] and op not in chosen]
     if stranded:
         _warn(notes, f"{', '.join(stranded)} will keep float32 weights: add them to the op types")
     return chosen
@@ -212,13 +225,12 @@ def _excluded(model, cfg: QuantizeConfig, job: _Job) -> dict[str, str]:
 
 def _feeds(job: _Job) -> list[dict]:
     from ..data import DataSpec, load_classification, load_text
-    from ..modeling import ModelSource, load_tokenizer
     from ..runtime import make_session
 
     cfg = job.cfg
     n = calibration.check_sample_count(cfg.calibration_samples) if cfg.mode == "static" else []
     job.warnings += n
-    tokenizer = load_tokenizer(ModelSource(str(job.parent.path), str(job.parent.path), local=True))
+    tokenizer = parent_tokenizer(job.parent)
     if job.parent.task == "text-generation":
         data = load_text(cfg.data or "hamlet")
     else:
@@ -252,42 +264,56 @@ def _calibrate(job: _Job, model) -> Path:
 
 def _build(job: _Job, fallback: list[str], dst: Path) -> Path:
     """One quantized graph at `dst`, with the job's excluded nodes and `fallback` kept in float32."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import quantize_dynamic
 
     s = job.settings
-    qtype = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}
     exclude = sorted(set(job.excluded) | set(fallback))
-    options = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # fused contrib ops carry no type information
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if job.cfg.mode == "dynamic":
-            quantize_dynamic(str(job.model), str(dst), op_types_to_quantize=job.op_types, per_channel=s["per_channel"],
-                             reduce_range=s["reduce_range"], weight_type=qtype[s["weight_type"]],
-                             nodes_to_exclude=exclude, extra_options=options | {"MatMulConstBOnly": True})
-        else:
-            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                      "percentile": CalibrationMethod.Percentile}[job.cfg.calibration_method]
-            # MatMul/Gemm outputs stay float: re-quantizing them before the bias add measured cosine 0.88
-            # vs 0.98 on MiniLM, and ONNX Runtime then runs MatMulIntegerToFloat, as fast as QLinearMatMul.
-            options |= {"ActivationSymmetric": s["symmetric_activations"],
-                        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
-            # Integer-only ops first: ORT's dynamic quantizer renames tensors of a QDQ graph into cycles.
-            # The static pass then reads the calibrated ranges by tensor name, which the first pass keeps.
-            integer_only = [op for op in job.op_types if op in INTEGER_ONLY_OPS]
-            source = dst.with_suffix(".integer.onnx") if integer_only else job.model
-            if integer_only:
-                quantize_dynamic(str(job.model), str(source), op_types_to_quantize=integer_only,
-                                 per_channel=s["per_channel"], reduce_range=s["reduce_range"],
-                                 weight_type=qtype[s["weight_type"]], nodes_to_exclude=exclude, extra_options=options)
-            exclude += _unranged(job, source, exclude)
-            quantize_static(str(source), str(dst), None, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=_qdq_ops(job), per_channel=s["per_channel"],
-                            reduce_range=s["reduce_range"], activation_type=qtype[s["activation_type"]],
-                            weight_type=qtype[s["weight_type"]], nodes_to_exclude=exclude, calibrate_method=method,
-                            calibration_cache_path=str(job.cache), extra_options=options)
-            _keep_float_consumers(job, dst, set(exclude))
+        if job.cfg.mode == "static":
+            return _build_static(job, exclude, dst)
+        quantize_dynamic(str(job.model), str(dst), op_types_to_quantize=job.op_types, per_channel=s["per_channel"],
+                         reduce_range=s["reduce_range"], weight_type=_qtype(s["weight_type"]),
+                         nodes_to_exclude=exclude, extra_options=FLOAT_DEFAULT | {"MatMulConstBOnly": True})
     return dst
+
+
+def _build_static(job: _Job, exclude: list[str], dst: Path) -> Path:
+    """The integer pass for INTEGER_ONLY_OPS, then calibrated QDQ for the rest."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+
+    s = job.settings
+    # The integer pass goes first: ORT's dynamic quantizer renames a QDQ graph's tensors into cycles.
+    # It splits every Gemm into MatMul + Add (named <gemm>_MatMul); the ones it does not quantize stay float.
+    integer_nodes = [f"{n}_MatMul" if op == "Gemm" else n for n, op in job.integer_nodes if n not in exclude]
+    exclude = exclude + [f"{n}_MatMul" for n, op in job.integer_nodes if op == "Gemm" and n in exclude]
+    source = job.model
+    if integer_nodes:
+        source = dst.with_suffix(".integer.onnx")
+        ops = sorted({op for _, op in job.integer_nodes} | {"MatMul"})
+        quantize_dynamic(str(job.model), str(source), op_types_to_quantize=ops, nodes_to_quantize=integer_nodes,
+                         per_channel=s["per_channel"], reduce_range=s["reduce_range"],
+                         weight_type=_qtype(s["weight_type"]), extra_options=FLOAT_DEFAULT)
+    exclude += _unranged(job, source, exclude)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[job.cfg.calibration_method]
+    # MatMul outputs stay float: re-quantizing them before the bias add measured cosine 0.88 vs 0.98 on
+    # MiniLM, and ONNX Runtime then runs MatMulIntegerToFloat, as fast as QLinearMatMul.
+    options = FLOAT_DEFAULT | {"ActivationSymmetric": s["symmetric_activations"],
+                               "OpTypesToExcludeOutputQuantization": ["MatMul"]}
+    quantize_static(str(source), str(dst), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=_qdq_ops(job),
+                    per_channel=s["per_channel"], reduce_range=s["reduce_range"],
+                    activation_type=_qtype(s["activation_type"]), weight_type=_qtype(s["weight_type"]),
+                    nodes_to_exclude=exclude, calibrate_method=method, calibration_cache_path=str(job.cache),
+                    extra_options=options)
+    _keep_float_consumers(job, dst, set(exclude))
+    return dst
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}[name]
 
 
 def _unranged(job: _Job, path: Path, exclude: list[str]) -> list[str]:
@@ -408,18 +434,25 @@ def _count_reasons(excluded: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _check(parent: Artifact, path: Path, rtol: float) -> dict:
-    """int8 vs float32 on real text, relative to each output's scale."""
-    from ..modeling import ModelSource, load_tokenizer
+def _check(parent: Artifact, path: Path, cfg: QuantizeConfig, loop_metrics: dict) -> dict:
+    """int8 vs float32 on real text: relative L2 error per output (log-probabilities for LMs)."""
     from ..runtime import make_session
 
-    tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), local=True))
-    result = parity.compare_onnx(make_session(parent.onnx_path), make_session(path), tokenizer, parent.task, rtol,
-                                 relative=True)
+    tokenizer = parent_tokenizer(parent)
+    result = parity.compare_onnx(make_session(parent.onnx_path), make_session(path), tokenizer, parent.task,
+                                 cfg.rtol, relative=True)
     if not result.ok:
-        raise CheckFailed(f"the int8 model's {result.worst_output!r} differs from float32 by "
-                          f"{result.max_abs_diff:.3g} of its scale (tolerance {rtol:g})",
-                          "use --mode dynamic, a --max-accuracy-drop budget, or exclude sensitive nodes")
+        tried = ""
+        if loop_metrics.get("iterations"):
+            best = loop_metrics["iterations"][loop_metrics["chosen_iteration"]]
+            tried = f"; the accuracy loop's best kept {best['fp32_nodes']} nodes in float32"
+        budget = "--max-accuracy-drop" if parent.task == "text-classification" else "--max-perplexity-increase"
+        loop_hint = "more --max-iterations" if tried else f"a {budget} budget"
+        other = "static" if cfg.mode == "dynamic" else "dynamic"
+        raise CheckFailed(f"the int8 model's {result.worst_output!r} differs from float32 by a relative L2 error of "
+                          f"{result.max_abs_diff:.3g} (tolerance {cfg.rtol:g}){tried}",
+                          f"try {loop_hint}, --mode {other}, or --exclude-node for the sensitive nodes; "
+                          "raise --rtol only to inspect the model, not to ship it")
     return result.as_metrics()
 
 
