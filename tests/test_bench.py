@@ -132,6 +132,18 @@ def test_pruned_heads_shrink_attention_flops():
     assert inference_flops(pruned, "feature-extraction", 1, 64) < inference_flops(MINILM, "feature-extraction", 1, 64)
 
 
+def test_prune_stage_shapes_set_each_layers_ffn_and_heads():
+    base = MINILM | {"num_hidden_layers": 2}
+    pruned = base | {"toolchain_shapes": {"intermediate_size": [1152, 768], "num_heads": [12, 6], "version": 1}}
+    s = model_shape(pruned)
+    assert (s.ffn_width(0), s.ffn_width(1), s.attn_width(1)) == (1152, 768, 6 * 32)
+    tokens, hidden = 64, MINILM["hidden_size"]
+    saved = 2 * tokens * 2 * hidden * ((1536 - 1152) + (1536 - 768))  # FFN up and down
+    saved += 2 * tokens * 4 * hidden * 6 * 32 + 2 * 2 * tokens * tokens * 6 * 32  # projections and scores of 6 heads
+    got = inference_flops(base, "feature-extraction", 1, 64) - inference_flops(pruned, "feature-extraction", 1, 64)
+    assert got == saved
+
+
 def test_decoder_flops_use_grouped_kv_heads_and_gated_mlp():
     llama = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100}

@@ -5,7 +5,8 @@ layer weights per token) and the attention score and value products, which grow 
 of the sequence. Embedding lookups, layer norms, softmax and activations are elementwise and
 left out: on every transformer here they are a few percent of the work. Padded positions are
 counted, because the hardware computes them; that is what achieved GFLOP/s must be measured on.
-Pruned heads (`pruned_heads` in a BERT config) shrink the attention of their layer.
+Pruned heads (`pruned_heads` in a BERT config) shrink the attention of their layer, and the prune
+stage's per-layer widths (`toolchain_shapes` in config.json) replace the uniform ones.
 """
 
 from __future__ import annotations
@@ -36,9 +37,19 @@ class Shape:
     vocab: int
     num_labels: int
     pruned: dict  # layer -> number of heads removed
+    per_layer: dict  # the prune stage's per-layer widths: intermediate_size, num_heads, num_key_value_heads lists
 
     def attn_width(self, layer: int) -> int:
-        return (self.heads - self.pruned.get(layer, 0)) * self.head_dim
+        heads = self.per_layer.get("num_heads")
+        return (heads[layer] if heads else self.heads - self.pruned.get(layer, 0)) * self.head_dim
+
+    def kv_width(self, layer: int) -> int:
+        kv = self.per_layer.get("num_key_value_heads")
+        return (kv[layer] if kv else self.kv_heads) * self.head_dim
+
+    def ffn_width(self, layer: int) -> int:
+        ffn = self.per_layer.get("intermediate_size")
+        return ffn[layer] if ffn else self.ffn
 
 
 def model_shape(config: dict) -> Shape:
@@ -59,7 +70,7 @@ def model_shape(config: dict) -> Shape:
         head_dim=int(config.get("head_dim") or hidden // heads),
         kv_heads=int(config.get("num_key_value_heads") or heads), ffn=get("ffn"),
         vocab=int(config.get("vocab_size") or 0), num_labels=len(config.get("id2label") or {0: 0, 1: 1}),
-        pruned=pruned,
+        pruned=pruned, per_layer=dict(config.get("toolchain_shapes") or {}),
     )
 
 
@@ -70,7 +81,7 @@ def encoder_flops(s: Shape, batch: int, seq: int, task: str) -> float:
     for layer in range(s.layers):
         a = s.attn_width(layer)
         total += 2 * tokens * (3 * s.hidden * a + a * s.hidden)  # Q, K, V and output projections
-        total += 2 * tokens * 2 * s.hidden * s.ffn  # FFN up and down
+        total += 2 * tokens * 2 * s.hidden * s.ffn_width(layer)  # FFN up and down
         total += 2 * 2 * batch * seq * seq * a  # Q K^T and scores x V, over all heads
     if task == "text-classification":
         total += 2 * batch * (s.hidden * s.hidden + s.hidden * s.num_labels)  # pooler + classifier
@@ -85,11 +96,12 @@ def decoder_flops(s: Shape, batch: int, new: int, context: int) -> float:
     it is counted whole. Logits are computed for every new position, as Hugging Face and the export do.
     """
     tokens = batch * new
-    kv = s.kv_heads * s.head_dim
-    q = s.heads * s.head_dim
-    mlp = (3 if s.model_type in GATED_MLP else 2) * s.hidden * s.ffn
-    per_token = s.layers * (s.hidden * q + 2 * s.hidden * kv + q * s.hidden + mlp)
-    attention = s.layers * 2 * 2 * batch * new * context * q
+    matrices = 3 if s.model_type in GATED_MLP else 2
+    per_token = attention = 0
+    for layer in range(s.layers):
+        q, kv = s.attn_width(layer), s.kv_width(layer)
+        per_token += s.hidden * q + 2 * s.hidden * kv + q * s.hidden + matrices * s.hidden * s.ffn_width(layer)
+        attention += 2 * 2 * batch * new * context * q
     return 2 * tokens * per_token + attention + 2 * tokens * s.hidden * s.vocab
 
 
