@@ -110,7 +110,7 @@ def recipe_steps(recipe_file: Path, names: tuple[str, ...], quick: bool, overrid
 def run_steps(recipe_file: Path, names: tuple[str, ...], model: str, out: Path, quick: bool,
               echo: Callable[[str], None], overrides: dict | None = None) -> dict[str, Path | str]:
     """Run the recipe's steps `names` on `model` into `out` (resuming); step -> artifact path, or the error."""
-    from toolchain.recipe import Recipe, run
+    from toolchain.recipe import run
 
     recipe, steps = recipe_steps(recipe_file, names, quick, overrides)
     made: dict[str, Path | str] = {}

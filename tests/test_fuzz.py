@@ -57,7 +57,8 @@ def test_manifest_round_trips_through_json(manifest):
 @examples(100)
 @given(json_values)
 def test_manifest_from_arbitrary_json_is_a_manifest_or_our_error(value):
-    _parse_or_our_error(json.dumps(value))
+    parsed = _parse_or_our_error(json.dumps(value))
+    assert parsed is None or isinstance(parsed, Manifest)
 
 
 @examples(100)
@@ -66,9 +67,11 @@ def test_manifest_from_arbitrary_bytes_is_a_manifest_or_our_error(data):
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / MANIFEST).write_bytes(data)
         try:
-            Artifact.load(folder)
-        except ToolchainError:
-            pass
+            loaded = Artifact.load(folder)
+        except ToolchainError as exc:
+            assert exc.exit_code > 1 and exc.problem  # one of ours, with a message
+        else:
+            assert isinstance(loaded.manifest, Manifest)
 
 
 @examples(100)
@@ -172,6 +175,8 @@ def test_onnx_loader_on_mutated_bytes_gives_a_session_or_our_error(onnx_bytes, s
         path = Path(folder) / "model.onnx"
         path.write_bytes(_mutate(onnx_bytes, random.Random(seed)))
         try:
-            make_session(path)  # check_onnx_file first, then onnxruntime
-        except ToolchainError:
-            pass
+            session = make_session(path)  # check_onnx_file first, then onnxruntime
+        except ToolchainError as exc:
+            assert exc.exit_code > 1 and exc.problem  # one of ours, with a message
+        else:
+            assert session.get_inputs()
