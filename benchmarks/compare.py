@@ -88,40 +88,6 @@ class Phases:
         return round(time.perf_counter() - self.start, 1)
 
 
-def calm_openmp(cores: int) -> str:
-    """On a busy machine, make OpenMP threads (PyTorch's) sleep at barriers instead of spinning; say which.
-
-    With more runnable threads than cores, a spinning OpenMP barrier waits for threads that lost their
-    core: measured here at load ~9 on 2 cores, PyTorch's batch-1 p50 went from 47 ms (passive) to 535 ms
-    (spinning), while onnxruntime (its own thread pool) moved from 31 to 35 ms. Left alone, that would
-    flatter every ONNX row against PyTorch. Set before torch is imported here or in any worker.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (set by the caller)"
-    load = os.getloadavg()[0]
-    if load <= cores:
-        return f"OpenMP default wait policy (load {load:.1f} <= {cores} cores)"
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return (f"OMP_WAIT_POLICY=PASSIVE: the machine was busy (load {load:.1f} on {cores} cores), where PyTorch's "
-            "spinning OpenMP threads lose their cores and run up to ~10x slower")
-
-
-def pick_threads(wanted: int | None, cores: int) -> tuple[int, str]:
-    """Threads per timed model: --threads; else all usable cores, or 1 when the machine is busy.
-
-    On a busy machine each multi-threaded call waits until all its threads hold a core at once, and
-    that wait, not the model, decides the figure: at load ~6 on 2 cores, 2 threads gave ONNX fp32
-    14.0 ms and fused int8 6.6 ms where 1 thread gave 5.4 and 2.2 ms, and the ranking changed with it.
-    """
-    load = os.getloadavg()[0]
-    if wanted:
-        return wanted, f"{wanted} thread(s) per model (--threads; load {load:.1f} on {cores} cores at start)"
-    if load > cores:
-        return 1, (f"1 thread per model: the machine was busy (load {load:.1f} on {cores} cores), where a call "
-                   "on 2 threads waits for both to hold a core and measures the contention, not the model")
-    return cores, f"{cores} threads per model: all usable cores (load {load:.1f})"
-
-
 def echo(message: str) -> None:
     click.echo(f"   {message}", err=True)
 
@@ -249,7 +215,7 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
     import compare_report as report
     import compare_variants as vs
 
-    from toolchain.bench.machine import machine_record, usable_cores
+    from toolchain.bench.machine import calm_openmp, machine_record, pick_threads, usable_cores
     from toolchain.errors import RecipeError
     from toolchain.evaluate import EvaluateConfig
 

@@ -1,6 +1,7 @@
 """Benchmarks end to end: real worker processes on the tiny models (a few seconds each)."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -10,7 +11,8 @@ from toolchain.artifact import Artifact
 from toolchain.bench import BenchConfig, RESULT_KEYS, ROW_KEYS, bench, stored_results
 from toolchain.bench.client import WorkerClient
 from toolchain.bench.peak import measured_peak
-from toolchain.bench.machine import machine_record
+from toolchain.bench.machine import machine_record, usable_cores
+from toolchain.bench.runner import worker_env
 from toolchain.cli import main
 
 QUICK = dict(batch=(1, 2), seq=(8,), runs=3, warmup=1, block=2, peak=False)
@@ -171,3 +173,15 @@ def test_torch_dynamic_int8_target_refuses_onnx(tiny_onnx):
 
     with pytest.raises(Unsupported, match="ONNX model"):
         torch_dynamic_int8_target(resolve_target(str(tiny_onnx("bert").path)))
+
+
+def test_bench_on_a_busy_machine_times_one_thread_with_sleeping_openmp(tiny_onnx, tmp_path, monkeypatch):
+    # Load 9 on this machine's cores: two threads per call would measure the contention, not the model.
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (9.0 * usable_cores(), 9.0, 9.0))
+    result = bench([str(tiny_onnx("bert").path)], BenchConfig(batch=(1,), seq=(8,), runs=2, warmup=0, peak=False,
+                                                             store=False))
+    m = result["machine"]
+    assert m["threads_used"] == 1 and "busy" in m["threads_why"] and m["omp_wait_policy"] == "PASSIVE"
+    assert result["rows"][0]["status"] == "ok" and "OMP_WAIT_POLICY" not in os.environ  # only the workers sleep
+    assert worker_env(1, "PASSIVE")["OMP_WAIT_POLICY"] == "PASSIVE" and "OMP_WAIT_POLICY" not in worker_env(1)

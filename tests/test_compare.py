@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare  # noqa: E402
 import compare_report as report  # noqa: E402
 import compare_variants as variants  # noqa: E402
+
+from toolchain.bench import machine  # noqa: E402
 
 
 def bench_result(figures: dict[str, tuple]) -> dict:
@@ -104,9 +107,10 @@ def test_optimum_preset_fits_the_cpu(isa, arch, want):
 def test_calm_openmp_sleeps_threads_only_on_a_busy_machine(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr("os.getloadavg", lambda: (1.0, 1.0, 1.0))
-    assert "default" in compare.calm_openmp(2) and "OMP_WAIT_POLICY" not in compare.os.environ
+    assert "default" in machine.calm_openmp(2) and "OMP_WAIT_POLICY" not in os.environ
     monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
-    assert "PASSIVE" in compare.calm_openmp(2) and compare.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert machine.openmp_wait_policy(2)[0] == "PASSIVE" and "OMP_WAIT_POLICY" not in os.environ  # only says
+    assert "PASSIVE" in machine.calm_openmp(2) and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_missing_teacher_names_the_command_that_makes_one(tmp_path):
@@ -159,7 +163,7 @@ def test_quick_run_measures_every_model_on_tiny_models(tiny, tmp_path, monkeypat
 
 def test_pick_threads_uses_one_thread_on_a_busy_machine_unless_told(monkeypatch):
     monkeypatch.setattr("os.getloadavg", lambda: (7.5, 7.0, 7.0))
-    assert compare.pick_threads(None, 2)[0] == 1
-    assert compare.pick_threads(2, 2) == (2, "2 thread(s) per model (--threads; load 7.5 on 2 cores at start)")
+    assert machine.pick_threads(None, 2)[0] == 1
+    assert machine.pick_threads(2, 2) == (2, "2 thread(s) per model (--threads; load 7.5 on 2 cores at start)")
     monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
-    assert compare.pick_threads(None, 2)[0] == 2
+    assert machine.pick_threads(None, 2)[0] == 2

@@ -319,7 +319,7 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default).")
 @click.option("--symmetric-activations", is_flag=True, default=None, help="Static: zero point 0 for activations.")
 @click.option("--op-types", help="Comma-separated op types to quantize (default depends on --mode).")
-@click.option("--exclude-node", "exclude_nodes", multiple=True, help="Keep this node in float32 (repeatable).")
+@click.option("--exclude-node", "exclude_nodes", multiple=True, help="Keep this node in float32 (repeatable; glob patterns such as '*/down_proj/*' match many).")
 @click.option("--quantize-activation-matmuls", is_flag=True, default=None,
               help="Also quantize activation x activation MatMuls (attention scores).")
 @click.option("--no-mask-guard", is_flag=True, help="Do not keep attention-mask paths out of quantization.")
@@ -457,7 +457,8 @@ def _bench_header(result: dict) -> str:
                       for k, v in result["peaks"].items())
     return (f"machine: {m['cpu_model']}, {m['cores_usable']} usable cores, {m['threads_used']} threads used, {isa}; "
             f"onnxruntime {ort['version']} ({', '.join(p.replace('ExecutionProvider', '') for p in ort['providers'])}); "
-            f"{gpu}\npeak (GEMM): {peaks or 'not measured'}; speedup vs {result['baseline']} (its p50 / p50)\n")
+            f"{gpu}\nthreads: {m.get('threads_why', m['threads_used'])}; {m.get('openmp', 'OpenMP default wait policy')}\n"
+            f"peak (GEMM): {peaks or 'not measured'}; speedup vs {result['baseline']} (its p50 / p50)\n")
 
 
 def _bench_footer(result: dict) -> str:

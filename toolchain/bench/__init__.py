@@ -32,7 +32,7 @@ class BenchConfig:
     seq: tuple[int, ...] = (16, 64, 128)  # fixed sequence lengths (no padding); ignored when data is set
     data: str | None = None  # real texts (test split of a dataset, or hamlet lines): padded per batch
     max_length: int = 128  # truncation of real texts, as deployment would truncate
-    threads: int | None = None  # intra-op threads for torch and onnxruntime alike; None: all usable cores
+    threads: int | None = None  # intra-op threads for torch and onnxruntime alike; None: all usable cores, 1 if busy
     runs: int = 50  # timed calls per artifact and configuration
     warmup: int = 5  # untimed calls first (allocations, caches, lazy init, compilation)
     block: int = 5  # calls per artifact before the next one's turn: small blocks cancel drift better
@@ -68,7 +68,7 @@ def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int
     A spec is what a user types (artifact or model folder, built-in name) or a ready workload.Target
     (e.g. workload.torch_dynamic_int8_target(...), which has no folder of its own).
     """
-    from .machine import machine_record, usable_cores
+    from .machine import machine_record, openmp_wait_policy, pick_threads, usable_cores
     from .results import add_limits, add_speedups, store, storage_key
     from .runner import run_provider
     from .workload import Target, resolve_target, unique_labels
@@ -76,7 +76,10 @@ def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int
     targets = [s if isinstance(s, Target) else resolve_target(s) for s in specs]
     unique_labels(targets)
     baseline = pick_baseline(targets, specs, cfg.baseline)
-    machine = machine_record(cfg.threads or usable_cores())
+    # On a busy machine: 1 thread and sleeping OpenMP barriers, or the figures measure the contention.
+    threads, threads_why = pick_threads(cfg.threads, usable_cores())
+    policy, openmp_why = openmp_wait_policy(usable_cores())
+    machine = machine_record(threads) | {"threads_why": threads_why, "omp_wait_policy": policy, "openmp": openmp_why}
     workloads = build_workloads(targets, cfg)
     rows = []
     for provider in cfg.providers:
@@ -137,7 +140,7 @@ def measure_peaks(rows: list[dict], machine: dict, cfg: BenchConfig) -> dict:
     from .runner import worker_env
 
     pairs = sorted({(r["provider"], r["precision"]) for r in rows if r["status"] == "ok"})
-    env = worker_env(machine["threads_used"])
+    env = worker_env(machine["threads_used"], machine.get("omp_wait_policy"))
     return {f"{p}/{prec}": measured_peak(p, prec, machine, env, cfg.refresh_peak) for p, prec in pairs}
 
 

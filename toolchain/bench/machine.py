@@ -154,3 +154,45 @@ def _run(cmd: list[str]) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def openmp_wait_policy(cores: int) -> tuple[str | None, str]:
+    """On a busy machine, OpenMP threads (PyTorch's) should sleep at barriers instead of spinning:
+    (the OMP_WAIT_POLICY timed workers get, or None for the default; why).
+
+    With more runnable threads than cores, a spinning OpenMP barrier waits for threads that lost their
+    core: measured here at load ~9 on 2 cores, PyTorch's batch-1 p50 went from 47 ms (passive) to 535 ms
+    (spinning), while onnxruntime (its own thread pool) moved from 31 to 35 ms. Left alone, that would
+    flatter every ONNX row against PyTorch. Set before torch is imported here or in any worker.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return os.environ["OMP_WAIT_POLICY"], f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (set by the caller)"
+    load = os.getloadavg()[0]
+    if load <= cores:
+        return None, f"OpenMP default wait policy (load {load:.1f} <= {cores} cores)"
+    return "PASSIVE", (f"OMP_WAIT_POLICY=PASSIVE: the machine was busy (load {load:.1f} on {cores} cores), where "
+                       "PyTorch's spinning OpenMP threads lose their cores and run up to ~10x slower")
+
+
+def calm_openmp(cores: int) -> str:
+    """openmp_wait_policy, set for this process's children (and torch, if not imported yet); says which."""
+    policy, why = openmp_wait_policy(cores)
+    if policy:
+        os.environ["OMP_WAIT_POLICY"] = policy
+    return why
+
+
+def pick_threads(wanted: int | None, cores: int) -> tuple[int, str]:
+    """Threads per timed model: --threads; else all usable cores, or 1 when the machine is busy.
+
+    On a busy machine each multi-threaded call waits until all its threads hold a core at once, and
+    that wait, not the model, decides the figure: at load ~6 on 2 cores, 2 threads gave ONNX fp32
+    14.0 ms and fused int8 6.6 ms where 1 thread gave 5.4 and 2.2 ms, and the ranking changed with it.
+    """
+    load = os.getloadavg()[0]
+    if wanted:
+        return wanted, f"{wanted} thread(s) per model (--threads; load {load:.1f} on {cores} cores at start)"
+    if load > cores:
+        return 1, (f"1 thread per model: the machine was busy (load {load:.1f} on {cores} cores), where a call "
+                   "on 2 threads waits for both to hold a core and measures the contention, not the model")
+    return cores, f"{cores} threads per model: all usable cores (load {load:.1f})"

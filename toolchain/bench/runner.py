@@ -43,12 +43,12 @@ class Entry:
             return {"ok": False, "error": str(exc)}
 
 
-def worker_env(threads: int) -> dict:
-    """The worker imports this same toolchain and uses the same thread count as recorded."""
+def worker_env(threads: int, omp_wait_policy: str | None = None) -> dict:
+    """The worker imports this same toolchain and uses the same thread count (and OpenMP policy) as recorded."""
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     return {"PYTHONPATH": path, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1"}
+            "HF_HUB_OFFLINE": "1"} | ({"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {})
 
 
 def unavailable(provider: str, target: Target, machine: dict) -> str | None:
@@ -112,7 +112,7 @@ def run_provider(targets: list[Target], workloads: dict[str, list[Workload]], pr
 
 def _start(target: Target, provider: str, cfg, machine: dict, workloads: list[Workload]):
     """A loaded Entry, or (status, message) when the worker could not load the model."""
-    client = WorkerClient(worker_env(machine["threads_used"]))
+    client = WorkerClient(worker_env(machine["threads_used"], machine.get("omp_wait_policy")))
     request = {"format": target.format, "path": str(target.path), "task": target.task, "provider": provider,
                "threads": machine["threads_used"], "torch_compile": cfg.torch_compile,
                "torch_quantize": target.torch_quantize}
