@@ -106,6 +106,20 @@ def test_dynamic_quantizes_gpt2_gemm_projections(tiny_onnx, tmp_path):
     assert "Gemm" not in ops and ops["MatMulInteger"] >= 8
 
 
+def test_exclude_node_patterns_keep_every_matching_node_float(tiny_onnx, tmp_path):
+    # The smollm2 recipe keeps all 30 down_proj MatMuls in float32 with one pattern.
+    art = quantize(tiny_onnx("llama-past"), QuantizeConfig(data="hamlet", exclude_nodes=("*/mlp/down_proj/*",)),
+                   tmp_path / "q")
+    model = onnx.load(art.onnx_path)
+    floats = [n.name for n in model.graph.node if n.op_type == "MatMul" and "down_proj" in n.name]
+    assert len(floats) == 2 and set(floats) <= set(_metrics(art)["fp32_nodes"])  # 2 layers
+    assert _metrics(art)["fp32_reasons"]["user"] == 2
+    assert not any("down_proj" in n.name for n in model.graph.node if n.op_type == "MatMulInteger")
+    assert any("up_proj" in n.name for n in model.graph.node if n.op_type == "MatMulInteger")
+    with pytest.warns(UserWarning, match="not in the graph: \\*/no_such/\\*"):
+        quantize(tiny_onnx("llama-past"), QuantizeConfig(data="hamlet", exclude_nodes=("*/no_such/*",)), tmp_path / "q2")
+
+
 def test_dynamic_on_a_fused_graph_uses_quantized_attention(tiny_onnx, tmp_path):
     fused = optimize(tiny_onnx("bert"), OptimizeConfig(), tmp_path / "fused")
     art = quantize(fused, QuantizeConfig(), tmp_path / "q")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import shutil
 import tempfile
 import time
@@ -205,12 +207,19 @@ def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
     return chosen
 
 
+def _is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
 def _excluded(model, cfg: QuantizeConfig, job: _Job) -> dict[str, str]:
-    names = {n.name for n in model.graph.node}
-    unknown = [n for n in cfg.exclude_nodes if n not in names]
+    names = [n.name for n in model.graph.node]
+    # A name or a glob pattern ('*/mlp/down_proj/*'): a 30-layer LM should not need 30 flags.
+    matched = {pat: fnmatch.filter(names, pat) if _is_pattern(pat) else [pat] * (pat in names)
+               for pat in cfg.exclude_nodes}
+    unknown = [pat for pat, hits in matched.items() if not hits]
     if unknown:
         _warn(job.warnings, f"excluded node(s) not in the graph: {', '.join(unknown[:5])}")
-    excluded = {n: "user" for n in cfg.exclude_nodes if n in names}
+    excluded = {n: "user" for hits in matched.values() for n in hits}
     if cfg.mask_guard:
         guard_nodes, guard_tensors = graph.mask_guard(model)
         job.notes["mask_guard"] = {"nodes": len(guard_nodes), "tensors": len(guard_tensors)}
