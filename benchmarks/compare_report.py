@@ -215,7 +215,8 @@ def notes(result: dict) -> list[str]:
            f"Latency: model call only (tokenized beforehand), {b1.get('b1_runs', '?')} consecutive test sentences "
            f"at batch 1 (mean {_f(b1.get('b1_mean_tokens'), '{:.1f}')} tokens), p50/p90 per sentence; batch 32: "
            "consecutive test sentences padded to each batch's longest. Each model in its own worker process "
-           "(toolchain.bench), torch and onnxruntime never in one process, blocks of runs interleaved.",
+           "(toolchain.bench), torch and onnxruntime never in one process, interleaved in blocks of "
+           f"{result.get('plan', {}).get('b1_block', '?')} calls at batch 1 and {result.get('plan', {}).get('block', '?')} at batch 32.",
            "File size: the weights file (model.onnx, or model.safetensors; torch.ao int8: its saved state_dict).",
            f"Threads: {result.get('threads', result['machine']['threads_used'])}; {result.get('openmp', '')}."]
     out += _peak_note(rows)
