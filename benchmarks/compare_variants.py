@@ -85,8 +85,13 @@ def lineage_summary(path: Path) -> str:
     if not Artifact.is_artifact(path):
         return "model folder"
     records = Artifact.load(path).manifest.lineage
-    return " > ".join(f"{r.stage} {r.config['mode']}" if r.stage == "quantize" and r.config.get("mode") else r.stage
-                      for r in records)
+
+    def name(r) -> str:
+        if r.stage == "quantize" and r.config.get("mode"):
+            return f"quantize {r.config['mode']}"
+        return "prune (+KD recovery)" if r.stage == "prune" and "recovery" in r.metrics else r.stage
+
+    return " > ".join(name(r) for r in records)
 
 
 def recipe_steps(recipe_file: Path, names: tuple[str, ...], quick: bool, overrides: dict | None = None):

@@ -287,8 +287,11 @@ def test_recovery_distils_the_pruned_model_from_the_original(tiny, tmp_path):
     art = prune(str(tiny("bert")), PruneConfig(heads=0.5, ffn=0.5, recover=True, recover_epochs=1, data=str(data)),
                 tmp_path / "out")
     assert (tmp_path / "out-pruned" / "manifest.json").is_file()
-    assert art.manifest.lineage[-1].stage == "distill"
-    before = art.manifest.results["prune"]
+    record = art.manifest.lineage[-1]  # one prune record, the recovery inside it: a recipe resumes this step
+    assert [r.stage for r in art.manifest.lineage] == ["prune"] and record.config["recover"] is True
+    assert record.metrics["recovery"]["config"]["student"] == str(tmp_path / "out-pruned")
+    assert record.metrics["recovery"]["metrics"]["validation"]["accuracy"] >= 0 and art.verify() == []
+    before = record.metrics
     model = load_model(resolve_model(art.path), art.task)
     fam = family_of(model)
     assert [fam.num_heads(la) for la in fam.layers(model)] == before["heads_after"]  # recovery kept the shapes

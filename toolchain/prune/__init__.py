@@ -14,11 +14,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..artifact import TASKS, Artifact, write_artifact
+from ..artifact import MANIFEST, TASKS, Artifact, atomic_write_text, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, DataError, Unsupported
 from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
@@ -274,7 +275,14 @@ def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path,
     teacher = source.location if source.local else source.spec
     dcfg = DistillConfig(student=str(pruned.path), data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs)
     recovered = distill(teacher, dcfg, out, force=force)
-    recovered.record_result("prune", {"before_recovery": str(pruned.path), **pruned.manifest.lineage[-1].metrics})
+    # One stage, one record: the artifact's lineage is the pruned model's, ending in this prune (so a recipe
+    # sees the step it ran and resumes it), with the recovery distillation inside that record.
+    distilled = recovered.manifest.lineage[-1]
+    record = dataclasses.replace(pruned.manifest.lineage[-1])
+    record.metrics = {**record.metrics, "recovery": {"teacher": teacher, "before_recovery": str(pruned.path),
+                                                     "config": distilled.config, "metrics": distilled.metrics}}
+    recovered.manifest.lineage = [*pruned.manifest.lineage[:-1], record]
+    atomic_write_text(recovered.path / MANIFEST, recovered.manifest.to_json())
     return recovered
 
 
