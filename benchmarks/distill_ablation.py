@@ -32,6 +32,11 @@ VARIANTS = {
     "kd-2-long+hidden": {"student_layers": 2, "lr": 2e-4, "epochs": 3.0, "hidden_weight": 1.0, "hidden_loss": "mse"},
     "kd-3+hidden": {"student_layers": (0, 2, 4), "hidden_weight": 1.0, "hidden_loss": "mse"},
     "kd-3+boundary": {"student_layers": (0, 2, 4), "boundary_weight": 2.0},
+    # Which two layers, or where they start from? The layers the progressive student ends up with (2 and 4),
+    # copied straight from the teacher; then progressive: the kd-3 student minus its least important layer
+    # (first-order Taylor, `toolchain prune --layers 1`), distilled again from the teacher.
+    "kd-2-layers24-long": {"student_layers": (2, 4), "lr": 2e-4, "epochs": 3.0},
+    "kd-2-progressive": {"from": "kd-3", "drop_layers": 1, "lr": 2e-4, "epochs": 3.0},
 }
 
 
@@ -87,7 +92,10 @@ def variant_row(name: str, args) -> dict:
         shared = {"data": args.data, "epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size,
                   "lr": args.lr, "temperature": 2.0, "alpha": 0.5, "device": args.device,
                   "max_train_examples": args.max_train_examples}
-        cfg = DistillConfig(**(shared | VARIANTS[name]))
+        spec = dict(VARIANTS[name])
+        if "from" in spec:  # progressive: start from an earlier variant's student with layers removed
+            spec["student"] = str(smaller_student(spec.pop("from"), spec.pop("drop_layers"), args))
+        cfg = DistillConfig(**(shared | spec))
         print(f"== {name}: distilling", file=sys.stderr, flush=True)
         with contextlib.redirect_stdout(sys.stderr):  # Trainer's log lines; stdout carries the table
             distill(args.teacher, cfg, out, force=True)
@@ -102,6 +110,21 @@ def variant_row(name: str, args) -> dict:
             "lr": used["lr"], "hidden_weight": used.get("hidden_weight"), "boundary_weight": used.get("boundary_weight"),
             "params_m": round(m["student"]["params"] / 1e6, 2), "final_losses": t["losses_by_epoch"][-1],
             "device": t["device"], "precision": t["precision"], **size(out)}
+
+
+def smaller_student(source: str, layers: int, args) -> Path:
+    """`source`'s student (trained first if needed) with its `layers` least important layers removed."""
+    from toolchain.artifact import Artifact
+    from toolchain.prune import PruneConfig, prune
+
+    out = args.out / f"{source}-drop{layers}"
+    if args.fresh or not Artifact.is_artifact(out):
+        if not Artifact.is_artifact(args.out / source):
+            variant_row(source, args)
+        cfg = PruneConfig(layers=layers, importance="taylor", samples=64, max_length=args.max_length, data=args.data)
+        with contextlib.redirect_stdout(sys.stderr):
+            prune(args.out / source, cfg, out, force=True)
+    return out
 
 
 def size(path) -> dict:
