@@ -100,6 +100,10 @@ def test_attention_shape_from_config_and_pruned_heads():
     assert attention_shape({"n_head": 4, "n_embd": 32}, cfg) == (4, 32)
     # Pruned layers keep different head counts: the optimizer must read them from the graph.
     assert attention_shape({"num_attention_heads": 12, "hidden_size": 384, "pruned_heads": {"0": [1, 2]}}, cfg) == (0, 0)
+    shapes = {"num_heads": [6, 6, 6], "intermediate_size": [768] * 3}  # toolchain prune's record: detect per layer
+    assert attention_shape({"num_attention_heads": 12, "hidden_size": 384, "toolchain_shapes": shapes}, cfg) == (0, 0)
+    shapes = {"num_heads": [12, 12, 12], "intermediate_size": [768] * 3}  # FFN-only pruning: heads as configured
+    assert attention_shape({"num_attention_heads": 12, "hidden_size": 384, "toolchain_shapes": shapes}, cfg) == (12, 384)
     assert attention_shape({"num_attention_heads": 12, "hidden_size": 384}, OptimizeConfig(num_heads=6)) == (6, 384)
 
 

@@ -126,6 +126,9 @@ def attention_shape(config: dict, cfg: OptimizeConfig) -> tuple[int, int]:
     which pruned models need: their layers keep different numbers of heads."""
     if config.get("pruned_heads") and any(config["pruned_heads"].values()):
         return cfg.num_heads or 0, cfg.hidden_size or 0
+    kept = (config.get("toolchain_shapes") or {}).get("num_heads")  # toolchain prune's per-layer head counts
+    if kept and any(h != config.get("num_attention_heads", config.get("n_head")) for h in kept):
+        return cfg.num_heads or 0, cfg.hidden_size or 0
     heads = config.get("num_attention_heads", config.get("n_head", 0))
     hidden = config.get("hidden_size", config.get("n_embd", config.get("dim", 0)))
     return (cfg.num_heads if cfg.num_heads is not None else heads,
