@@ -184,8 +184,14 @@ def test_signal_in_a_command_unwinds_it_like_an_interrupt(sig, tmp_path, capsys)
             time.sleep(30)  # the handler interrupts this long before it ends
 
     handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as exit_info:
-        stage()
+    # A shell starts background jobs with SIGINT ignored (and Python keeps SIG_IGN): give the test the
+    # disposition an interactive run has, which is what the CLI is meant to unwind.
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            stage()
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
     assert exit_info.value.code == 128 + sig
     assert "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [], "the partial folder was removed on the way out"
