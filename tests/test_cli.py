@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,18 @@ def test_help_does_not_import_torch():
     code = "import sys; from toolchain.cli import main; assert 'torch' not in sys.modules; print('lean')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "lean"
+
+
+def test_a_busy_machine_gets_sleeping_openmp_threads_before_torch_loads(monkeypatch):
+    import sys
+
+    from toolchain import cli
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "unset-by-test")
+    monkeypatch.delenv("OMP_WAIT_POLICY")  # registered, so the test's change is undone afterwards
+    monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
+    cli.calm_openmp()  # torch is loaded in this process: too late to matter, so it leaves the variable alone
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `toolchain ...` process
+    cli.calm_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
