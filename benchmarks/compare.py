@@ -1,6 +1,6 @@
 """The toolchain against what users would pick instead: one teacher, one test split, one machine, one run.
 
-    python benchmarks/compare.py                          # ~25 min on 2 cores; writes benchmarks/results/
+    python benchmarks/compare.py                          # 3-4 min on 2 cores when runs/minilm exists; writes benchmarks/results/
     python benchmarks/compare.py --quick                  # smoke test: subsets, few runs, a few minutes
     python benchmarks/compare.py --run runs/minilm --readme README.md   # and put the table in the README
 
