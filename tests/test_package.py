@@ -83,6 +83,14 @@ def test_verify_fails_when_the_model_no_longer_gives_the_packaged_outputs(bundle
     assert "smoke inference failed: model.onnx differs from the packaged reference by 0.5" in r.output
 
 
+def test_predict_py_opens_its_session_as_the_toolchain_does(bundle):
+    # predict.py cannot import the toolchain, so it spells out the CPU session settings: they must not drift.
+    from toolchain.runtime import CPU_DISABLED_OPTIMIZERS
+
+    source = (bundle / "predict.py").read_text()
+    assert CPU_DISABLED_OPTIMIZERS and all(f'disabled_optimizers=["{name}"]' in source for name in CPU_DISABLED_OPTIMIZERS)
+
+
 def test_predict_py_runs_standalone_in_a_subprocess(bundle, tmp_path):
     """predict.py with the venv's python, torch, transformers and toolchain made unimportable."""
     info = json.loads((bundle / BUNDLE_FILE).read_text())

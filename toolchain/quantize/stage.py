@@ -207,15 +207,10 @@ def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
     return chosen
 
 
-def _is_pattern(name: str) -> bool:
-    return any(c in name for c in "*?[")
-
-
 def _excluded(model, cfg: QuantizeConfig, job: _Job) -> dict[str, str]:
     names = [n.name for n in model.graph.node]
     # A name or a glob pattern ('*/mlp/down_proj/*'): a 30-layer LM should not need 30 flags.
-    matched = {pat: fnmatch.filter(names, pat) if _is_pattern(pat) else [pat] * (pat in names)
-               for pat in cfg.exclude_nodes}
+    matched = {pat: fnmatch.filter(names, pat) for pat in cfg.exclude_nodes}  # a plain name matches itself
     unknown = [pat for pat, hits in matched.items() if not hits]
     if unknown:
         _warn(job.warnings, f"excluded node(s) not in the graph: {', '.join(unknown[:5])}")
