@@ -78,3 +78,41 @@ def test_label_mapping_is_saved_in_the_model_config(tiny, tmp_path):
     config = json.loads((cfg.path / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert config["label2id"] == {"negative": 0, "positive": 1}
+
+
+@pytest.mark.parametrize("flag, expected", [(None, True), ("--no-group-by-length", False)])
+def test_group_by_length_is_on_by_default_and_reaches_the_trainer(tiny, tmp_path, monkeypatch, flag, expected):
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    seen = []
+    real = finetune_module._trainer
+
+    def spy(*args):
+        trainer = real(*args)
+        seen.append(trainer.args.group_by_length)
+        return trainer
+
+    monkeypatch.setattr(finetune_module, "_trainer", spy)
+    args = ["finetune", str(tiny("bert")), str(tmp_path / "out"), "--data", str(_dataset(tmp_path, n=20)),
+            "--epochs", "1", "--batch-size", "16", "--max-length", "16", *([flag] if flag else [])]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert seen == [expected]
+
+
+def test_the_same_seed_gives_the_same_model(tiny, tmp_path):
+    """The new head's init is seeded too (the Trainer seeds only after the model is built)."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "three.csv"  # three labels: the tiny model's 2-label head is replaced by a new one
+    data.write_text("text,label\n" + "".join(f"review {i} {w},{w}\n" for i in range(10) for w in ("good", "bad", "meh")))
+
+    def weights(seed, name):
+        cfg = FinetuneConfig(data=str(data), epochs=1, batch_size=16, max_length=16, seed=seed)
+        return load_file(finetune(tiny("bert"), cfg, tmp_path / name).path / "model.safetensors")
+
+    a, b, c = weights(7, "a"), weights(7, "b"), weights(8, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["classifier.weight"], c["classifier.weight"])
