@@ -36,8 +36,8 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     seed: int = 42
-    # Batches of similar-length reviews pad less: 0.62 vs 1.17 s a step on 1 CPU thread here. Accuracy:
-    # one run without it scored test 0.8237 / validation 0.8494 where the same seed with it scored 0.8221 / 0.8502.
+    # Batches of similar-length reviews pad less: 0.62 vs 1.17 s a step on 1 CPU thread here, and validation
+    # accuracy the same within a review (benchmarks/results/finetune_seeds.md).
     group_by_length: bool = True
     max_train_samples: int | None = None  # a subset for quick runs and tests
     max_eval_samples: int | None = None
