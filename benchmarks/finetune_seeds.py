@@ -67,7 +67,7 @@ def train(model: str, name: str, seed: int, out: Path, reuse_only: bool = False)
     from toolchain.finetune import FinetuneConfig, finetune
 
     folder = out / f"{name}-s{seed}"
-    if (folder / "manifest.json").exists():
+    if Artifact.is_artifact(folder):
         art = Artifact.load(folder)
         print(f"{folder}: exists, reused", file=sys.stderr)
     elif reuse_only:

@@ -78,8 +78,6 @@ def test_help_does_not_import_torch():
 
 
 def test_a_busy_machine_gets_sleeping_openmp_threads_before_torch_loads(monkeypatch):
-    import sys
-
     from toolchain import cli
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "unset-by-test")

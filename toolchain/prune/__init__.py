@@ -14,8 +14,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -278,7 +277,7 @@ def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path,
     # One stage, one record: the artifact's lineage is the pruned model's, ending in this prune (so a recipe
     # sees the step it ran and resumes it), with the recovery distillation inside that record.
     distilled = recovered.manifest.lineage[-1]
-    record = dataclasses.replace(pruned.manifest.lineage[-1])
+    record = replace(pruned.manifest.lineage[-1])
     record.metrics = {**record.metrics, "recovery": {"teacher": teacher, "before_recovery": str(pruned.path),
                                                      "config": distilled.config, "metrics": distilled.metrics}}
     recovered.manifest.lineage = [*pruned.manifest.lineage[:-1], record]
