@@ -254,6 +254,80 @@ def _out_file(dest: Path, kit: Kit) -> None:
     dest.write_text("a file, not a folder")
 
 
+def _fifo(dest: Path, kit: Kit) -> None:
+    dest.mkdir()
+    os.mkfifo(dest / "data.csv")  # reading it would block until a writer comes: it must be refused unopened
+
+
+def _jsonl(*rows: dict) -> Callable:
+    return _csv("".join(json.dumps(r) + "\n" for r in rows), "data.jsonl")
+
+
+def _labelled(n: int = 40) -> list[dict]:
+    return [{"text": f"the film was {('good', 'bad')[i % 2]} {i}", "label": ("positive", "negative")[i % 2]}
+            for i in range(n)]
+
+
+def _recipe(text: str) -> Callable:
+    def build(dest: Path, kit: Kit) -> None:
+        dest.mkdir()
+        (dest / "recipe.yaml").write_bytes(text.encode() if isinstance(text, str) else text)
+    return build
+
+
+# Nine aliases of nine aliases, nine levels deep: a few hundred bytes that expand to 9**9 values.
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+) + "model: minilm\nsteps: [{stage: export}]\n"
+RECIPE = "model: {model}\nsteps:\n  - {{name: onnx, stage: export}}\n"
+
+
+def _run_reading_itself(dest: Path, kit: Kit) -> None:
+    """A run folder (dest/run) from an earlier run, and a recipe whose model is that run's own output."""
+    kit.bert(dest / "run" / "teacher")
+    (dest / "run" / "recipe.json").write_text(json.dumps({"recipe": "r.yaml", "model": "minilm", "steps": []}))
+    (dest / "recipe.yaml").write_text(RECIPE.format(model=dest / "run" / "teacher"))
+
+
+def _recipe_for_bert(dest: Path, kit: Kit) -> None:
+    kit.bert(dest / "model")
+    (dest / "recipe.yaml").write_text(RECIPE.format(model=dest / "model"))
+
+
+def _report_folder(edit: Callable[[Path], None] | None = None) -> Callable:
+    def build(dest: Path, kit: Kit) -> None:
+        kit.onnx(dest / "onnx")
+        if edit:
+            edit(dest)
+    return build
+
+
+def _bench_json(rows) -> Callable:
+    return _csv(json.dumps({"rows": rows, "machine": {}}), "bench.json")
+
+
+def _bundle_then(edit: Callable[[Path], None]) -> Callable:
+    def build(dest: Path, kit: Kit) -> None:
+        from toolchain.package import PackageConfig, package
+
+        package(kit.tiny_onnx("bert").path, PackageConfig(ort_format=False, mobile_check=False), dest)
+        edit(dest)
+        rehash(dest)
+    return build
+
+
+def _no_smoke(dest: Path) -> None:
+    info = json.loads((dest / "bundle.json").read_text())
+    del info["smoke"]
+    (dest / "bundle.json").write_text(json.dumps(info))
+
+
+def _manifest_link(dest: Path) -> None:
+    (dest.parent / "elsewhere.json").write_text((dest / MANIFEST).read_text())
+    (dest / MANIFEST).unlink()
+    os.symlink(dest.parent / "elsewhere.json", dest / MANIFEST)
+
+
 # Data situations are folders holding one file; a row names the file as {name}/data.csv (see DATA_FILE).
 SITUATIONS: dict[str, Situation] = {
     "missing": Situation("a path that does not exist", _nothing),
@@ -323,10 +397,46 @@ SITUATIONS: dict[str, Situation] = {
     "out_artifact": Situation("an output folder that already holds an artifact", lambda d, k: k.torch_artifact(d)),
     "out_files": Situation("an output folder holding a user's own files", _out_with_files),
     "out_file": Situation("an output path that is a file", _out_file),
+    "data_fifo": Situation("a FIFO (named pipe) where the data file should be", _fifo),
+    "data_null_label": Situation("a JSONL file where one row has `label: null`",
+                                 _jsonl(*_labelled(), {"text": "so so", "label": None})),
+    "data_no_label": Situation("a JSONL file where one row has no label key", _jsonl(*_labelled(), {"text": "so so"})),
+    "data_mixed_labels": Situation("a JSONL file whose labels mix 1, \"1\" and true",
+                                   _jsonl(*[{"text": f"film {i}", "label": (1, "1", True, 0)[i % 4]} for i in range(40)])),
+    "data_short_row": Situation("a CSV whose last row has no label field", _csv(_rows() + "a row cut short\n")),
+    "data_bom_sentiment": Situation("a CSV saved with a byte-order mark (header text,label)",
+                                    _csv(b"\xef\xbb\xbf" + _rows().encode())),
+    "data_dir": Situation("a folder where the data file should be", lambda d, k: (d.mkdir(), (d / "data.csv").mkdir())),
+    "data_lm_csv": Situation("a CSV given as a language model's plain text", _csv(_rows())),
+    "gpt2": Situation("a valid tiny GPT-2 folder", lambda d, k: shutil.copytree(k.tiny("gpt2"), d)),
+    "huge_layers": Situation("config.json claims 200,000 layers; the weights hold 2",
+                             _bert_then(lambda d: _edit_json(d / "config.json", num_hidden_layers=200_000))),
+    "huge_hidden": Situation("config.json claims hidden_size 10,000,000", _bert_then(
+        lambda d: _edit_json(d / "config.json", hidden_size=10_000_000))),
+    "no_tokenizer": Situation("the BERT folder without any tokenizer file", _bert_then(
+        lambda d: [p.unlink() for p in list(d.iterdir()) if p.name.startswith(("tokenizer", "vocab", "special"))])),
+    "manifest_link": Situation("manifest.json is a symlink to a file outside the artifact",
+                               _onnx_then(_manifest_link, False)),
+    "recipe_bomb": Situation("a recipe of nested YAML aliases (a billion laughs)", _recipe(ALIAS_BOMB)),
+    "recipe_recursive": Situation("a recipe with a recursive YAML alias", _recipe("a: &a [*a]\nmodel: minilm\n")),
+    "recipe_latin1": Situation("a recipe with Latin-1 bytes", _recipe(b"model: caf\xe9\nsteps: []\n")),
+    "recipe": Situation("a valid recipe (the tiny BERT, one export step)", _recipe_for_bert),
+    "run_self": Situation("a run folder (run/) and a recipe whose model is run/teacher", _run_reading_itself),
+    "run_bad_plan": Situation("a run folder whose recipe.json is not JSON", _report_folder(
+        lambda d: (d / "recipe.json").write_text("{not json"))),
+    "report_dir": Situation("a folder holding one ONNX artifact", _report_folder()),
+    "report_user_md": Situation("a folder holding one ONNX artifact and the user's own report.md", _report_folder(
+        lambda d: (d / "report.md").write_text("# my notes\n"))),
+    "bench_bad_rows": Situation("a bench JSON file whose rows are numbers", _bench_json([1, 2])),
+    "bundle_no_smoke": Situation("an edge bundle whose bundle.json lost its smoke section (hashes updated)",
+                                 _bundle_then(_no_smoke)),
+    "bundle_trunc": Situation("an edge bundle with model.onnx truncated (hashes updated)",
+                              _bundle_then(lambda d: _truncate(d / "model.onnx"))),
 }
 
 # A data situation is used as a file inside its folder.
-DATA_FILE = {"data_bad_jsonl": "data.jsonl", "data_xlsx": "data.xlsx"}
+DATA_FILE = {"data_bad_jsonl": "data.jsonl", "data_xlsx": "data.xlsx", "data_null_label": "data.jsonl",
+             "data_no_label": "data.jsonl", "data_mixed_labels": "data.jsonl"}
 
 ROWS: list[Row] = [
     # export MODEL OUT
@@ -494,6 +604,80 @@ ROWS: list[Row] = [
     Row("verify {manifest_not_json}", "manifest.json is not JSON", 9, "is not valid JSON", "re-run the stage"),
     Row("verify {manifest_escape}", "manifest lists a file outside the folder", 9, "outside its folder",
         "do not use this artifact"),
+    # issue 16: outputs inside inputs, inputs that hang or blow up, values of the wrong kind, damaged caches
+    Row("quantize {onnx_art} {onnx_art}/int8", "output inside the input", 6, "is inside the input",
+        "outside the input"),
+    Row("quantize {onnx_art} {onnx_art} --force", "output is the input, with --force", 6, "is inside the input",
+        "outside the input"),
+    Row("export {bert} {bert}/onnx", "export into the model folder", 6, "is inside the input", "outside the input"),
+    Row("optimize {onnx_art} {onnx_art}/opt", "optimize into the input artifact", 6, "is inside the input",
+        "outside the input"),
+    Row("package {onnx_art} {onnx_art}/bundle", "package into the input artifact", 6, "is inside the input",
+        "outside the input"),
+    Row("finetune {bert} {data} --data {data}", "output path is the data file", 6, "is inside the input",
+        "outside the input"),
+    Row("optimize {report_dir}/onnx {report_dir} --force", "output folder holds the input artifact", 6,
+        "is inside the output", "does not hold the input"),
+    Row("finetune {bert} {out} --data {data_fifo}", "data is a FIFO (would hang)", 5, "is a FIFO", "regular data file"),
+    Row("finetune {bert} {out} --data {data_dir}", "data is a folder", 5, "is a folder", "regular data file"),
+    Row("finetune {bert} {out} --data {data_null_label}", "JSONL row with label null", 5, "row 41 has no 'label'",
+        "give every row a label"),
+    Row("finetune {bert} {out} --data {data_no_label}", "JSONL row without its label", 5, "row 41 has no 'label'",
+        "give every row a label"),
+    Row("finetune {bert} {out} --data {data_mixed_labels}", "labels mix 1, \"1\" and true", 5, "mixes label types",
+        "the same way"),
+    Row("finetune {bert} {out} --data {data_short_row}", "a CSV row cut short (no label)", 5, "row 41 has no 'label'",
+        "give every row a label"),
+    Row("finetune {bert} {out} --data {data_bom_sentiment} --label-column sentiment", "BOM CSV, wrong label column",
+        5, "(columns: text, label)", "--label-column"),
+    Row("finetune {bert} {out} --data {data} --max-train-samples 0", "zero training samples", 8,
+        "max_train_samples must be at least 1", "correct the value"),
+    Row("finetune {bert} {out} --data {data} --max-train-samples -5", "negative training samples", 8,
+        "max_train_samples must be at least 1", "correct the value"),
+    Row("finetune {huge_layers} {out} --data {data}", "config claims 200,000 layers", 4, "gives 200000 layers",
+        "re-save"),
+    Row("export {huge_layers} {out}", "config claims 200,000 layers", 4, "gives 200000 layers", "re-save"),
+    Row("export {huge_hidden} {out}", "config claims a hidden size no weight has", 4, "hidden_size 10000000",
+        "re-save"),
+    Row("export {no_tokenizer} {out}", "model folder without tokenizer files", 4, "has no tokenizer files",
+        "tokenizer.save_pretrained"),
+    Row("quantize {onnx_art} {out} --eval-max-samples -2", "negative evaluation samples", 8,
+        "eval_max_samples must be at least 1", "correct the value"),
+    Row("evaluate {gpt2} --data {data_lm_csv}", "a CSV as a language model's text", 5, "is a table (.csv)",
+        "pass a .txt file"),
+    Row("bench {onnx_art} --seq 100000 --runs 1 --warmup 0 --no-peak --no-store", "sequence longer than the model's positions", 8,
+        "seq 100000 is longer than", "--seq values up to 128"),
+    Row("info {manifest_link}", "manifest.json is a symlink", 9, "is a link", "rebuild the artifact"),
+    Row("verify {manifest_link}", "manifest.json is a symlink", 9, "is a link", "rebuild the artifact"),
+    Row("package {onnx_extdata_up} {out}", "external data outside the artifact", 10, "outside the model's folder",
+        "beside them"),
+    Row("verify {bundle_no_smoke}", "bundle.json without its smoke section, hashes updated", 9, "no smoke section",
+        "rebuild the bundle"),
+    Row("verify {bundle_trunc}", "bundle model.onnx truncated, hashes updated", 4, "not a valid ONNX model",
+        "re-export"),
+    Row("run {recipe_bomb}/recipe.yaml --out {out}", "YAML alias bomb (billion laughs)", 8, "alias bomb",
+        "without nested aliases"),
+    Row("run {recipe_recursive}/recipe.yaml --out {out}", "recursive YAML alias", 8, "refers to its own parent",
+        "instead of the alias"),
+    Row("run {empty} --out {out}", "recipe path is a folder", 8, "is a folder, not a regular recipe file",
+        "regular recipe file"),
+    Row("run {recipe_latin1}/recipe.yaml --out {out}", "recipe not UTF-8", 8, "is not UTF-8 text", "save the recipe"),
+    Row("run {recipe}/recipe.yaml --out {out_file}", "--out is a file", 6, "is a file", "choose a folder"),
+    Row("run {recipe}/recipe.yaml --out {out_artifact}", "--out is an existing artifact", 6,
+        "is an artifact, not a run folder", "new or empty folder"),
+    Row("run {recipe}/recipe.yaml --out {out_files}", "--out holds a user's files", 6,
+        "holds files that no recipe run wrote", "new or empty folder"),
+    Row("run {recipe}/recipe.yaml --out {out_files} --dry-run", "--dry-run, --out holds a user's files", 6,
+        "holds files that no recipe run wrote", "new or empty folder"),
+    Row("run {run_self}/recipe.yaml --out {run_self}/run", "recipe reads its own output as its model", 6,
+        "is inside the run folder", "does not hold the input"),
+    Row("report {run_bad_plan}", "run folder with a corrupt recipe.json", 9, "is not a run plan",
+        "run the recipe into this folder again"),
+    Row("report {report_dir} --other {empty}", "--other is a folder", 5, "is a folder", "regular benchmark file"),
+    Row("report {report_dir} --other {bench_bad_rows}/bench.json", "--other rows are not benchmark rows", 5,
+        "row 1 is not a benchmark row", "unedited output"),
+    Row("report {report_user_md}", "the folder holds the user's own report.md", 6,
+        "was not written by toolchain report", "move or rename"),
 ]
 
 # Stage configs as a recipe gives them (toolchain.config.config_from_dict): (stage, config, error fragment).

@@ -119,3 +119,53 @@ def test_hub_dataset_uses_its_validation_split_as_test(monkeypatch):
 def test_unreachable_hub_dataset_is_a_clear_error():
     with pytest.raises(InputNotFound, match="not a built-in dataset"):
         load_classification("no-such-org/no-such-dataset")
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column_by_name(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "text,label\n".encode() + "\n".join(_rows()).encode() + b"\n")
+    data = load_classification(str(path))
+    assert data.label_names == ["neg", "pos"] and sum(data.counts().values()) == 30
+
+
+def test_labels_that_look_like_numbers_but_are_not_stay_text():
+    assert label_names(["--1", "1", "-2"]) == ["--1", "-2", "1"]  # not all integers: sorted as text
+    assert label_names(["-1", "10", "2"]) == ["-1", "2", "10"]
+
+
+@pytest.mark.parametrize("labels, says", [
+    ([1, "1", True], "mixes label types"),
+    (["pos", None], "row 2 has no 'label' value"),
+    (["pos", "  "], "row 2 has no 'label' value"),
+    ([0.5, 1.0], "not a whole number"),
+    ([[1], [0]], "type list"),
+])
+def test_labels_of_mixed_types_or_missing_are_refused(labels, says):
+    from toolchain.data import checked_labels
+
+    with pytest.raises(DataError) as info:
+        checked_labels(labels, "data.jsonl", "label")
+    assert says in info.value.problem and info.value.fix
+
+
+def test_labels_of_one_kind_pass(tmp_path):
+    from toolchain.data import checked_labels
+
+    assert checked_labels([1, 0, 1], "d", "label") == [1, 0, 1]
+    assert checked_labels([True, False], "d", "label") == [True, False]
+
+
+def test_a_fifo_as_data_is_refused_without_opening_it(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "data.csv")
+    with pytest.raises(DataError, match="is a FIFO"):
+        load_classification(str(tmp_path / "data.csv"))  # a read would block forever: this must return
+    with pytest.raises(DataError, match="is a FIFO"):
+        load_text(str(tmp_path / "data.csv"))
+
+
+def test_lm_text_that_is_a_table_is_refused(tmp_path):
+    _csv(tmp_path / "lines.csv", _rows())
+    with pytest.raises(DataError, match="not plain text"):
+        load_text(str(tmp_path / "lines.csv"))

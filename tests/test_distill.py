@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,6 +239,59 @@ def test_distill_classifier_writes_a_checked_artifact_and_reuses_the_cache(tiny,
     assert again["teacher"]["cache_hit"] is True and again["teacher"]["cache_key"] == m["teacher"]["cache_key"]
     longer = distill(str(tiny("bert")), dataclasses.replace(cfg, max_length=12), tmp_path / "s3", progress=False)
     assert _metrics(longer)["teacher"]["cache_key"] != m["teacher"]["cache_key"]
+
+
+def _small_cache(folder):
+    import torch
+
+    rows = lambda examples: [(torch.full((1, 2), float(e["n"])), None) for e in examples]  # noqa: E731
+    return build_cache(folder, rows, [{"n": i} for i in range(5)], batch_size=2, progress=False)
+
+
+def _edit_meta(folder, **changes):
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps(meta | changes))
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "shard elsewhere", "absolute shard", "linked shard",
+                                    "meta not json", "rows do not add up", "other version"])
+def test_a_damaged_teacher_cache_is_never_read(tmp_path, damage):
+    from toolchain.teacher_cache import TeacherCache
+
+    folder = tmp_path / "cache" / "key"
+    cache = _small_cache(folder)
+    assert len(cache) == 5 and TeacherCache.load(folder, examples=5) is not None
+    shard = folder / "shard-00000.safetensors"
+    secret = tmp_path / "elsewhere.safetensors"
+    shutil.copy(shard, secret)
+    if damage == "truncated shard":
+        shard.write_bytes(shard.read_bytes()[:40])
+    elif damage == "shard elsewhere":
+        _edit_meta(folder, shards=["../../elsewhere.safetensors"])
+    elif damage == "absolute shard":
+        _edit_meta(folder, shards=[str(secret)])
+    elif damage == "linked shard":
+        shard.unlink()
+        shard.symlink_to(secret)
+    elif damage == "meta not json":
+        (folder / "meta.json").write_text("{")
+    elif damage == "rows do not add up":
+        _edit_meta(folder, examples=7)
+    else:
+        _edit_meta(folder, version=99)
+    assert TeacherCache.load(folder, examples=5) is None  # not an exception: the caller rebuilds it
+
+
+def test_distill_rebuilds_a_corrupt_teacher_cache(tiny, reviews, tmp_path):
+    cfg = DistillConfig(student_layers=1, data=str(reviews), max_length=16, epochs=1, batch_size=8,
+                        cache_dir=str(tmp_path / "cache"), max_train_examples=16)
+    first = _metrics(distill(str(tiny("bert")), cfg, tmp_path / "s1", progress=False))["teacher"]
+    for shard in Path(first["cache_dir"]).glob("shard-*"):
+        shard.write_bytes(b"\0" * 10)  # every later distillation crashed on this
+    again = _metrics(distill(str(tiny("bert")), cfg, tmp_path / "s2", progress=False))["teacher"]
+    assert again["cache_hit"] is False and again["cache_rebuilt"] is True
+    third = _metrics(distill(str(tiny("bert")), cfg, tmp_path / "s3", progress=False))["teacher"]
+    assert third["cache_hit"] is True
 
 
 def test_tiny_distillation_lowers_the_kd_loss(sharp_teacher, reviews, tmp_path):

@@ -41,7 +41,7 @@ def test_finetune_lowers_the_loss_and_records_metrics(tiny, tmp_path):
     assert art.manifest.lineage[-1].stage == "finetune"
     assert {"evaluate/reviews.csv/validation", "evaluate/reviews.csv/test"} <= set(art.manifest.results)
     assert art.verify() == []
-    assert not list(tmp_path.glob(".out.checkpoints-*")), "checkpoints are removed once the artifact is written"
+    assert not list(tmp_path.glob(".out.checkpoints*")), "checkpoints are removed once the artifact is written"
 
 
 def test_finetune_resumes_from_its_checkpoints_after_a_crash(tiny, tmp_path, monkeypatch):
@@ -56,13 +56,46 @@ def test_finetune_resumes_from_its_checkpoints_after_a_crash(tiny, tmp_path, mon
     with pytest.raises(OSError):
         finetune(tiny("bert"), cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    assert list(tmp_path.glob(".out.checkpoints-*/checkpoint-*"))
+    assert list(tmp_path.glob(".out.checkpoints/checkpoint-*"))
     monkeypatch.setattr(finetune_module, "write_artifact", real)
     art = finetune(tiny("bert"), cfg, tmp_path / "out")
     assert art.manifest.lineage[-1].metrics["resumed"] is True
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"max_length": 2}, {"learning_rate": -1.0}, {"epoch": 3}])
+@pytest.mark.parametrize("edit", ["same labels", "new labels", "config"])
+def test_finetune_starts_fresh_when_data_or_config_changed_since_the_crash(tiny, tmp_path, monkeypatch, capsys, edit):
+    # Keyed on names only, an edited CSV with the same labels silently resumed training done on the old rows,
+    # and one with other labels crashed every re-run (size mismatch) until the hidden checkpoints were deleted.
+    data = _dataset(tmp_path, n=40)
+    cfg = FinetuneConfig(data=str(data), epochs=2, batch_size=16, max_length=16)
+    real = finetune_module.write_artifact
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(finetune_module, "write_artifact", crash)
+    with pytest.raises(OSError):
+        finetune(tiny("bert"), cfg, tmp_path / "out")
+    assert list(tmp_path.glob(".out.checkpoints/checkpoint-*"))
+    monkeypatch.setattr(finetune_module, "write_artifact", real)
+    if edit == "same labels":
+        data.write_text(data.read_text().replace("the film", "this movie"))
+    elif edit == "new labels":
+        data.write_text(data.read_text() + "".join(f"so so {i},neutral\n" for i in range(10)))
+    else:
+        cfg = FinetuneConfig(data=str(data), epochs=2, batch_size=16, max_length=16, learning_rate=1e-4)
+    capsys.readouterr()
+    art = finetune(tiny("bert"), cfg, tmp_path / "out")
+    metrics = art.manifest.lineage[-1].metrics
+    assert metrics["resumed"] is False
+    changed = "config" if edit == "config" else "data"
+    assert f"the {changed} changed" in metrics["started_fresh_because"]
+    assert f"starting fresh: the {changed} changed" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".out.checkpoints*"))
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"max_length": 2}, {"learning_rate": -1.0}, {"epoch": 3},
+                                 {"max_train_samples": 0}, {"max_eval_samples": -2}])
 def test_bad_finetune_config_is_refused(bad):
     with pytest.raises(RecipeError):
         config_from_dict(FinetuneConfig, bad)

@@ -60,7 +60,7 @@ def _kill_when(proc: subprocess.Popen, seen, sig: int, timeout: float = 600) -> 
 def _complete_checkpoint(folder: Path) -> bool:
     """A checkpoint whose trainer_state.json (the Trainer's last write) parses: one the re-run can resume from.
     Mere existence is not enough: on a loaded machine the kill can land while the file is half-written."""
-    for state in folder.glob(".out.checkpoints-*/checkpoint-*/trainer_state.json"):
+    for state in folder.glob(".out.checkpoints/checkpoint-*/trainer_state.json"):
         try:
             json.loads(state.read_text())
             return True
@@ -110,6 +110,24 @@ def test_finetune_sigkilled_while_writing_leaves_nothing_finished_and_resumes(ti
     assert not out.exists(), "a killed write must not leave a folder that looks finished"
     assert list(tmp_path.glob(".partial-out-*")), "the half-written artifact stays hidden"
     _rerun_resumes(args, out, tmp_path)
+
+
+def test_finetune_killed_then_data_edited_starts_fresh_instead_of_resuming(tiny, tmp_path):
+    out = tmp_path / "out"
+    data = _data(tmp_path)
+    args = _finetune_args(tiny("bert"), data, out)
+    proc = _start(args)
+    _kill_when(proc, lambda: _complete_checkpoint(tmp_path), signal.SIGTERM)
+    proc.communicate(timeout=300)
+    assert _complete_checkpoint(tmp_path)
+    data.write_text(data.read_text().replace("the film was", "this movie is"))  # same labels, other rows
+    done = subprocess.run([sys.executable, "-m", "toolchain", *args], env=ENV, cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "starting fresh: the data changed since the interrupted run" in done.stderr
+    metrics = Artifact.load(out).manifest.lineage[-1].metrics
+    assert metrics["resumed"] is False and "data changed" in metrics["started_fresh_because"]
+    assert not list(tmp_path.glob(".out*"))
 
 
 def test_failed_write_keeps_the_previous_artifact(tiny, tmp_path):

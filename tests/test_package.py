@@ -148,3 +148,28 @@ def test_mobile_readiness_lists_what_falls_back_per_execution_provider(tiny_onnx
     # Dynamic shapes count against NNAPI: fixing them can only let more nodes onto it.
     assert nnapi["if_shapes_fixed"]["supported_nodes"] >= nnapi["supported_nodes"]
     assert all(":" in op and n > 0 for op, n in nnapi["if_shapes_fixed"]["fallback_ops"].items())
+
+
+@pytest.mark.parametrize("id2label", [None, {"0": "LABEL_0", "1": "LABEL_1"}])
+def test_package_of_a_classifier_with_transformers_default_labels_works(tiny, tmp_path, id2label):
+    # Many hub classifiers keep transformers' default labels or save no id2label at all.
+    from toolchain.export import ExportConfig, export
+
+    model = shutil.copytree(tiny("bert"), tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config.pop("label2id", None)
+    config.pop("id2label", None)
+    if id2label is not None:
+        config["id2label"] = id2label
+    (model / "config.json").write_text(json.dumps(config))
+    onnx_art = export(model, ExportConfig(), tmp_path / "onnx")
+    art = package(onnx_art.path, PackageConfig(ort_format=False, mobile_check=False), tmp_path / "bundle")
+    info = json.loads((art.path / BUNDLE_FILE).read_text())
+    width = len(info["smoke"]["logits"][0])
+    expected = [(id2label or {}).get(str(i), f"LABEL_{i}") for i in range(width)]
+    assert info["labels"] == expected
+    assert smoke_test(art.path)["ok"]
+    done = subprocess.run([sys.executable, "predict.py", "a fine film", "--json"], cwd=art.path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["label"] in expected

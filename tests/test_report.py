@@ -109,3 +109,26 @@ def test_recommends_an_onnx_artifact_since_a_bundle_holds_one(tiny, tiny_onnx, t
     report = collect(run)
     assert next(r for r in report.rows if r.name == "torch").pareto  # faster and better, but not shippable
     assert report.recommended.name == "onnx"
+
+
+def test_other_file_names_cannot_break_or_inject_into_the_report(tiny_onnx, tmp_path):
+    run = make_run(tiny_onnx, tmp_path / "run", {"a": (0.85, 10.0), "b": (0.845, 5.0)})
+    other = tmp_path / "x|y<script>alert(1)<.json"
+    other.write_text(json.dumps({"kind": "toolchain.bench", "machine": MACHINE,
+                                 "rows": bench_rows("a", {1: 40.0}) + bench_rows("<b>|z", {1: 1.0})}))
+    r = CliRunner().invoke(main, ["report", str(run), "--other", str(other)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    for name in ("report.md", "report.html"):
+        text = (run / name).read_text()
+        assert "<script>" not in text and "x|y" not in text and "<b>|z" not in text
+    assert "x_y_script_alert_1_" in (run / "report.md").read_text()
+
+
+def test_report_rewrites_its_own_files_but_never_a_users(tiny_onnx, tmp_path):
+    run = make_run(tiny_onnx, tmp_path / "run", {"a": (0.85, 10.0), "b": (0.845, 5.0)})
+    write_report(run, cfg=ReportConfig(original="a"))
+    write_report(run, cfg=ReportConfig(original="a"))  # its own report: replaced
+    (run / "report.html").write_text("<p>my page</p>")
+    r = CliRunner().invoke(main, ["report", str(run)], catch_exceptions=False)
+    assert r.exit_code == 6 and "was not written by toolchain report" in r.output
+    assert (run / "report.html").read_text() == "<p>my page</p>"

@@ -29,6 +29,7 @@ from .errors import BadModel, InputNotFound, IntegrityError, OutputExists, Write
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
+MAX_MANIFEST_BYTES = 64 << 20  # hashes, lineage and results of a few hundred files are kilobytes
 Format = Literal["torch", "onnx"]
 TASKS = ("text-classification", "text-generation", "feature-extraction")
 
@@ -178,6 +179,12 @@ class Artifact:
                 f"{path} is not a toolchain artifact (no {MANIFEST})",
                 "pass a folder written by a toolchain stage, or export the model first",
             )
+        if (path / MANIFEST).is_symlink():  # checked before reading: a link could make it read any file
+            raise IntegrityError(f"{path / MANIFEST} is a link (an artifact holds plain files only)",
+                                 "rebuild the artifact; do not use this one")
+        if (path / MANIFEST).stat().st_size > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{path / MANIFEST} is {(path / MANIFEST).stat().st_size / 1e6:.0f} MB, not a manifest",
+                                 "rebuild the artifact; do not use this one")
         manifest = Manifest.from_json((path / MANIFEST).read_text(errors="replace"), str(path / MANIFEST))
         art = cls(path, manifest)
         if verify:

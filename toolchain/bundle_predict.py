@@ -66,7 +66,7 @@ class Predictor:
         logits = self.run(self.encode(texts))["logits"].astype(np.float64)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
-        labels = self.info["labels"]
+        labels = self.info.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[-1])]
         return [{"text": t, "label": labels[int(p.argmax())], "probabilities": dict(zip(labels, map(float, p))),
                  "logits": [float(v) for v in row]} for t, p, row in zip(texts, probs, logits)]
 

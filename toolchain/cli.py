@@ -15,7 +15,7 @@ import threading
 import click
 
 from . import __version__
-from .errors import ToolchainError
+from .errors import INTERNAL_ERROR_EXIT, ToolchainError, from_exception
 
 
 def reports_errors(fn):
@@ -31,10 +31,18 @@ def reports_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ToolchainError as exc:
-            click.secho(f"error: {exc.problem}", fg="red", err=True)
-            if exc.fix:
-                click.echo(f"  fix: {exc.fix}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(exc)
+        except click.ClickException:
+            raise  # usage errors: click prints them with the command's help hint
+        except Exception as exc:  # noqa: BLE001  every error is one line: a disk full anywhere, or a bug
+            if os.environ.get("TOOLCHAIN_DEBUG"):
+                raise
+            known = from_exception(exc)
+            if known is not None:
+                _fail(known)
+            _fail(ToolchainError(f"internal error: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
+                                 "this is a bug in toolchain: run again with TOOLCHAIN_DEBUG=1 and report the traceback"),
+                  INTERNAL_ERROR_EXIT)
         except KeyboardInterrupt as exc:
             signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
             click.echo(f"interrupted ({signal.Signals(signum).name}): no new artifact was written; "
@@ -46,6 +54,13 @@ def reports_errors(fn):
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _fail(exc: ToolchainError, code: int | None = None):
+    click.secho(f"error: {exc.problem}", fg="red", err=True)
+    if exc.fix:
+        click.echo(f"  fix: {exc.fix}", err=True)
+    sys.exit(code or exc.exit_code)
 
 
 def _terminate_like_interrupt():
@@ -682,11 +697,13 @@ def run_recipe(recipe, out, dry_run, force, quick, as_json):
     A step whose input and config are unchanged since it was built is skipped, so an interrupted run
     resumes where it stopped. Recipes for the built-in models are in models/.
     """
-    from .recipe import load_recipe, plan, run
+    from .guard import output_lock
+    from .recipe import check_run_folder, load_recipe, plan, run
     from .report import as_dict, summary, table, write_report
 
     r = load_recipe(recipe, quick=quick)
     if dry_run:
+        check_run_folder(r, out)
         decisions = plan(r, out, force=force)
         rows = [[i, d.step.name, d.step.stage, ", ".join(d.step.inputs), "run" if d.run else "skip", d.reason]
                 for i, d in enumerate(decisions, 1)]
@@ -697,8 +714,9 @@ def run_recipe(recipe, out, dry_run, force, quick, as_json):
              f"{sum(d.run for d in decisions)} to run, {sum(not d.run for d in decisions)} to skip\n"
              + format_table(rows, ["#", "step", "stage", "input", "action", "why"]))
         return
-    steps = run(r, out, force=force, echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
-    report = write_report(out)
+    with output_lock(out):  # the report too: another run must not write the folder in between
+        steps = run(r, out, force=force, echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+        report = write_report(out)
     rows, headers = table(report)
     emit({"steps": steps, "report": as_dict(report)}, as_json,
          "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + _where(report))

@@ -11,6 +11,7 @@ import bz2
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import assets
 from .errors import DataError, InputNotFound, MissingPackage
+from .guard import regular_file
 
 SPLITS = ("train", "validation", "test")
 SEED = 42  # the split seed: fixed so every machine sees the same test set
@@ -92,6 +94,21 @@ def load_classification(spec: DataSpec | str) -> ClassificationData:
     return _from_hub(spec)
 
 
+def data_fingerprint(source: str) -> str:
+    """What `source` holds, for telling a changed dataset from the same one: a local file's sha256, else its name
+    (built-ins change only with their package version; hub datasets are versioned by the hub)."""
+    import hashlib
+
+    path = Path(source).expanduser()
+    if source in ("rotten-tomatoes", "hamlet") or not path.is_file():
+        return f"name:{source}"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
+
+
 def _rotten_tomatoes() -> tuple[list[str], list[str]]:
     path = assets.asset_file("rotten-tomatoes")
     texts, labels, seen = [], [], set()
@@ -108,12 +125,14 @@ def _rotten_tomatoes() -> tuple[list[str], list[str]]:
 def read_rows(path: Path) -> list[dict]:
     """Rows of a CSV, JSONL or Parquet file as dicts; bad encoding and empty files are DataErrors."""
     suffix = path.suffix.lower()
+    regular_file(path, DataError, "data file")  # a FIFO or device would block the read forever
     try:
         if suffix in (".csv", ".tsv"):
-            with open(path, encoding="utf-8", newline="") as f:
+            # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would prefix the first column name
+            with open(path, encoding="utf-8-sig", newline="") as f:
                 rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
         elif suffix in (".jsonl", ".json"):
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 rows = [_json_line(line, path, i) for i, line in enumerate(f, 1) if line.strip()]
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -147,10 +166,36 @@ def _from_rows(spec: DataSpec, name: str, rows: list[dict]) -> ClassificationDat
             f"{name} has no column {missing[0]!r} (columns: {', '.join(map(str, rows[0]))})",
             "name the right columns with --text-column / --label-column / --pair-column",
         )
-    texts = [_text(r[spec.text_column], name, i) for i, r in enumerate(rows)]
-    pairs = [_text(r[spec.pair_column], name, i) for i, r in enumerate(rows)] if spec.pair_column else None
-    labels = [r[spec.label_column] for r in rows]
+    texts = [_text(r.get(spec.text_column), name, i) for i, r in enumerate(rows)]
+    pairs = [_text(r.get(spec.pair_column), name, i) for i, r in enumerate(rows)] if spec.pair_column else None
+    labels = checked_labels([r.get(spec.label_column) for r in rows], name, spec.label_column)
     return _split(name, texts, pairs, labels, label_names(labels))
+
+
+LABEL_KINDS = {bool: "true/false", int: "a number", float: "a number", str: "text"}
+
+
+def checked_labels(labels: list, name: str, column: str) -> list:
+    """Labels of one kind, none missing: `1`, `"1"` and `true` would otherwise become three classes, and a
+    missing label a class "None"."""
+    kinds: dict[str, object] = {}
+    for i, value in enumerate(labels):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{name}: row {i + 1} has no {column!r} value (a missing label, or a row cut short)",
+                            "give every row a label, or remove that row")
+        kind = LABEL_KINDS.get(type(value))
+        if kind is None:
+            raise DataError(f"{name}: row {i + 1} has a label of type {type(value).__name__} ({str(value)[:40]!r})",
+                            "labels are text or whole numbers")
+        if isinstance(value, float) and not value.is_integer():
+            raise DataError(f"{name}: row {i + 1} has the label {value!r}, not a whole number",
+                            "labels are text or whole numbers (a regression target is not a class)")
+        kinds.setdefault(kind, value)
+    if len(kinds) > 1:
+        seen = ", ".join(f"{v!r} ({k})" for k, v in kinds.items())
+        raise DataError(f"{name}: the {column!r} column mixes label types: {seen}",
+                        "write every label the same way (all text or all numbers)")
+    return labels
 
 
 def _text(value, name: str, row: int) -> str:
@@ -162,7 +207,7 @@ def _text(value, name: str, row: int) -> str:
 def label_names(labels: list) -> list[str]:
     """A stable order for label values: numeric order when all are integers, else sorted text."""
     values = {str(v).strip() for v in labels}
-    if all(v.lstrip("-").isdigit() for v in values):
+    if all(re.fullmatch(r"-?\d+", v) for v in values):
         return sorted(values, key=int)
     return sorted(values)
 
@@ -236,15 +281,24 @@ def load_text(source: str = "hamlet") -> str:
         path = assets.asset_file("hamlet")
     else:
         path = Path(source).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise InputNotFound(f"{source} does not exist", "pass hamlet or a path to a .txt file")
+        _plain_text_file(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not valid UTF-8 (byte {exc.start})", "re-save the file as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path} is empty", "pass a file with text in it")
     return text
+
+
+def _plain_text_file(path: Path) -> None:
+    """A language model's text is one plain file: a table's header and commas would be read as prose."""
+    regular_file(path, DataError, "text file")
+    if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
+        raise DataError(f"{path} is a table ({path.suffix}), not plain text: its header and separators would be "
+                        "scored as text", "pass a .txt file (save the text column as plain text, one passage per line)")
 
 
 def tokenize_split(tokenizer, split: Split, max_length: int) -> list[dict[str, list[int]]]:

@@ -41,6 +41,7 @@ from . import students
 from .artifact import Artifact, prepare_output, write_artifact
 from .config import config_to_dict
 from .errors import BadModel, CheckFailed, DataError, Unsupported
+from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
 LM_VALIDATION_FRACTION = 0.1  # the last tenth of a plain text's windows is held out for perplexity
@@ -150,6 +151,7 @@ class DistillConfig:
 
 
 
+@writes_output("data", "cache_dir", "student")
 def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, *, force: bool = False,
             progress: bool = True) -> Artifact:
     """Distill the teacher `src` (built-in, folder, torch artifact or hub id) into a student artifact at `out`.
@@ -386,15 +388,16 @@ def cached_teacher(cfg: DistillConfig, source: ModelSource, teacher, tokenizer, 
     key = teacher_cache.cache_key(t_hash, data.source, cfg.max_length, data.train, cfg.cache_top_k)
     folder = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else assets.cache_dir() / "teacher-logits") / key[:32]
     started = time.perf_counter()
-    cache = teacher_cache.TeacherCache.load(folder)
+    cache = teacher_cache.TeacherCache.load(folder, examples=len(data.train))
     hit = cache is not None
+    rebuilt = not hit and folder.exists()  # a damaged cache is rebuilt, never trusted
     if cache is None:
         teacher.to(device)
         collate = Collator(tokenizer.pad_token_id, task)
         rows = lambda examples: teacher_rows(teacher, collate, examples, cfg.cache_top_k, device)  # noqa: E731
         cache = teacher_cache.build(folder, rows, data.train, cfg.batch_size * 2, progress)
         teacher.to("cpu")
-    info = {"cache_dir": str(folder), "cache_key": key, "cache_hit": hit,
+    info = {"cache_dir": str(folder), "cache_key": key, "cache_hit": hit, "cache_rebuilt": rebuilt,
             "cache_seconds": round(time.perf_counter() - started, 2)}
     return cache, info
 

@@ -86,3 +86,31 @@ class WriteFailed(ToolchainError):
     """The output could not be written (disk full, no permission): nothing was left that looks finished."""
 
     exit_code = 13
+
+
+# Exit code of an exception the toolchain did not expect: a bug to report, never shown as a traceback
+# unless TOOLCHAIN_DEBUG=1 (os.EX_SOFTWARE, "internal software error").
+INTERNAL_ERROR_EXIT = 70
+
+
+def from_exception(exc: BaseException) -> ToolchainError | None:
+    """The toolchain error an unexpected exception amounts to: a full disk is WriteFailed wherever it
+    happens, a missing file InputNotFound, memory exhausted its own line. None for anything else (a bug)."""
+    import errno
+
+    if isinstance(exc, MemoryError):
+        return ToolchainError("ran out of memory", "use a smaller model, batch size or --max-length, or a bigger machine")
+    if not isinstance(exc, OSError):
+        # Libraries with C++ cores (onnx, onnxruntime, safetensors) report a full disk in their own exception types.
+        text = str(exc)
+        if any(s in text for s in ("No space left on device", "Disk quota exceeded", "File too large")):
+            return WriteFailed(f"could not write: {text.splitlines()[0][:200]}",
+                               "free disk space or fix the folder's permissions, then run the same command again")
+        return None
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM):
+        return WriteFailed(f"could not write: {exc.strerror or exc}{where}",
+                           "free disk space or fix the folder's permissions, then run the same command again")
+    if exc.errno == errno.ENOENT:
+        return InputNotFound(f"{exc.strerror or exc}{where}", "check the path")
+    return ToolchainError(f"{exc.strerror or exc}{where}", "check the path and its permissions")

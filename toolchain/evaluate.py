@@ -170,11 +170,15 @@ def classification_metrics(labels: np.ndarray, pred: np.ndarray, num_labels: int
             "confusion_matrix": cm.tolist(), "n": int(len(labels))}
 
 
+MIN_PERPLEXITY_TOKENS = 16
+
+
 def _perplexity(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
     text = load_text(cfg.data)
     ids = np.array(runner.tokenizer(text)["input_ids"], dtype=np.int64)[: cfg.max_tokens]
-    if len(ids) < 2:
-        raise DataError(f"{cfg.data} has fewer than 2 tokens", "pass a longer text")
+    if len(ids) < MIN_PERPLEXITY_TOKENS:  # a perplexity of one or two scored tokens is noise, not a measurement
+        raise DataError(f"{cfg.data} has {len(ids)} tokens; a perplexity needs at least {MIN_PERPLEXITY_TOKENS}",
+                        "pass a longer text")
     window = min(cfg.window, getattr(runner.config, "max_position_embeddings", cfg.window) or cfg.window)
     nll, count, top1 = strided_nll(runner.logits, ids, window, min(cfg.stride, window))
     result = {"perplexity": float(math.exp(nll / count)), "tokens": int(count), "window": window,

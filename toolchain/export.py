@@ -13,6 +13,7 @@ from . import parity
 from .artifact import TASKS, Artifact, check_output, write_artifact
 from .config import config_to_dict
 from .errors import CheckFailed, Unsupported
+from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
 # Parity tolerances, as optimum's ATOL_FOR_VALIDATION: fp32 graph rewrites move logits by ~1e-6..1e-4;
@@ -42,6 +43,7 @@ class ExportConfig:
             raise ValueError("atol must be positive")
 
 
+@writes_output()
 def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *, force: bool = False) -> Artifact:
     """Export `src` (built-in name, folder, torch artifact or hub id) to an ONNX artifact at `out`.
 

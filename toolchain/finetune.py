@@ -10,16 +10,18 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact, check_output, write_artifact
+from .artifact import Artifact, atomic_write_text, check_output, write_artifact
 from .config import config_to_dict
-from .data import DataSpec, load_classification, tokenize_split
+from .data import DataSpec, data_fingerprint, load_classification, tokenize_split
 from .evaluate import EvaluateConfig, Runner, evaluate, result_key
+from .guard import writes_output
 from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, source_hash
 
 
@@ -49,8 +51,12 @@ class FinetuneConfig:
             raise ValueError("epochs, learning_rate and batch_size must be positive")
         if self.max_length < 8:
             raise ValueError("max_length must be at least 8")
+        for name in ("max_train_samples", "max_eval_samples"):  # 0 or -5 would slice the data, not cap it
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (leave it unset for all examples)")
 
 
+@writes_output("data")
 def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path, *, force: bool = False) -> Artifact:
     """Train a classification head (and the encoder under it) on `cfg.data`; returns a torch artifact.
 
@@ -69,7 +75,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
     model = load_model(source, "text-classification", trust_remote_code=cfg.trust_remote_code,
                        allow_pickle=cfg.allow_pickle, new_head=True, num_labels=len(data.label_names),
                        id2label=data.id2label, label2id=data.label2id)
-    checkpoints = _checkpoint_dir(out, source, cfg)
+    checkpoints, fresh_because = _checkpoint_dir(out, source, cfg)
     started = time.perf_counter()
     trainer = _trainer(model, tokenizer, data, cfg, checkpoints)
     resume = last_complete_checkpoint(checkpoints)
@@ -82,6 +88,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
         trainer.model.eval().save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
         o.record.metrics |= {"train_seconds": round(train_seconds, 1), "resumed": resume is not None,
+                             "started_fresh_because": fresh_because,
                              "train_examples": len(trainer.train_dataset),
                              "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name}
         # Scored before the rename, so the artifact appears with its results or not at all.
@@ -113,14 +120,34 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def _checkpoint_dir(out: Path, source: ModelSource, cfg: FinetuneConfig) -> Path:
-    """Checkpoints live beside `out`, keyed by source and config, so only the same run resumes from them."""
-    key = hashlib.sha256(json.dumps([source.spec, config_to_dict(cfg)], sort_keys=True).encode()).hexdigest()[:12]
-    folder = out.parent / f".{out.name}.checkpoints-{key}"
-    for stale in out.parent.glob(f".{out.name}.checkpoints-*"):
-        if stale != folder:
-            shutil.rmtree(stale, ignore_errors=True)
-    return folder
+RESUME_KEY = "resume-key.json"  # what the checkpoints beside an output were trained on
+
+
+def _checkpoint_dir(out: Path, source: ModelSource, cfg: FinetuneConfig) -> tuple[Path, str | None]:
+    """The checkpoint folder beside `out`, and why earlier checkpoints there were dropped (None: kept or none).
+
+    Checkpoints resume only the same training: the same model and data by content (a CSV edited after an
+    interrupt is another run, not a continuation) and the same config. Anything else starts fresh.
+    """
+    key = {"model": source_hash(source) or source.spec, "data": data_fingerprint(cfg.data),
+           "config": config_to_dict(cfg)}
+    folder = out.parent / f".{out.name}.checkpoints"
+    for stale in out.parent.glob(f".{out.name}.checkpoints-*"):  # the earlier layout, keyed by names only
+        shutil.rmtree(stale, ignore_errors=True)
+    why = None
+    if folder.exists():
+        try:
+            recorded = json.loads((folder / RESUME_KEY).read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        changed = [k for k in key if not isinstance(recorded, dict) or recorded.get(k) != key[k]]
+        if changed:
+            why = f"the {' and '.join(changed)} changed since the interrupted run"
+            print(f"finetune: not resuming, starting fresh: {why}", file=sys.stderr)
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / RESUME_KEY, json.dumps(key, sort_keys=True, default=str))
+    return folder, why
 
 
 def _trainer(model, tokenizer, data, cfg: FinetuneConfig, checkpoints: Path):

@@ -185,6 +185,8 @@ def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, 
         "feature-extraction": AutoModel,
     }[check_task(task)]
     kwargs = _weights_kwargs(src, allow_pickle)
+    if src.local:
+        check_config_fits_weights(src)  # before anything is allocated: config.json could claim any size
     if src.local and _recorded_shapes(Path(src.location)):
         return _load_reshaped(src, cls, task, kwargs["use_safetensors"], overrides).eval()
     # Shapes are checked below, key by key, so the head may differ while the body may not.
@@ -203,6 +205,70 @@ def load_model(src: ModelSource, task: str, *, trust_remote_code: bool = False, 
         raise BadModel(f"{src.spec} could not be loaded as {task}: {_first_line(exc)}", _shape_fix(exc)) from None
     _check_loaded(src, model, info, task, new_head)
     return model.eval()
+
+
+# Sizes in config.json that a weight of the model has as a dimension (positions are not: RoPE models store none).
+SIZE_FIELDS = ("hidden_size", "n_embd", "d_model", "intermediate_size", "n_inner", "vocab_size")
+LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def check_config_fits_weights(src: ModelSource) -> None:
+    """Refuse a config.json whose layer count or sizes the safetensors weights cannot hold, reading only the
+    weights' headers: a config claiming 200,000 layers would otherwise be allocated (minutes, then no memory)."""
+    folder = Path(src.location)
+    try:
+        config = read_config_json(folder)
+    except (OSError, ValueError, RecursionError):
+        return  # from_pretrained reports an unreadable config with its own error
+    shapes = safetensors_shapes(folder)
+    if not isinstance(config, dict) or not shapes:
+        return
+    fix = "the weights do not match config.json: re-save the model with save_pretrained"
+    layers = {int(m.group(1)) for name in shapes if (m := LAYER_INDEX.search(name))}
+    claimed = next((config[k] for k in LAYER_FIELDS if type(config.get(k)) is int), None)
+    if layers and claimed is not None and not 0 <= claimed <= max(layers) + 1:
+        raise BadModel(f"{src.spec}: config.json gives {claimed} layers; the weights hold {max(layers) + 1}", fix)
+    largest = max((d for shape in shapes.values() for d in shape), default=0)
+    for key in SIZE_FIELDS:
+        value = config.get(key)
+        if type(value) is int and not 0 < value <= largest:
+            raise BadModel(f"{src.spec}: config.json gives {key} {value}; no weight has that size "
+                           f"(the largest dimension is {largest})", fix)
+
+
+def safetensors_shapes(folder: Path) -> dict[str, list[int]] | None:
+    """{tensor name: shape} from the headers of a folder's safetensors files; None when unreadable or absent."""
+    files = [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if not files[0].is_file() and index.is_file():
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        files = [folder / n for n in sorted(names) if isinstance(n, str) and Path(n).name == n]
+    shapes: dict[str, list[int]] = {}
+    for path in files:
+        header = _safetensors_header(path)
+        if header is None:
+            return None
+        shapes |= {k: v["shape"] for k, v in header.items()
+                   if isinstance(v, dict) and isinstance(v.get("shape"), list)
+                   and all(type(d) is int for d in v["shape"])}
+    return shapes
+
+
+def _safetensors_header(path: Path) -> dict | None:
+    """The JSON header of a safetensors file (8 bytes of length, then the header); None when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100 << 20 or size > path.stat().st_size - 8:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def _check_loaded(src: ModelSource, model, info: dict, task: str, new_head: bool) -> None:
@@ -291,9 +357,17 @@ def _match_prefix(model, state: dict) -> dict:
     return state
 
 
+# Any of these is a tokenizer a folder can be loaded with (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(src: ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    if src.local and not any((Path(src.location) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would name its own internals (a None vocab file, a missing attribute) instead
+        raise BadModel(f"{src.spec} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)})",
+                       "save the tokenizer beside the model (tokenizer.save_pretrained)")
     try:
         with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(src.location, trust_remote_code=trust_remote_code)

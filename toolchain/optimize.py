@@ -19,6 +19,7 @@ from . import parity
 from .artifact import Artifact, check_output, write_artifact
 from .config import config_to_dict
 from .errors import BadModel, CheckFailed, Unsupported
+from .guard import writes_output
 
 # Hugging Face model_type -> the optimizer's model type. Decoders with rotary embeddings and RMSNorm
 # (Llama, Mistral, Qwen) use the GPT-2 fusions: they match RMSNorm, SkipRMSNorm and RotaryEmbedding.
@@ -65,6 +66,7 @@ class OptimizeConfig:
             raise ValueError("keep_io_types=False applies to fp16 only")
 
 
+@writes_output()
 def optimize(src: str | Path | Artifact, cfg: OptimizeConfig, out: str | Path, *, force: bool = False) -> Artifact:
     """Fuse the ONNX artifact `src` into `out`, count the fusions, and check it against `src` on real text.
 

@@ -34,6 +34,8 @@ import numpy as np
 from .artifact import Artifact, sha256_file, write_artifact
 from .config import config_to_dict
 from .errors import BadModel, CheckFailed, IntegrityError, Unsupported
+from .guard import writes_output
+from .runtime import check_onnx_file
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_SCHEMA = 1
@@ -70,6 +72,7 @@ class PackageConfig:
             raise ValueError("max_length must be >= 2, generate_tokens >= 1 and atol > 0")
 
 
+@writes_output()
 def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool = False) -> Artifact:
     """Check `src`'s hashes, then write the edge bundle for it at `out`.
 
@@ -108,6 +111,7 @@ def _checked_input(src: str | Path) -> Artifact:
     if art.format != "onnx" or not art.onnx_path.is_file():
         raise Unsupported(f"{src} is a {art.format} artifact; a bundle holds an ONNX model",
                           "export it first (toolchain export), then package the ONNX artifact")
+    check_onnx_file(art.onnx_path)  # the toolchain's own check: external data outside the folder is exit 10
     if not (art.path / "tokenizer.json").is_file():
         raise BadModel(f"{src} has no tokenizer.json; predict.py needs a fast tokenizer",
                        "export from a model with a fast (Rust) tokenizer")
@@ -133,9 +137,8 @@ def describe(folder: Path, art: Artifact, cfg: PackageConfig) -> dict:
     opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     tok = load_tokenizer(ModelSource(str(folder), str(folder), local=True))
-    labels = ([config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-              if art.task == "text-classification" and config.get("id2label") else None)
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    labels = class_labels(config, session) if art.task == "text-classification" else None
     return {
         "format": "toolchain.bundle", "schema_version": BUNDLE_SCHEMA, "task": art.task,
         "model_type": art.manifest.model_type, "labels": labels, "max_length": cfg.max_length,
@@ -149,6 +152,18 @@ def describe(folder: Path, art: Artifact, cfg: PackageConfig) -> dict:
                    "lineage": [{"stage": r.stage, "config": r.config} for r in art.manifest.lineage]},
         **measured(art),
     }
+
+
+def class_labels(config: dict, session) -> list[str]:
+    """One name per logit: config.json's id2label where it has one, transformers' LABEL_<i> where not.
+
+    Many hub classifiers keep transformers' default labels, or save no id2label at all.
+    """
+    id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
+    logits = next((o for o in session.get_outputs() if o.name == "logits"), None)
+    width = logits.shape[-1] if logits is not None and logits.shape else None
+    n = width if isinstance(width, int) else config.get("num_labels") or len(id2label) or 2
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
 
 
 def _signature(values) -> list[dict]:
@@ -340,17 +355,35 @@ def smoke_test(bundle: str | Path, verify_hashes: bool = True) -> dict:
         problems = Artifact.load(bundle).verify()
         if problems:
             raise IntegrityError(f"{bundle}: {problems[0]}", "rebuild the bundle; do not ship it")
-    if not (bundle / BUNDLE_FILE).is_file():
-        raise BadModel(f"{bundle} is not a bundle (no {BUNDLE_FILE})", "make one with toolchain package")
-    info = json.loads((bundle / BUNDLE_FILE).read_text())
+    info = _bundle_info(bundle)
     smoke, models = info["smoke"], {}
+    check_onnx_file(bundle / "model.onnx")  # before ONNX Runtime opens it: external data stays in the bundle
     for name in ("model.onnx", "model.ort"):
         if (bundle / name).is_file():
-            models[name] = _smoke_one(bundle_predict.Predictor(bundle, name, threads=1), info["task"], smoke)
+            try:
+                models[name] = _smoke_one(bundle_predict.Predictor(bundle, name, threads=1), info["task"], smoke)
+            except Exception as exc:  # noqa: BLE001  onnxruntime and tokenizers raise their own types
+                raise BadModel(f"{bundle / name} does not load or run: {(str(exc).splitlines() or [''])[0][:200]}",
+                               "rebuild the bundle with toolchain package; do not ship it") from None
     bad = [(m, d) for m, d in models.items() if not d <= smoke["atol"]]
     problem = (f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})"
                if bad else "")
     return {"ok": not bad, "problem": problem, "models": models, "atol": smoke["atol"]}
+
+
+def _bundle_info(bundle: Path) -> dict:
+    """bundle.json, checked for what the smoke test reads: a damaged one is an IntegrityError, not a KeyError."""
+    if not (bundle / BUNDLE_FILE).is_file():
+        raise BadModel(f"{bundle} is not a bundle (no {BUNDLE_FILE})", "make one with toolchain package")
+    try:
+        info = json.loads((bundle / BUNDLE_FILE).read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        info = None
+    smoke = info.get("smoke") if isinstance(info, dict) else None
+    if not isinstance(smoke, dict) or not {"texts", "atol"} <= set(smoke) or not isinstance(info.get("task"), str):
+        raise IntegrityError(f"{bundle / BUNDLE_FILE} is damaged: no smoke section with texts and atol",
+                             "rebuild the bundle with toolchain package; do not ship it")
+    return info
 
 
 def _smoke_one(p, task: str, smoke: dict) -> float:

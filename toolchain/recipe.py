@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from .artifact import Artifact, atomic_write_text
 from .config import config_from_dict, config_to_dict
-from .errors import CheckFailed, IntegrityError, RecipeError
+from .errors import CheckFailed, IntegrityError, OutputExists, RecipeError
+from .guard import output_lock, refuse_overlap, regular_file
 from .report import ReportConfig
 from .stages import MEASURE, STAGES, TRANSFORM, stage
 
@@ -42,6 +43,11 @@ DATA_KEYS = {"source": "data", "text_column": "text_column", "label_column": "la
              "pair_column": "pair_column"}
 MODEL, RECOMMENDED = "model", "recommended"  # input words that are not step names
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a step name is a folder name
+# A recipe is a page of settings: far larger, or more aliases than a hand-written file has, is an attack
+# ("billion laughs": nested aliases of a few hundred bytes expand to gigabytes) or a wrong file.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_NODES = 100_000  # keys and values once aliases are expanded; models/*.yaml have under 200
+MAX_DEPTH = 50
 
 
 @dataclass(frozen=True)
@@ -97,17 +103,14 @@ def read_yaml(path: Path) -> tuple[Any, _Lines]:
     """The document and the line of every key and list item (composed nodes keep their marks)."""
     import yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        from .errors import InputNotFound
-
-        raise InputNotFound(f"recipe {path} does not exist",
-                            "check the path (recipes for the built-ins are in models/)") from None
+    text = _recipe_text(path)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        _check_aliases(node, path)
         data = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deep to read", "a recipe is a few levels of keys: check the file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
@@ -118,6 +121,54 @@ def read_yaml(path: Path) -> tuple[Any, _Lines]:
     lines: dict[tuple, int] = {}
     _walk(node, (), lines, path)
     return data, _Lines(path, lines)
+
+
+def _recipe_text(path: Path) -> str:
+    """The recipe file's text: a regular UTF-8 file of at most MAX_RECIPE_BYTES."""
+    from .errors import InputNotFound
+
+    if not path.exists() and not path.is_symlink():
+        raise InputNotFound(f"recipe {path} does not exist",
+                            "check the path (recipes for the built-ins are in models/)")
+    regular_file(path, RecipeError, "recipe file (YAML)")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path} is {path.stat().st_size / 1e6:.1f} MB; a recipe is at most "
+                          f"{MAX_RECIPE_BYTES >> 20} MB", "pass the recipe's YAML file (see models/)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path} is not UTF-8 text (byte {exc.start})", "save the recipe as UTF-8 YAML") from None
+
+
+def _check_aliases(node, path: Path) -> None:
+    """Refuse recursive aliases and documents whose aliases expand past MAX_NODES, before anything is built.
+
+    PyYAML shares an aliased object, so loading a "billion laughs" is cheap; walking or copying it is not.
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+
+    def size(item, ancestors: frozenset, depth: int) -> int:
+        if not isinstance(item, (yaml.MappingNode, yaml.SequenceNode)):
+            return 1
+        if id(item) in ancestors:
+            raise RecipeError(f"{path}:{item.start_mark.line + 1}: an alias refers to its own parent (recursive)",
+                              "write the values out instead of the alias")
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"{path}:{item.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep",
+                              "a recipe is a few levels of keys: check the file")
+        if id(item) not in sizes:
+            children = [v for kv in item.value for v in kv] if isinstance(item, yaml.MappingNode) else item.value
+            inner = ancestors | {id(item)}
+            sizes[id(item)] = 1 + sum(size(c, inner, depth + 1) for c in children)
+            if sizes[id(item)] > MAX_NODES:
+                raise RecipeError(f"{path}: its aliases expand to more than {MAX_NODES} values (an alias bomb)",
+                                  "write the recipe without nested aliases")
+        return sizes[id(item)]
+
+    if node is not None:
+        size(node, frozenset(), 0)
 
 
 def _walk(node, at: tuple, lines: dict, path: Path) -> None:
@@ -415,12 +466,47 @@ def _decide_measure(step: Step, out: Path, force: bool) -> Decision:
 # ---------------------------------------------------------------- running
 
 
+def check_run_folder(recipe: Recipe, out: str | Path) -> None:
+    """Refuse an --out that is not new, empty or an earlier run folder, and a recipe that reads inside it.
+
+    A recipe writes recipe.json, report.md and a folder per step: in a folder it did not make, those
+    would replace a user's files; reading its own output as its model, it would compound on each re-run.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"--out {out} is a file", "choose a folder for the run (new or empty)")
+    if out.is_dir() and any(out.iterdir()):
+        if Artifact.is_artifact(out):
+            raise OutputExists(f"--out {out} is an artifact, not a run folder",
+                               "choose a new or empty folder for the run; the artifact can be the recipe's model")
+        if not is_run_folder(out):
+            raise OutputExists(f"--out {out} holds files that no recipe run wrote (no run plan {PLAN_FILE} in it)",
+                               "choose a new or empty folder for the run")
+    reads = [recipe.model, recipe.data.get("data"), *(getattr(s.config, "data", None) for s in recipe.steps)]
+    refuse_overlap(out, reads, what="run folder")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` holds the plan (recipe.json) that `run` writes: the mark of a run folder."""
+    try:
+        plan = json.loads((Path(folder) / PLAN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(plan, dict) and {"recipe", "model", "steps"} <= set(plan) and isinstance(plan["steps"], list)
+
+
 def run(recipe: Recipe, out: str | Path, *, force: bool = False, echo: Callable[[str], None] = print) -> list[dict]:
     """Run the recipe into `out`, skipping what is already done; one progress line per step.
 
     Returns one record per step: name, stage, action (ran / skipped), reason, seconds, path.
     """
     out = Path(out)
+    with output_lock(out):
+        check_run_folder(recipe, out)
+        return _run(recipe, out, force, echo)
+
+
+def _run(recipe: Recipe, out: Path, force: bool, echo: Callable[[str], None]) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN_FILE, json.dumps(recipe.as_dict(), indent=2, default=str) + "\n")
     done, n = [], len(recipe.steps)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifact import Artifact
-from .errors import CheckFailed, DataError, InputNotFound
+from .errors import CheckFailed, DataError, InputNotFound, IntegrityError, OutputExists
 
 LOCAL = "local"  # the machine label of results stored in the manifests here
 WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".bin", ".data", ".onnx_data")
@@ -124,7 +124,18 @@ def _plan(folder: Path) -> dict | None:
     from .recipe import PLAN_FILE
 
     path = folder / PLAN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        plan = None
+    steps = plan.get("steps") if isinstance(plan, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                              and isinstance(s.get("kind"), str) for s in steps):
+        raise IntegrityError(f"{path} is not a run plan (corrupt or edited)",
+                             "run the recipe into this folder again (toolchain run) to rewrite it")
+    return plan
 
 
 def _report_config(plan: dict | None) -> ReportConfig:
@@ -194,7 +205,8 @@ def _local_speed(row: Row, art: Artifact, cfg: ReportConfig, machines: dict) -> 
 def _add_speed(row: Row, machine: str, rows: list[dict], cfg: ReportConfig) -> None:
     """Fold benchmark rows of one artifact into row.speed, per provider."""
     mode = "decode" if row.task == "text-generation" else "forward"
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("mode") == mode and r.get("p50_ms")]
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("mode") == mode and r.get("p50_ms")
+          and isinstance(r.get("workload"), str) and isinstance(r.get("batch"), int)]
     for provider in sorted({r["provider"] for r in ok}):
         mine = [r for r in ok if r["provider"] == provider]
         workload = _workload(mine)
@@ -202,7 +214,7 @@ def _add_speed(row: Row, machine: str, rows: list[dict], cfg: ReportConfig) -> N
         by_batch = {int(r["batch"]): float(r["p50_ms"]) for r in mine}
         pick = min(mine, key=lambda r: (abs(int(r["batch"]) - cfg.batch), int(r["batch"])))
         best = max(mine, key=lambda r: r.get("throughput") or 0)
-        row.speed[(machine, provider)] = Speed(pick["p50_ms"], pick.get("p90_ms"), best.get("throughput"),
+        row.speed[(machine, safe_name(str(provider)))] = Speed(pick["p50_ms"], pick.get("p90_ms"), best.get("throughput"),
                                                best.get("throughput_unit") or "items/s", by_batch)
 
 
@@ -219,15 +231,22 @@ def _workload(rows: list[dict]) -> str:
 def _merge_other(path: Path, rows: list[Row], bundles: list[tuple[str, Path]], cfg: ReportConfig,
                  machines: dict) -> list[str]:
     """Add a `bench --json` file from another machine as column groups '<file stem>/<provider>'."""
+    from .guard import regular_file
+
+    regular_file(path, DataError, "benchmark file (bench --json)")
     try:
         result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputNotFound(f"{path} does not exist", "pass the file `toolchain bench --json` wrote") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise DataError(f"{path} is not JSON", "pass the output of `toolchain bench ... --json`") from None
     if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
         raise DataError(f"{path} is not a benchmark result (no rows)", "pass the output of `toolchain bench --json`")
-    machine = path.stem
+    bad = next((i for i, r in enumerate(result["rows"]) if not _bench_row(r)), None)
+    if bad is not None:
+        raise DataError(f"{path}: row {bad + 1} is not a benchmark row (artifact, provider, batch, seq, times)",
+                        "pass the unedited output of `toolchain bench --json`")
+    if result.get("machine") is not None and not isinstance(result["machine"], dict):
+        raise DataError(f"{path}: its machine record is not a mapping", "pass the unedited output of `toolchain bench --json`")
+    machine = safe_name(path.stem)
     machines[machine] = result.get("machine") or {}
     alias = _bundle_aliases(bundles, rows)
     by_name = {r.name: r for r in rows}
@@ -235,10 +254,26 @@ def _merge_other(path: Path, rows: list[Row], bundles: list[tuple[str, Path]], c
     for label in sorted({r.get("artifact") for r in result["rows"]}):
         target = by_name.get(label) or by_name.get(alias.get(label, ""))
         if target is None:
-            notes.append(f"{path.name}: artifact {label!r} matches no artifact here; its rows were left out")
+            notes.append(f"{safe_name(path.name)}: artifact {safe_name(label)!r} matches no artifact here; its rows were left out")
             continue
         _add_speed(target, machine, [r for r in result["rows"] if r.get("artifact") == label], cfg)
     return notes
+
+
+def safe_name(text: str) -> str:
+    """A file name as it may appear in report.md and report.html: letters, digits and . _ - only, so a name
+    such as `a|b<script>` can neither break the table nor inject markup."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "_"
+
+
+def _bench_row(row) -> bool:
+    from numbers import Real
+
+    return (isinstance(row, dict) and isinstance(row.get("artifact"), str) and isinstance(row.get("provider"), str)
+            and all(row.get(k) is None or (isinstance(row[k], Real) and not isinstance(row[k], bool))
+                    for k in ("batch", "seq", "p50_ms", "p90_ms", "throughput")))
 
 
 def _bundle_aliases(bundles: list[tuple[str, Path]], rows: list[Row]) -> dict[str, str]:
@@ -570,11 +605,40 @@ def write_report(folder: str | Path, others: list[str | Path] = (), cfg: ReportC
 
     report = collect(folder, others, cfg)
     svgs = plots(report)
-    for name, svg in svgs.items():
-        atomic_write_text(report.folder / _plot_file(name), svg)
-    atomic_write_text(report.folder / "report.md", markdown(report, svgs))
-    atomic_write_text(report.folder / "report.html", html(report, svgs))
+    files = {_plot_file(name): _marked_svg(svg) for name, svg in svgs.items()}
+    files |= {"report.md": markdown(report, svgs) + MARK + "\n",
+              "report.html": html(report, svgs).replace("<!doctype html>\n", f"<!doctype html>\n{MARK}\n", 1)}
+    from .recipe import is_run_folder
+
+    run_folder = is_run_folder(report.folder)  # reports written before the mark existed are the run's own
+    for name in files:
+        _refuse_foreign(report.folder / name, run_folder)
+    for name, text in files.items():
+        atomic_write_text(report.folder / name, text)
     return report
+
+
+# The mark of a file `report` wrote: one without it is the user's, and never replaced.
+MARK = "<!-- written by toolchain report; replaced on every run -->"
+
+
+def _marked_svg(svg: str) -> str:
+    head, sep, rest = svg.partition("\n")
+    return f"{head}\n{MARK}\n{rest}" if head.startswith("<?xml") else f"{MARK}\n{svg}"
+
+
+def _refuse_foreign(path: Path, run_folder: bool) -> None:
+    """Refuse to replace a file that is not a report this command wrote (a user's report.md, a link, a folder)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        ours = path.is_file() and not path.is_symlink() and (
+            run_folder or MARK in path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        ours = False
+    if not ours:
+        raise OutputExists(f"{path} exists and was not written by toolchain report",
+                           "move or rename that file, then run the report again")
 
 
 def as_dict(report: Report) -> dict:

@@ -43,23 +43,43 @@ class TeacherCache:
     offsets: list[int]  # rows of example i are offsets[i]:offsets[i+1]
 
     @classmethod
-    def load(cls, folder: Path) -> "TeacherCache | None":
-        """The cache in `folder`, or None when there is no complete one."""
+    def load(cls, folder: Path, examples: int | None = None) -> "TeacherCache | None":
+        """The cache in `folder`, or None when there is no complete, intact one (of `examples` examples).
+
+        A cache is only ever a speed-up, so anything wrong with it (a shard cut short, meta.json edited to
+        name files elsewhere, rows that do not add up) means "no cache": the caller rebuilds it.
+        """
+        try:
+            cache = cls._read(Path(folder))
+        except Exception:  # noqa: BLE001  safetensors, torch and json each raise their own types for damage
+            return None
+        if cache is not None and examples is not None and len(cache) != examples:
+            return None
+        return cache
+
+    @classmethod
+    def _read(cls, folder: Path) -> "TeacherCache | None":
         import torch
         from safetensors.torch import load_file
 
-        meta_path = Path(folder) / "meta.json"
-        if not meta_path.is_file():
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file() or meta_path.is_symlink():
             return None
         meta = json.loads(meta_path.read_text())
-        shards = [load_file(Path(folder) / name) for name in meta["shards"]]
+        names = meta.get("shards") if isinstance(meta, dict) and meta.get("version") == CACHE_VERSION else None
+        if not isinstance(names, list) or not names or not all(_confined(folder, n) for n in names):
+            return None
+        shards = [load_file(folder / name) for name in names]
         values = torch.cat([s["values"] for s in shards])
         index = torch.cat([s["index"] for s in shards]) if "index" in shards[0] else None
         lengths = torch.cat([s["lengths"] for s in shards]).tolist()
         offsets = [0]
         for n in lengths:
             offsets.append(offsets[-1] + n)
-        return cls(Path(folder), values, index, offsets)
+        if offsets[-1] != len(values) or (index is not None and len(index) != len(values)) \
+                or len(lengths) != meta.get("examples") or min(lengths) < 0:
+            return None
+        return cls(folder, values, index, offsets)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -68,6 +88,12 @@ class TeacherCache:
         """(values, index) rows of example i."""
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.values[a:b], (self.index[a:b] if self.index is not None else None)
+
+
+def _confined(folder: Path, name) -> bool:
+    """A shard name from meta.json that is a plain file of this folder: no path, no link, nothing elsewhere."""
+    return (isinstance(name, str) and name == Path(name).name and name.endswith(".safetensors")
+            and not (folder / name).is_symlink() and (folder / name).is_file())
 
 
 def build(folder: Path, teacher_rows, examples: list[dict], batch_size: int, progress: bool = True) -> TeacherCache:
@@ -97,6 +123,8 @@ def build(folder: Path, teacher_rows, examples: list[dict], batch_size: int, pro
                 shards.append(name)
         (tmp / "meta.json").write_text(json.dumps({"version": CACHE_VERSION, "examples": len(examples),
                                                    "shards": shards}, indent=2))
+        if folder.is_symlink():  # never follow a link out of the cache: replace the link itself
+            folder.unlink()
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(tmp, folder)
     finally:

@@ -15,6 +15,7 @@ This module imports neither torch nor onnxruntime: the worker imports this packa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..config import config_to_dict
@@ -75,6 +76,7 @@ def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int
 
     targets = [s if isinstance(s, Target) else resolve_target(s) for s in specs]
     unique_labels(targets)
+    check_lengths(targets, cfg)
     baseline = pick_baseline(targets, specs, cfg.baseline)
     # On a busy machine: 1 thread and sleeping OpenMP barriers, or the figures measure the contention.
     threads, threads_why = pick_threads(cfg.threads, usable_cores())
@@ -100,6 +102,24 @@ def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int
     if cfg.store:
         store(result, targets)
     return result
+
+
+def check_lengths(targets, cfg: BenchConfig) -> None:
+    """Refuse a --seq longer than a model's positions before anything runs (it would only give error rows)."""
+    import json
+
+    if cfg.data:
+        return
+    for t in targets:
+        try:
+            config = json.loads((Path(t.path) / "config.json").read_text())
+        except (OSError, ValueError, TypeError):
+            continue  # the worker reports an unreadable model in its own row
+        limit = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                      if isinstance(config, dict) and isinstance(config.get(k), int)), None)
+        if limit is not None and max(cfg.seq) > limit:
+            raise RecipeError(f"seq {max(cfg.seq)} is longer than {t.label} takes ({limit} positions)",
+                              f"use --seq values up to {limit}")
 
 
 def pick_baseline(targets, specs: list[str], wanted: str | None):

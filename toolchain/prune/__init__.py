@@ -21,6 +21,7 @@ from typing import Literal
 from ..artifact import MANIFEST, TASKS, Artifact, atomic_write_text, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, DataError, Unsupported
+from ..guard import writes_output
 from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 from .unstructured import NO_SPEEDUP, SCOPES
 
@@ -99,6 +100,7 @@ class PruneConfig:
             raise ValueError("layers must be >= 0, and not combined with drop_layers")
 
 
+@writes_output("data")
 def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, force: bool = False) -> Artifact:
     """Prune `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`.
 

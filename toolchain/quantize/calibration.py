@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadModel, CheckFailed, DataError
+from ..errors import BadModel, CheckFailed, DataError, WriteFailed, from_exception
 from .graph import HUGE
 
 MIN_SAMPLES = 8  # fewer and one unusual sentence sets a whole layer's range
@@ -42,6 +42,9 @@ def preprocess(src: Path, dst: Path) -> str:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         return "onnx"
     except Exception as exc:  # noqa: BLE001
+        failed_write = from_exception(exc)
+        if isinstance(failed_write, WriteFailed):  # a full disk is not a bad model: exit 13, as everywhere
+            raise failed_write from None
         raise BadModel(f"quantization pre-processing failed on {src}: {str(exc).splitlines()[0][:200]}",
                        "re-export the model, or quantize the unoptimized export") from None
 

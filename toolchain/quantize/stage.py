@@ -17,6 +17,7 @@ from .. import parity
 from ..artifact import Artifact, check_output, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, Unsupported
+from ..guard import writes_output
 from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
 from . import calibration, graph, loop
 from .presets import PRESETS, detect_preset
@@ -91,6 +92,8 @@ class QuantizeConfig:
             raise ValueError("max_iterations must be >= 1 and rtol positive")
         if self.op_types is not None and not self.op_types:
             raise ValueError("op_types must name at least one op type")
+        if self.eval_max_samples is not None and self.eval_max_samples < 1:
+            raise ValueError("eval_max_samples must be at least 1 (leave it unset for all examples)")
 
     @property
     def budget_limit(self) -> float | None:
@@ -117,6 +120,7 @@ class _Job:
     warnings: list[str] = field(default_factory=list)
 
 
+@writes_output("data")
 def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *, force: bool = False) -> Artifact:
     """Quantize the ONNX artifact `src` to int8 at `out`; with a budget, keep sensitive nodes in float32.
 
