@@ -82,7 +82,8 @@ def output_lock(out: str | Path) -> Iterator[None]:
         _held[name] = depth + 1
     lock = None
     try:
-        if depth == 0:
+        # Under torchrun every rank runs the stage and only rank 0 writes: the others must not contend for the lock.
+        if depth == 0 and os.environ.get("RANK", "0") == "0":
             lock = FileLock(name, timeout=0)
             try:
                 lock.acquire()
