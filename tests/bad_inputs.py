@@ -408,6 +408,8 @@ SITUATIONS: dict[str, Situation] = {
                                     _csv(b"\xef\xbb\xbf" + _rows().encode())),
     "data_dir": Situation("a folder where the data file should be", lambda d, k: (d.mkdir(), (d / "data.csv").mkdir())),
     "data_lm_csv": Situation("a CSV given as a language model's plain text", _csv(_rows())),
+    "data_short_text": Situation("a one-word .txt file as a language model's text", _csv("Hello", "data.txt")),
+    "run_bad_plan_out": Situation("a folder whose recipe.json is not JSON", _csv("{not json", "recipe.json")),
     "gpt2": Situation("a valid tiny GPT-2 folder", lambda d, k: shutil.copytree(k.tiny("gpt2"), d)),
     "huge_layers": Situation("config.json claims 200,000 layers; the weights hold 2",
                              _bert_then(lambda d: _edit_json(d / "config.json", num_hidden_layers=200_000))),
@@ -436,7 +438,7 @@ SITUATIONS: dict[str, Situation] = {
 
 # A data situation is used as a file inside its folder.
 DATA_FILE = {"data_bad_jsonl": "data.jsonl", "data_xlsx": "data.xlsx", "data_null_label": "data.jsonl",
-             "data_no_label": "data.jsonl", "data_mixed_labels": "data.jsonl"}
+             "data_no_label": "data.jsonl", "data_mixed_labels": "data.jsonl", "data_short_text": "data.txt"}
 
 ROWS: list[Row] = [
     # export MODEL OUT
@@ -645,6 +647,10 @@ ROWS: list[Row] = [
         "eval_max_samples must be at least 1", "correct the value"),
     Row("evaluate {gpt2} --data {data_lm_csv}", "a CSV as a language model's text", 5, "is a table (.csv)",
         "pass a .txt file"),
+    Row("evaluate {gpt2} --data {data_short_text}", "a one-word text for perplexity", 5,
+        "a perplexity needs at least 16", "pass a longer text"),
+    Row("bench {onnx_art} --batch 1000000", "batch size beyond any machine", 8, "batch needs values from 1 to 4096",
+        "correct the value"),
     Row("bench {onnx_art} --seq 100000 --runs 1 --warmup 0 --no-peak --no-store", "sequence longer than the model's positions", 8,
         "seq 100000 is longer than", "--seq values up to 128"),
     Row("info {manifest_link}", "manifest.json is a symlink", 9, "is a link", "rebuild the artifact"),
@@ -669,6 +675,8 @@ ROWS: list[Row] = [
         "holds files that no recipe run wrote", "new or empty folder"),
     Row("run {recipe}/recipe.yaml --out {out_files} --dry-run", "--dry-run, --out holds a user's files", 6,
         "holds files that no recipe run wrote", "new or empty folder"),
+    Row("run {recipe}/recipe.yaml --out {run_bad_plan_out}", "--out holds a corrupt recipe.json", 6,
+        "is not a run plan", "delete its recipe.json"),
     Row("run {run_self}/recipe.yaml --out {run_self}/run", "recipe reads its own output as its model", 6,
         "is inside the run folder", "does not hold the input"),
     Row("report {run_bad_plan}", "run folder with a corrupt recipe.json", 9, "is not a run plan",

@@ -479,6 +479,10 @@ def check_run_folder(recipe: Recipe, out: str | Path) -> None:
         if Artifact.is_artifact(out):
             raise OutputExists(f"--out {out} is an artifact, not a run folder",
                                "choose a new or empty folder for the run; the artifact can be the recipe's model")
+        if (out / PLAN_FILE).exists() and not is_run_folder(out):
+            raise OutputExists(f"--out {out} holds a {PLAN_FILE} that is not a run plan (corrupt, or not written "
+                               "by toolchain run)", f"choose a new folder; if it is an earlier run of yours, delete "
+                               f"its {PLAN_FILE} and run again")
         if not is_run_folder(out):
             raise OutputExists(f"--out {out} holds files that no recipe run wrote (no run plan {PLAN_FILE} in it)",
                                "choose a new or empty folder for the run")

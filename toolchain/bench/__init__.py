@@ -52,10 +52,10 @@ class BenchConfig:
             raise ValueError(f"providers must be some of {', '.join(PROVIDERS)}; got {list(self.providers)}")
         if len(set(self.providers)) != len(self.providers):
             raise ValueError("providers are listed twice")
-        for name in ("batch", "seq"):
+        for name, most in (("batch", 4096), ("seq", 65536)):  # beyond these, inputs alone need gigabytes
             values = getattr(self, name)
-            if not values or any(v < 1 for v in values):
-                raise ValueError(f"{name} needs positive values; got {list(values)}")
+            if not values or any(not 1 <= v <= most for v in values):
+                raise ValueError(f"{name} needs values from 1 to {most}; got {list(values)}")
         for name, low in (("runs", 1), ("warmup", 0), ("block", 1), ("decode_tokens", 1), ("max_length", 2)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")
