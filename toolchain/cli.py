@@ -32,8 +32,8 @@ def reports_errors(fn):
             return fn(*args, **kwargs)
         except ToolchainError as exc:
             _fail(exc)
-        except click.ClickException:
-            raise  # usage errors: click prints them with the command's help hint
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: usage errors (printed with the help hint), --help's exit, an aborted prompt
         except Exception as exc:  # noqa: BLE001  every error is one line: a disk full anywhere, or a bug
             if os.environ.get("TOOLCHAIN_DEBUG"):
                 raise

@@ -108,9 +108,12 @@ def from_exception(exc: BaseException) -> ToolchainError | None:
                                "free disk space or fix the folder's permissions, then run the same command again")
         return None
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return WriteFailed(f"could not write: {exc.strerror or exc}{where}",
-                           "free disk space or fix the folder's permissions, then run the same command again")
+                           "free disk space, then run the same command again")
+    if exc.errno in (errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM):  # a read refused this way is rare
+        return WriteFailed(f"could not read or write: {exc.strerror or exc}{where}",
+                           "fix the permissions of that path (or write somewhere writable), then run again")
     if exc.errno == errno.ENOENT:
         return InputNotFound(f"{exc.strerror or exc}{where}", "check the path")
     return ToolchainError(f"{exc.strerror or exc}{where}", "check the path and its permissions")

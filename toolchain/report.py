@@ -608,13 +608,15 @@ def write_report(folder: str | Path, others: list[str | Path] = (), cfg: ReportC
     files = {_plot_file(name): _marked_svg(svg) for name, svg in svgs.items()}
     files |= {"report.md": markdown(report, svgs) + MARK + "\n",
               "report.html": html(report, svgs).replace("<!doctype html>\n", f"<!doctype html>\n{MARK}\n", 1)}
+    from .guard import output_lock
     from .recipe import is_run_folder
 
     run_folder = is_run_folder(report.folder)  # reports written before the mark existed are the run's own
-    for name in files:
-        _refuse_foreign(report.folder / name, run_folder)
-    for name, text in files.items():
-        atomic_write_text(report.folder / name, text)
+    with output_lock(report.folder):  # a `run` writing this folder holds it too (and re-enters it here)
+        for name in files:
+            _refuse_foreign(report.folder / name, run_folder)
+        for name, text in files.items():
+            atomic_write_text(report.folder / name, text)
     return report
 
 
