@@ -250,3 +250,20 @@ def test_a_field_added_later_with_its_default_does_not_rebuild_old_artifacts():
     assert config_change({"mode": "dynamic", "target": "host"}, {"mode": "dynamic"}, defaults) is None
     assert config_change({"mode": "dynamic", "target": "arm64"}, {"mode": "dynamic"}, defaults) == \
         "target: '<unset>' -> 'arm64'"
+
+
+@pytest.mark.parametrize("name", ["x86-avx2", "arm64"])
+def test_cpu_target_bundles_carry_the_targets_int8_format_and_platform(tiny_onnx, tmp_path, monkeypatch, name):
+    monkeypatch.setattr(stage, "detect_preset", lambda: ("avx512_vnni", "test: a VNNI build machine"))
+    tgt = TARGETS[name]
+    int8 = quantize(optimize(tiny_onnx("bert"), OptimizeConfig(target=name), tmp_path / "fused"),
+                    QuantizeConfig(target=name), tmp_path / "int8")
+    bundle = package(int8, PackageConfig(target=name, mobile_check=False), tmp_path / "bundle")
+    info = json.loads((bundle.path / BUNDLE_FILE).read_text())
+    t = info["target"]
+    assert (t["target"], t["preset"], t["ort_platform"], t["max_length"]) == (name, tgt.preset, tgt.ort_platform, None)
+    assert "QAttention" in _ops(bundle.path / "model.onnx")  # CPU targets keep ORT's fused int8 kernels
+    weights = _matmul_weights(onnx.load(bundle.path / "model.onnx"))
+    assert weights and {w.data_type for w in weights} == {ONNX_TYPE[PRESETS[tgt.preset].weight_type]}
+    assert info["onnx"]["inputs"][0]["shape"] == ["batch_size", "sequence_length"]
+    assert f"Built for `{name}`" in (bundle.path / "README.md").read_text()

@@ -484,7 +484,12 @@ def _readme(info: dict, name: str) -> str:
     ort_line = ("- `model.ort` + `required_operators.config`: ORT format for a reduced build "
                 "(`--include_ops_by_config required_operators.config`), onnxruntime >= "
                 f"{info['min_onnxruntime'].get('model.ort')}\n" if "model.ort" in info["min_onnxruntime"] else "")
-    return (f"# {name}: {task} bundle\n\n"
+    t = info.get("target") or {}
+    target = (f"Built for `{t['target']}` ({t['runs_on']}): create the session with "
+              f"{', '.join(f'`{p}`' for p in t['providers'])}"
+              + (f"; inputs are fixed to [1, {t['max_length']}] (one text per call, padded)" if t.get("max_length")
+                 else "") + (f"; int8 preset {t['preset']}" if t.get("preset") else "") + ".\n\n" if t else "")
+    return (f"# {name}: {task} bundle\n\n{target}"
             f"Needs only `pip install onnxruntime tokenizers numpy` (onnxruntime >= "
             f"{info['min_onnxruntime']['model.onnx']} for model.onnx).\n\n    {example}\n\n"
             f"- `model.onnx`: opset {info['onnx']['opsets'].get('ai.onnx')}, IR version {info['onnx']['ir_version']}\n"
