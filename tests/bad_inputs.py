@@ -278,6 +278,8 @@ SITUATIONS: dict[str, Situation] = {
     "torch_art_trunc_stale": Situation("torch artifact, model.safetensors truncated, manifest hashes not updated",
                                        _torch_art_then(lambda d: _truncate(d / "model.safetensors"), rehashed=False)),
     "onnx_art": Situation("a valid ONNX artifact of the tiny BERT", lambda d, k: k.onnx(d)),
+    "lm_onnx": Situation("a valid ONNX artifact of the tiny GPT-2 (causal LM)",
+                         lambda d, k: shutil.copytree(k.tiny_onnx("gpt2").path, d)),
     "onnx_trunc": Situation("ONNX artifact, model.onnx truncated, manifest hashes updated",
                             _onnx_then(lambda d: _truncate(d / "model.onnx"), rehashed=True)),
     "onnx_trunc_stale": Situation("ONNX artifact, model.onnx truncated, manifest hashes not updated",
@@ -485,6 +487,8 @@ ROWS: list[Row] = [
     Row("info {manifest_future}", "manifest of another schema version", 9, "schema version 99", "re-run the stage"),
     Row("info {manifest_types}", "manifest field of the wrong type", 9, "fields of the wrong type", "re-run the stage"),
     # verify PATH
+    Row("package {lm_onnx} {out} --target android-nnapi", "a causal LM for a fixed-shape mobile target", 12,
+        "decodes one token at a time", "CPU target"),
     Row("verify {missing}", "path does not exist", 3, "does not exist", "check the path"),
     Row("verify {empty}", "empty folder", 4, "not a toolchain artifact", "toolchain stage"),
     Row("verify {onnx_trunc_stale}", "truncated model.onnx, stale hash", 9, "changed file model.onnx", "rebuild"),

@@ -81,6 +81,9 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
     >>> package("runs/minilm/int8", PackageConfig(), "runs/minilm/bundle")  # doctest: +SKIP
     """
     art = _checked_input(src.path if isinstance(src, Artifact) else src)
+    if get_target(cfg.target).fixed_shapes and art.task == "text-generation":
+        raise Unsupported(f"target {cfg.target} fixes inputs to [1, max_length]; a causal LM decodes one token at "
+                          "a time with a growing cache", "package causal LMs for a CPU target (arm64, x86-*)")
     with write_artifact(out, stage="package", config=config_to_dict(cfg) | {"source": str(src)}, format="onnx",
                         task=art.task, model_type=art.manifest.model_type, parent=art, force=force) as o:
         tgt = get_target(cfg.target)

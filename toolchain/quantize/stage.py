@@ -18,8 +18,8 @@ from ..artifact import Artifact, check_output, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, Unsupported
 from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
-from . import calibration, graph, loop
 from ..targets import HOST, check_target, target as get_target
+from . import calibration, graph, loop
 from .presets import PRESETS, detect_preset
 
 QType = Literal["quint8", "qint8"]
@@ -180,8 +180,8 @@ def resolve_settings(cfg: QuantizeConfig) -> dict:
             "reduce_range": preset.reduce_range if cfg.reduce_range is None else cfg.reduce_range,
             "per_channel": tgt.per_channel if cfg.per_channel is None else cfg.per_channel,
             "symmetric_activations": cfg.symmetric_activations, "matmul_outputs": static and outputs,
-            # Standard-op targets (NNAPI, CoreML): every op QDQ, none of ORT's integer contrib kernels.
-            "integer_kernels": static and tgt.fusions == "contrib"}
+            # Static int8 for standard-op targets (NNAPI, CoreML): every op QDQ, none of ORT's integer contrib kernels.
+            "integer_kernels": tgt.fusions == "contrib"}
 
 
 def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
