@@ -219,6 +219,7 @@ def test_recipe_target_reaches_every_step_and_the_bundle_ships_what_the_ep_runs(
     assert "NNAPI runs" in output  # the summary names the EP's share of the shipped model
     report = (out / "report.md").read_text()
     assert "android-nnapi EP nodes" in report and "Target: `android-nnapi`" in report
+    assert "ranked by model size, not by CPU latency" in report  # this CPU's timings do not predict an NPU
 
 
 def test_run_target_option_overrides_the_recipe_and_changes_the_plan(nnapi_run):

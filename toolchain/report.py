@@ -325,6 +325,11 @@ def _dominated(r: Row, rows: list[Row], loss, cost) -> bool:
 
 def _cost_fn(report: Report, rows: list[Row]):
     group = report.primary
+    if _mobile(report):
+        report.cost = "size"
+        report.notes.append(f"target {report.target}: ranked by model size, not by CPU latency here, which does not "
+                            "predict the phone's accelerator (int8 is what NPUs run fastest, and what ships smallest)")
+        return lambda r: r.size_mb
     if all(group in r.speed and r.speed[group].p50_ms for r in rows):
         return lambda r: r.speed[group].p50_ms
     report.cost = "size"
