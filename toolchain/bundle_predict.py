@@ -42,11 +42,14 @@ class Predictor:
                                             disabled_optimizers=["SkipLayerNormFusion"])
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
+        # Mobile bundles (NNAPI, CoreML) fix their inputs to [1, max_length]: one text per call, padded to it.
+        shape = self.inputs["input_ids"].shape if "input_ids" in self.inputs else []
+        self.fixed_length = shape[1] if len(shape) == 2 and all(isinstance(d, int) for d in shape) else None
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Token ids, attention mask and token types, right-padded to the longest text."""
+        """Token ids, attention mask and token types, right-padded to the longest text (or the fixed length)."""
         encs = self.tokenizer.encode_batch(list(texts))
-        width = max(len(e.ids) for e in encs)
+        width = self.fixed_length or max(len(e.ids) for e in encs)
         pad = self.info.get("pad_token_id") or 0
         batch = {"input_ids": np.full((len(encs), width), pad, dtype=np.int64),
                  "attention_mask": np.zeros((len(encs), width), dtype=np.int64),
@@ -59,7 +62,11 @@ class Predictor:
         return {k: v for k, v in batch.items() if k in self.inputs}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(None, feeds)))
+        n = len(next(iter(feeds.values())))
+        if self.fixed_length is None or n == 1:
+            return dict(zip(self.outputs, self.session.run(None, feeds)))
+        rows = [self.session.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+        return {name: np.concatenate([r[j] for r in rows]) for j, name in enumerate(self.outputs)}
 
     def classify(self, texts: list[str]) -> list[dict]:
         """Label and probability of every label for each text."""

@@ -213,6 +213,15 @@ def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pi
          f"(tolerance {p['atol']:g}, shapes {p['shapes']}): ok")
 
 
+def target_option(fn):
+    """--target: where the model will run (toolchain/targets.py); it decides fusions, int8 format, shapes."""
+    from .targets import TARGETS
+
+    return click.option("--target", type=click.Choice(list(TARGETS)),
+                        help="Where the model will run: decides fusions, int8 format, fixed shapes and the "
+                             ".ort platform (default host: this machine's CPU).")(fn)
+
+
 def data_options(fn=None, *, default: str | None = "rotten-tomatoes"):
     """--data and the column options shared by every command that reads labelled text.
 
@@ -317,6 +326,7 @@ def _evaluation_table(artifact, r: dict) -> str:
               help="Fuse Add + LayerNorm into SkipLayerNormalization (default: for GPU targets only; on CPU "
                    "ONNX Runtime's kernel is 5-8x slower than the two ops).")
 @click.option("--atol", type=float, help="Parity tolerance vs the parent (relative with --fp16).")
+@target_option
 @click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
@@ -331,10 +341,17 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
     p = m["parity"]
     diff = p.get("max_abs_diff", p.get("rel_l2_diff"))
     fusions = ", ".join(f"{k} {v}" for k, v in m["fusions"].items()) or "none"
+    how = (f"fusions ({m['optimizer_model_type']}): {fusions}" if "optimizer_model_type" in m else
+           f"target {m['target']['target']}: standard ONNX ops only; rewrites: "
+           + (", ".join(f"{k} {v}" for k, v in m["rewrites"].items()) or "none"))
+    ready = m.get("readiness")
+    if ready:
+        how += (f"\n{ready['ep']} (shapes fixed): {ready['supported_nodes']}/{ready['nodes']} nodes "
+                f"({ready['share']:.0%}), {ready['partitions']} partition(s): {ready['suitability']}")
     emit({"artifact": str(art.path), **m}, as_json,
          f"optimized {artifact} -> {art.onnx_path} ({m['size_bytes_after'] / 1e6:.1f} MB, "
          f"{m['nodes_before']} -> {m['nodes_after']} nodes) in {m['optimize_seconds']:.1f}s\n"
-         f"fusions ({m['optimizer_model_type']}): {fusions}\n"
+         f"{how}\n"
          f"parity vs parent: {'relative L2 error' if 'rtol' in p else 'max abs diff'} {diff:.2e} on {p['worst_output']} "
          f"(tolerance {p.get('atol', p.get('rtol')):g}): ok")
 
@@ -343,8 +360,10 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @click.argument("artifact")
 @click.argument("out", type=click.Path())
 @click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
-@click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64"]),
-              help="Hardware preset (default: detected from this CPU); the options below override it.")
+@click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64", "nnapi"]),
+              help="Hardware preset (default: the --target's; host detects it from this CPU); the options "
+                   "below override it.")
+@target_option
 @click.option("--activation-type", type=click.Choice(["quint8", "qint8"]), help="Static: activation type.")
 @click.option("--weight-type", type=click.Choice(["quint8", "qint8"]), help="Weight type.")
 @click.option("--reduce-range/--full-range", default=None, help="7-bit weights (CPUs without VNNI).")
@@ -354,6 +373,8 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @click.option("--exclude-node", "exclude_nodes", multiple=True, help="Keep this node in float32 (repeatable; glob patterns such as '*/down_proj/*' match many).")
 @click.option("--quantize-activation-matmuls", is_flag=True, default=None,
               help="Also quantize activation x activation MatMuls (attention scores).")
+@click.option("--quantize-matmul-outputs/--float-matmul-outputs", default=None,
+              help="Static: complete DQ -> MatMul -> Q units, as mobile EPs need (default: the target's).")
 @click.option("--no-mask-guard", is_flag=True, help="Do not keep attention-mask paths out of quantization.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
               help="Static: how activation ranges are set (default minmax).")
@@ -400,13 +421,19 @@ def _reasons(m: dict) -> str:
 def _quantize_report(artifact, art, m: dict) -> str:
     s = m["settings"]
     ops = ", ".join(f"{k} {v}" for k, v in m["quantized_ops"].items())
-    lines = [f"quantized {artifact} -> {art.onnx_path} ({s['mode']}, preset {s['preset']}: {s['activation_type']} "
-             f"activations, {s['weight_type']} weights, reduce_range {s['reduce_range']}) in {m['quantize_seconds']:.0f}s",
+    lines = [f"quantized {artifact} -> {art.onnx_path} ({s['mode']}, target {s.get('target', 'host')}, preset "
+             f"{s['preset']}: {s['activation_type']} activations, {s['weight_type']} weights, reduce_range "
+             f"{s['reduce_range']}, per-channel {s['per_channel']}) in {m['quantize_seconds']:.0f}s",
+             f"preset: {s['detected']}",
              f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "
              f"({m['size_ratio']:.2f}x smaller); ops: {ops}",
              f"parity vs float32: relative L2 error {m['parity']['rel_l2_diff']:.3g} on {m['parity']['worst_output']} "
              f"(tolerance {m['parity']['rtol']:g}): ok",
              f"float32 nodes: {len(m['fp32_nodes'])}" + _reasons(m)]
+    if m.get("readiness"):
+        r = m["readiness"]
+        lines.append(f"{r['ep']} (shapes fixed): {r['supported_nodes']}/{r['nodes']} nodes ({r['share']:.0%}), "
+                     f"{r['partitions']} partition(s): {r['suitability']}")
     if m.get("run_time_scaled"):
         lines.append("activation scales set per run (integer kernels, no QDQ form): "
                      + ", ".join(f"{k} {v}" for k, v in m["run_time_scaled"].items()))
@@ -689,9 +716,10 @@ def _unstructured_text(m: dict) -> str:
 @click.option("--dry-run", is_flag=True, help="Print which steps would run or be skipped, and why; run nothing.")
 @click.option("--force", is_flag=True, help="Re-run every step, replacing what is there.")
 @click.option("--quick", is_flag=True, help="Apply the recipe's `quick:` overrides (less data, fewer epochs).")
+@target_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
 @reports_errors
-def run_recipe(recipe, out, dry_run, force, quick, as_json):
+def run_recipe(recipe, out, dry_run, force, quick, target, as_json):
     """Run RECIPE (YAML: model, data, steps) into --out, then write the report.
 
     A step whose input and config are unchanged since it was built is skipped, so an interrupted run
@@ -701,7 +729,7 @@ def run_recipe(recipe, out, dry_run, force, quick, as_json):
     from .recipe import check_run_folder, load_recipe, plan, run
     from .report import as_dict, summary, table, write_report
 
-    r = load_recipe(recipe, quick=quick)
+    r = load_recipe(recipe, quick=quick, target=target)
     if dry_run:
         check_run_folder(r, out)
         decisions = plan(r, out, force=force)
@@ -709,8 +737,8 @@ def run_recipe(recipe, out, dry_run, force, quick, as_json):
                 for i, d in enumerate(decisions, 1)]
         data = [{"step": d.step.name, "stage": d.step.stage, "kind": d.step.kind, "inputs": list(d.step.inputs),
                  "run": d.run, "reason": d.reason, "config": d.step.as_dict()["config"]} for d in decisions]
-        emit({"recipe": str(recipe), "out": str(out), "quick": quick, "plan": data}, as_json,
-             f"plan for {recipe} -> {out}{' (quick)' if quick else ''}: "
+        emit({"recipe": str(recipe), "out": str(out), "quick": quick, "target": r.target, "plan": data}, as_json,
+             f"plan for {recipe} -> {out}{' (quick)' if quick else ''}, target {r.target}: "
              f"{sum(d.run for d in decisions)} to run, {sum(not d.run for d in decisions)} to skip\n"
              + format_table(rows, ["#", "step", "stage", "input", "action", "why"]))
         return
@@ -723,7 +751,12 @@ def run_recipe(recipe, out, dry_run, force, quick, as_json):
 
 
 def _where(report) -> str:
-    lines = [f"report: {report.folder / 'report.html'} (and report.md)"]
+    from .report import _machine_line
+
+    lines = [f"target: {report.target}"]
+    lines += [f"int8 {r.name}: {r.int8}" for r in report.rows if r.int8]
+    lines += [f"machine {label}: {_machine_line(m)}" for label, m in report.machines.items() if m]
+    lines += [f"report: {report.folder / 'report.html'} (and report.md)"]
     lines += [f"bundle: {b} (check it: toolchain verify {b})" for b in report.bundles]
     return "\n".join(lines + [f"note: {n}" for n in report.notes])
 
@@ -748,19 +781,20 @@ def report_cmd(folder, other, as_json):
 @click.argument("artifact", type=click.Path())
 @click.argument("out", type=click.Path())
 @click.option("--target-platform", type=click.Choice(["arm", "amd64"]),
-              help="What model.ort is optimized for (default arm).")
+              help="What model.ort is optimized for (default: the --target's; host: arm).")
+@target_option
 @click.option("--no-ort", is_flag=True, help="Do not write model.ort / required_operators.config.")
 @click.option("--no-mobile-check", is_flag=True, help="Skip the NNAPI / CoreML usability check.")
 @click.option("--max-length", type=int, help="Tokens predict.py keeps per text (default 128).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
-def package_cmd(artifact, out, target_platform, no_ort, no_mobile_check, max_length, force, as_json):
+def package_cmd(artifact, out, target_platform, target, no_ort, no_mobile_check, max_length, force, as_json):
     """Package an ONNX ARTIFACT as an edge bundle at OUT: model.onnx/.ort, tokenizer, predict.py, manifest."""
     from .package import BUNDLE_FILE, PackageConfig, package
 
     cfg = _config(PackageConfig, target_platform=target_platform, ort_format=False if no_ort else None,
-                  mobile_check=False if no_mobile_check else None, max_length=max_length)
+                  mobile_check=False if no_mobile_check else None, max_length=max_length, target=target)
     art = package(artifact, cfg, out, force=force)
     info = json.loads((art.path / BUNDLE_FILE).read_text())
     rows = [[name, (art.path / name).stat().st_size / 1e6, digest[:12]] for name, digest in info["files"].items()]
@@ -771,6 +805,14 @@ def package_cmd(artifact, out, target_platform, no_ort, no_mobile_check, max_len
                                      for ep, v in mobile.items()) if "error" not in mobile else mobile["error"])
              if mobile else "mobile: not checked",
              f"smoke test: ok (max abs diff {max(art.manifest.lineage[-1].metrics['smoke']['models'].values()):.2g})"]
+    t = info["target"]
+    lines.insert(1, f"target {t['target']}: promises {', '.join(t['providers'])}; .ort for {t['ort_platform']}"
+                    + (f"; inputs fixed to [1, {t['max_length']}]" if t.get("max_length") else "")
+                    + (f"; int8 preset {t['preset']}" if t.get("preset") else ""))
+    if t.get("readiness"):
+        r = t["readiness"]
+        lines.insert(2, f"{r['ep']}: {r['supported_nodes']}/{r['nodes']} nodes ({r['share']:.0%}) in "
+                        f"{r['partitions']} partition(s): {r['suitability']}")
     emit({"bundle": str(art.path), **info}, as_json,
          "\n".join(lines) + "\n" + format_table(rows, ["file", "MB", "sha256"]))
 

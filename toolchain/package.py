@@ -36,6 +36,7 @@ from .config import config_to_dict
 from .errors import BadModel, CheckFailed, IntegrityError, Unsupported
 from .guard import writes_output
 from .runtime import check_onnx_file
+from .targets import HOST, Target, check_target, target as get_target
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_SCHEMA = 1
@@ -55,8 +56,9 @@ SAMPLES = (
 @dataclass(frozen=True)
 class PackageConfig:
     ort_format: bool = True  # also write model.ort + required_operators.config (for a reduced onnxruntime build)
-    # model.ort bakes in platform-specific graph optimizations: phones and boards are ARM.
-    target_platform: Literal["arm", "amd64"] = "arm"
+    # model.ort bakes in platform-specific graph optimizations; None: the target's (host: arm, as phones and
+    # boards are ARM).
+    target_platform: Literal["arm", "amd64"] | None = None
     mobile_check: bool = True  # run ONNX Runtime's NNAPI / CoreML usability check
     max_length: int = 128  # predict.py truncates each text to this many tokens
     samples: tuple[str, ...] = SAMPLES  # smoke-test texts (causal LM: the first is the prompt)
@@ -64,8 +66,11 @@ class PackageConfig:
     # predict.py and model.ort against the toolchain's ONNX run of the source artifact: same graph, same
     # tokens, so only kernel-order noise (int8 graphs with other fusions move by a quantization step at most).
     atol: float = 1e-3
+    # Where the bundle will run (toolchain/targets.py): its providers, .ort platform, fixed shapes, readiness.
+    target: str = HOST
 
     def __post_init__(self):
+        check_target(self.target)
         if not self.samples or not all(isinstance(s, str) and s.strip() for s in self.samples):
             raise ValueError("samples must be non-empty texts")
         if self.max_length < 2 or self.generate_tokens < 1 or not self.atol > 0:
@@ -78,25 +83,37 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
 
     >>> package("runs/minilm/int8", PackageConfig(), "runs/minilm/bundle")  # doctest: +SKIP
     """
-    art = _checked_input(src)
+    art = _checked_input(src.path if isinstance(src, Artifact) else src)
+    if get_target(cfg.target).fixed_shapes and art.task == "text-generation":
+        raise Unsupported(f"target {cfg.target} fixes inputs to [1, max_length]; a causal LM decodes one token at "
+                          "a time with a growing cache", "package causal LMs for a CPU target (arm64, x86-*)")
     with write_artifact(out, stage="package", config=config_to_dict(cfg) | {"source": str(src)}, format="onnx",
                         task=art.task, model_type=art.manifest.model_type, parent=art, force=force) as o:
+        tgt = get_target(cfg.target)
         for name in art.manifest.files:
             (o.folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(art.path / name, o.folder / name)
+        if tgt.fixed_shapes:
+            fix_shapes(o.folder / "model.onnx", o.folder / "model.onnx", cfg.max_length)
         shutil.copy2(PREDICT, o.folder / "predict.py")
         info = describe(o.folder, art, cfg)
+        info["target"] = tgt.choices(_preset_used(art)) | {
+            "ort_platform": cfg.target_platform or tgt.ort_platform,
+            "max_length": cfg.max_length if tgt.fixed_shapes else None}
         if info["labels"]:
             (o.folder / "labels.json").write_text(json.dumps(dict(enumerate(info["labels"])), indent=2) + "\n")
         if cfg.ort_format:
-            convert_to_ort(o.folder / "model.onnx", o.folder, cfg.target_platform)
+            convert_to_ort(o.folder / "model.onnx", o.folder, cfg.target_platform or tgt.ort_platform)
         if cfg.mobile_check:
-            info["mobile"] = write_mobile_readiness(o.folder)
+            info["mobile"] = write_mobile_readiness(o.folder, tgt)
+            if tgt.mobile:
+                info["target"]["readiness"] = target_readiness(o.folder / "model.onnx", tgt)
         info["smoke"] = reference_outputs(art, cfg, info)
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         checks = smoke_test(o.folder, verify_hashes=False)
         size = sum(p.stat().st_size for p in o.folder.rglob("*") if p.is_file())
-        o.record.metrics |= {"smoke": checks, "files": len(list(o.folder.iterdir())), "bundle_mb": round(size / 1e6, 2)}
+        o.record.metrics |= {"smoke": checks, "files": len(list(o.folder.iterdir())), "bundle_mb": round(size / 1e6, 2),
+                             "target": info["target"]}
         (o.folder / "README.md").write_text(_readme(info, Path(out).name))
         info["files"] = _file_hashes(o.folder)
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -116,6 +133,37 @@ def _checked_input(src: str | Path) -> Artifact:
         raise BadModel(f"{src} has no tokenizer.json; predict.py needs a fast tokenizer",
                        "export from a model with a fast (Rust) tokenizer")
     return art
+
+
+def _preset_used(art: Artifact) -> str | None:
+    """The int8 preset the artifact's quantize step used (None: not quantized)."""
+    for record in reversed(art.manifest.lineage):
+        if record.stage == "quantize":
+            return (record.metrics.get("settings") or {}).get("preset")
+    return None
+
+
+def fix_shapes(src: Path, dst: Path, length: int) -> dict:
+    """Every [batch, sequence] input fixed to [1, length] (ONNX Runtime's make_dynamic_shape_fixed), output shapes
+    inferred: NNAPI compiles only fixed-size graphs, CoreML runs them faster. Returns {input: shape}."""
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+
+    model = onnx.load(str(src))
+    fixed = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 2 and value.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            if all(d.HasField("dim_value") for d in dims):  # fixed already (a bundle's model)
+                fixed[value.name] = [d.dim_value for d in dims]
+                continue
+            make_input_shape_fixed(model.graph, value.name, [1, length])
+            fixed[value.name] = [1, length]
+    if not fixed:
+        raise Unsupported(f"{src} has no [batch, sequence] token inputs to fix", "package it for a CPU target")
+    fix_output_shapes(model)
+    onnx.save(model, str(dst))
+    return fixed
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
@@ -266,24 +314,30 @@ def _partition_summary(info, model) -> dict:
             "unsupported_for_dynamic_shape": info.nodes_unsupported_due_to_dynamic_input}
 
 
-def write_mobile_readiness(folder: Path) -> dict:
+def write_mobile_readiness(folder: Path, tgt: Target | None = None) -> dict:
     """mobile_readiness.json and .md in `folder`; returns the per-EP verdicts for bundle.json."""
     try:
         report = mobile_readiness(folder / "model.onnx")
     except Exception as exc:  # the checker is advisory: record why it could not run instead of failing the bundle
         report = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
-    (folder / "mobile_readiness.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "mobile_readiness.md").write_text(_mobile_markdown(report))
+    blocking = blockers(folder / "model.onnx") if "error" not in report else {}
+    (folder / "mobile_readiness.json").write_text(json.dumps(report | {"blockers": blocking}, indent=2) + "\n")
+    (folder / "mobile_readiness.md").write_text(_mobile_markdown(report, blocking, tgt))
     if "error" in report:
         return report
     return {ep: {"as_is": r["suitability"], "if_shapes_fixed": r["if_shapes_fixed"]["suitability"]}
             for ep, r in report.items()}
 
 
-def _mobile_markdown(report: dict) -> str:
+def _mobile_markdown(report: dict, blocking: dict | None = None, tgt: Target | None = None) -> str:
     lines = ["# Mobile readiness (ONNX Runtime usability check)", ""]
     if "error" in report:
         return "\n".join(lines + [f"The check could not run: {report['error']}", ""])
+    if tgt is not None and tgt.mobile:
+        r = report[tgt.readiness_ep]
+        lines += [f"Built for **{tgt.name}** ({tgt.runs_on}): {tgt.readiness_ep} takes {r['supported_nodes']} of "
+                  f"{r['nodes']} nodes ({r['supported_nodes'] / max(r['nodes'], 1):.0%}) in {r['partitions']} "
+                  f"partition(s): {r['suitability']}.", ""]
     lines += ["| execution provider | verdict | nodes on EP | partitions | verdict if shapes fixed "
               "| falls back to CPU |", "|---|---|---|---|---|---|"]
     for ep, r in report.items():
@@ -294,7 +348,63 @@ def _mobile_markdown(report: dict) -> str:
     lines += ["", "YES / MAYBE / NO is ONNX Runtime's verdict on whether the EP is worth trying. NNAPI needs fixed "
               "input shapes (`python -m onnxruntime.tools.make_dynamic_shape_fixed`); operators listed as falling "
               "back run on the CPU EP, and every switch between EP and CPU costs a copy.", ""]
+    for ep, items in (blocking or {}).items():
+        if items:
+            lines += [f"What still blocks {ep} (the check above counts operator types only):", ""]
+            lines += [f"- {b['problem']}. Fix: {b['fix']}" for b in items] + [""]
     return "\n".join(lines)
+
+
+# CoreML's largest tensor dimension (its NeuralNetwork and ML Program formats alike).
+COREML_MAX_DIM = 16384
+
+
+def blockers(onnx_path: Path) -> dict[str, list[dict]]:
+    """What keeps each mobile EP from running nodes the operator-type check counts as supported, with the fix."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    big = [(name, dims) for name, dims in inits.items() if any(d > COREML_MAX_DIM for d in dims)]
+    coreml, nnapi = [], []
+    for name, dims in big:
+        coreml.append({"problem": f"tensor {name} has a dimension of {max(dims):,} (CoreML allows {COREML_MAX_DIM:,})",
+                       "fix": "trim the vocabulary to the tokens the task uses (`toolchain trim-vocab`, issue 17), "
+                              "or keep the embedding lookup on the CPU EP"})
+    if ops & {"QuantizeLinear", "DequantizeLinear"}:
+        coreml.append({"problem": "QuantizeLinear / DequantizeLinear: ORT's CoreML EP has no kernel for them, so an "
+                                  "int8 QDQ graph runs its quantized parts on the CPU EP",
+                       "fix": "ship the float32 standard-op graph for CoreML (CoreML computes in float16 on the GPU "
+                              "and Neural Engine), or quantize weights in Core ML itself (coremltools)"})
+    ids = [i for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.INT64]
+    if ids:
+        nnapi.append({"problem": f"int64 inputs ({', '.join(i.name for i in ids)}): NNAPI has no 64-bit integer "
+                                 "tensors, so the embedding lookups and mask ops that read them stay on the CPU EP",
+                      "fix": "export with int32 token inputs; until then that work runs on the CPU at the start "
+                             "of the graph, before one NNAPI partition"})
+    consts = set(inits) | {o for n in model.graph.node if n.op_type in ("Constant", "DequantizeLinear")
+                           and all(i in inits for i in n.input) for o in n.output}
+    act_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
+    if act_matmuls:
+        nnapi.append({"problem": f"{len(act_matmuls)} MatMul(s) of two activations (attention scores, context), "
+                                 "and MatMuls on [1, length, hidden] activations: NNAPI runs these as BATCH_MATMUL, "
+                                 "from feature level 6 (Android 13) on",
+                      "fix": "target Android 13+ devices; on older ones those products run on the CPU EP"})
+    return {"NNAPI": nnapi, "CoreML MLProgram": coreml}
+
+
+def target_readiness(onnx_path: Path, tgt: Target, length: int = 128) -> dict | None:
+    """The target EP's share of nodes and partitions, checked on a copy with fixed shapes (None: a CPU target)."""
+    if not tgt.mobile:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed = Path(tmp) / "model.onnx"
+        fix_shapes(onnx_path, fixed, length)
+        r = mobile_readiness(fixed)[tgt.readiness_ep]
+    return {"ep": tgt.readiness_ep, "nodes": r["nodes"], "supported_nodes": r["supported_nodes"],
+            "share": round(r["supported_nodes"] / max(r["nodes"], 1), 4), "partitions": r["partitions"],
+            "suitability": r["suitability"], "fallback_ops": r["fallback_ops"]}
 
 
 # ---------------------------------------------------------------- smoke test
@@ -410,7 +520,12 @@ def _readme(info: dict, name: str) -> str:
     ort_line = ("- `model.ort` + `required_operators.config`: ORT format for a reduced build "
                 "(`--include_ops_by_config required_operators.config`), onnxruntime >= "
                 f"{info['min_onnxruntime'].get('model.ort')}\n" if "model.ort" in info["min_onnxruntime"] else "")
-    return (f"# {name}: {task} bundle\n\n"
+    t = info.get("target") or {}
+    target = (f"Built for `{t['target']}` ({t['runs_on']}): create the session with "
+              f"{', '.join(f'`{p}`' for p in t['providers'])}"
+              + (f"; inputs are fixed to [1, {t['max_length']}] (one text per call, padded)" if t.get("max_length")
+                 else "") + (f"; int8 preset {t['preset']}" if t.get("preset") else "") + ".\n\n" if t else "")
+    return (f"# {name}: {task} bundle\n\n{target}"
             f"Needs only `pip install onnxruntime tokenizers numpy` (onnxruntime >= "
             f"{info['min_onnxruntime']['model.onnx']} for model.onnx).\n\n    {example}\n\n"
             f"- `model.onnx`: opset {info['onnx']['opsets'].get('ai.onnx')}, IR version {info['onnx']['ir_version']}\n"

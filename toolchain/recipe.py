@@ -3,6 +3,8 @@
     model: minilm                  # built-in name, folder or hub id: what the first step reads
     data: rotten-tomatoes          # the `data` of every step whose config has one, unless the step sets it;
                                    # or {source: my.csv, text_column: review, label_column: stars}
+    target: android-nnapi          # where the model will run (toolchain/targets.py): the `target` of every step
+                                   # whose config has one, unless the step sets it; `run --target` overrides it
     report: {original: teacher, accuracy_budget: 0.01}   # see report.ReportConfig
     quick: {teacher: {max_train_samples: 1000}}          # merged into step configs by `run --quick`
     steps:
@@ -36,7 +38,7 @@ from .report import ReportConfig
 from .stages import MEASURE, STAGES, TRANSFORM, stage
 
 PLAN_FILE = "recipe.json"  # the resolved recipe, written into DIR: the report reads order and settings from it
-TOP_KEYS = ("model", "data", "description", "report", "quick", "steps")
+TOP_KEYS = ("model", "data", "target", "description", "report", "quick", "steps")
 STEP_KEYS = ("name", "stage", "input", "config")
 # `data:` as a mapping: its key -> the config field it fills in every step that has that field.
 DATA_KEYS = {"source": "data", "text_column": "text_column", "label_column": "label_column",
@@ -72,13 +74,14 @@ class Recipe:
     report: ReportConfig
     description: str = ""
     quick: bool = False
+    target: str = "host"  # the deployment target every step with a `target` field gets, unless it sets its own
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
 
     def as_dict(self) -> dict:
         return {"recipe": str(self.path), "model": self.model, "data": self.data, "description": self.description,
-                "quick": self.quick, "report": config_to_dict(self.report), "steps": [s.as_dict() for s in self.steps]}
+                "quick": self.quick, "target": self.target, "report": config_to_dict(self.report), "steps": [s.as_dict() for s in self.steps]}
 
 
 # ---------------------------------------------------------------- reading and validating
@@ -188,8 +191,11 @@ def _walk(node, at: tuple, lines: dict, path: Path) -> None:
             _walk(item, at + (i,), lines, path)
 
 
-def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
-    """Read and validate a recipe; every error names the key and its line in the file."""
+def load_recipe(path: str | Path, *, quick: bool = False, target: str | None = None) -> Recipe:
+    """Read and validate a recipe; every error names the key and its line in the file.
+
+    `target` (the CLI's --target) replaces the recipe's own `target:`.
+    """
     path = Path(path)
     doc, lines = read_yaml(path)
     if not isinstance(doc, dict):
@@ -199,6 +205,9 @@ def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
             raise lines.error((key,), f"unknown key {key!r}", f"use one of: {', '.join(TOP_KEYS)}")
     model = _text(doc, "model", lines, required=True)
     data = _data(doc.get("data"), lines)
+    chosen = _target(target if target is not None else doc.get("target"), lines, from_cli=target is not None)
+    if chosen != "host":
+        data = data | {"target": chosen}  # filled in like the data: into every step config with a `target`
     quick_block = _mapping(doc.get("quick"), ("quick",), lines)
     raw_steps = doc.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -213,7 +222,21 @@ def load_recipe(path: str | Path, *, quick: bool = False) -> Recipe:
             raise lines.error(("quick", name), f"quick names no step {name!r}",
                               f"use a step name: {', '.join(s.name for s in steps)}")
     report = _report(doc.get("report"), steps, lines)
-    return Recipe(path, model, data, tuple(steps), report, _text(doc, "description", lines) or "", quick)
+    data = {k: v for k, v in data.items() if k != "target"}
+    return Recipe(path, model, data, tuple(steps), report, _text(doc, "description", lines) or "", quick, chosen)
+
+
+def _target(value, lines: _Lines, from_cli: bool) -> str:
+    from .targets import TARGETS
+
+    if value is None:
+        return "host"
+    if not isinstance(value, str) or value not in TARGETS:
+        problem = f"target {value!r} is not one of {', '.join(TARGETS)}"
+        if from_cli:
+            raise RecipeError(f"--target: {problem}", f"use one of: {', '.join(TARGETS)}")
+        raise lines.error(("target",), problem, f"use one of: {', '.join(TARGETS)}")
+    return value
 
 
 def _text(doc: dict, key: str, lines: _Lines, required: bool = False) -> str | None:
@@ -289,11 +312,11 @@ def _config(cls, raw: dict, name: str, data: dict, overrides: dict, at: tuple, l
     values = dict(_mapping(raw.get("config"), at + ("config",), lines))
     origin = {k: at + ("config", k) for k in values}
     fields = {f.name for f in dataclasses.fields(cls)}
-    source_key = {v: k for k, v in DATA_KEYS.items()}
-    for key, value in data.items():  # the recipe's data, where the stage reads data and did not set it
+    source_key = {v: k for k, v in DATA_KEYS.items()} | {"target": "target"}
+    for key, value in data.items():  # the recipe's data and target, where the stage reads them and did not set them
         if key in fields and key not in values:
-            at_data = ("data", source_key[key])
-            values[key], origin[key] = value, at_data if at_data in lines.lines else ("data",)
+            at_data = ("target",) if key == "target" else ("data", source_key[key])
+            values[key], origin[key] = value, at_data if at_data in lines.lines or key == "target" else ("data",)
     for k, v in overrides.items():
         values[k], origin[k] = v, ("quick", name, k)
     try:
@@ -398,7 +421,8 @@ def decide(step: Step, recipe: Recipe, out: Path, *, force: bool = False) -> Dec
     record = art.manifest.lineage[-1]
     if record.stage != step.stage:
         return Decision(step, True, f"it was made by stage {record.stage!r}", [src])
-    changed = config_change(config_to_dict(step.config), record.config)
+    defaults = {f.name: f.default for f in dataclasses.fields(step.config) if f.default is not dataclasses.MISSING}
+    changed = config_change(config_to_dict(step.config), record.config, defaults)
     if changed:
         return Decision(step, True, f"config changed: {changed}", [src])
     if not _same_input(src, record):
@@ -426,10 +450,16 @@ def _same_input(src: str, record) -> bool:
     return record.input_hash == expected
 
 
-def config_change(wanted: dict, recorded: dict) -> str | None:
-    """The first config key whose recorded value differs, as 'key: old -> new'; None when all match."""
-    wanted, recorded = _plain(wanted), _plain(recorded)
+def config_change(wanted: dict, recorded: dict, defaults: dict | None = None) -> str | None:
+    """The first config key whose recorded value differs, as 'key: old -> new'; None when all match.
+
+    A key the record lacks counts as unchanged when the wanted value is the field's default: the artifact was
+    made before that field existed, and the default keeps what it did then.
+    """
+    wanted, recorded, defaults = _plain(wanted), _plain(recorded), _plain(defaults or {})
     for key, value in wanted.items():
+        if key not in recorded and key in defaults and defaults[key] == value:
+            continue
         if recorded.get(key, "<unset>") != value:
             return f"{key}: {recorded.get(key, '<unset>')!r} -> {value!r}"
     return None

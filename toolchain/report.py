@@ -24,6 +24,10 @@ from .artifact import Artifact
 from .errors import CheckFailed, DataError, InputNotFound, IntegrityError, OutputExists
 
 LOCAL = "local"  # the machine label of results stored in the manifests here
+# A mobile target's bundle must run on its EP: at least this share of nodes (the issue's bar), in at most
+# MAX_PARTITIONS partitions (ORT's usability check calls more partitions not worth the copies between them).
+READY_SHARE = 0.9
+MAX_PARTITIONS = 2
 WEIGHT_SUFFIXES = (".onnx", ".safetensors", ".bin", ".data", ".onnx_data")
 
 
@@ -67,6 +71,13 @@ class Row:
     speed: dict[tuple[str, str], Speed] = field(default_factory=dict)  # (machine, provider) -> Speed
     pareto: bool = False
     within_budget: bool = False
+    int8: str = ""  # quantized artifacts: the int8 format used (preset, mode, target)
+    readiness: dict | None = None  # mobile targets: the target EP's share of nodes (toolchain.package.target_readiness)
+
+    @property
+    def ready(self) -> bool:
+        r = self.readiness
+        return bool(r) and r["share"] >= READY_SHARE and 0 < r["partitions"] <= MAX_PARTITIONS
 
 
 @dataclass
@@ -84,6 +95,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     bundle_sources: dict[str, str] = field(default_factory=dict)  # bundle folder name -> artifact it packaged
     description: str = ""
+    target: str = "host"  # the recipe's deployment target (toolchain/targets.py)
 
     @property
     def primary(self) -> tuple[str, str]:
@@ -115,7 +127,8 @@ def collect(folder: str | Path, others: list[str | Path] = (), cfg: ReportConfig
     original = next((r for r in rows if r.name == cfg.original), rows[0]) if rows else None
     groups = _groups(rows, cfg)
     report = Report(folder, cfg, rows, original, None, metric, "latency", groups, machines,
-                    [b for _, b in bundles], notes, _bundle_aliases(bundles, rows), (plan or {}).get("description", ""))
+                    [b for _, b in bundles], notes, _bundle_aliases(bundles, rows), (plan or {}).get("description", ""),
+                    (plan or {}).get("target") or "host")
     _rank(report)
     return report
 
@@ -186,6 +199,13 @@ def _evaluation_key(arts: list[Artifact], data: str | None) -> str | None:
 def _row(name: str, art: Artifact, key: str | None) -> Row:
     row = Row(name, art.manifest.lineage[-1].stage if art.manifest.lineage else "?", art.format, art.task,
               art.path, model_mb(art))
+    last = art.manifest.lineage[-1].metrics if art.manifest.lineage else {}
+    row.readiness = last.get("readiness")
+    settings = last.get("settings") or {}
+    if row.stage == "quantize" and settings:
+        row.int8 = (f"{settings.get('mode')} int8, preset {settings.get('preset')} ({settings.get('activation_type')} "
+                    f"activations, {settings.get('weight_type')} weights, reduce_range {settings.get('reduce_range')})"
+                    f", target {settings.get('target', 'host')}")
     r = art.manifest.results.get(key) if key else None
     value = r.get("perplexity" if art.task == "text-generation" else "accuracy") if isinstance(r, dict) else None
     if value is not None:
@@ -316,8 +336,20 @@ def _rank(report: Report) -> None:
                            else r.quality >= ref - report.cfg.accuracy_budget - 1e-12)
     # A bundle holds an ONNX model: recommend among ONNX artifacts when there are any.
     shippable = [r for r in rows if r.format == "onnx"] or rows
+    if _mobile(report):
+        ready = [r for r in shippable if r.ready]
+        if not ready:
+            report.notes.append(f"no artifact runs >= {READY_SHARE:.0%} of its nodes on the {report.target} EP in "
+                                f"<= {MAX_PARTITIONS} partitions: recommending among all ONNX artifacts")
+        shippable = ready or shippable
     fits = [r for r in shippable if r.within_budget and not _dominated(r, shippable, loss, cost)]
     report.recommended = min(fits, key=lambda r: (cost(r), loss(r))) if fits else None
+
+
+def _mobile(report: Report) -> bool:
+    from .targets import TARGETS
+
+    return report.target in TARGETS and TARGETS[report.target].mobile
 
 
 def _dominated(r: Row, rows: list[Row], loss, cost) -> bool:
@@ -328,6 +360,11 @@ def _dominated(r: Row, rows: list[Row], loss, cost) -> bool:
 
 def _cost_fn(report: Report, rows: list[Row]):
     group = report.primary
+    if _mobile(report):
+        report.cost = "size"
+        report.notes.append(f"target {report.target}: ranked by model size, not by CPU latency here, which does not "
+                            "predict the phone's accelerator (int8 is what NPUs run fastest, and what ships smallest)")
+        return lambda r: r.size_mb
     if all(group in r.speed and r.speed[group].p50_ms for r in rows):
         return lambda r: r.speed[group].p50_ms
     report.cost = "size"
@@ -352,6 +389,9 @@ def recommend(folder: str | Path, cfg: ReportConfig | None = None) -> str:
 def table(report: Report) -> tuple[list[list], list[str]]:
     """Rows and headers of the artifact table (the terminal and the Markdown share them)."""
     headers = ["", "artifact", "stage", "format", report.metric, "size MB", "size vs orig"]
+    mobile = _mobile(report)
+    if mobile:
+        headers.append(f"{report.target} EP nodes")
     for i, (machine, provider) in enumerate(report.groups):
         g = f"{machine}/{provider}"
         headers += [f"{g} p50 ms", f"{g} p90 ms", f"{g} throughput"] + (["speedup"] if i == 0 else [])
@@ -361,6 +401,9 @@ def table(report: Report) -> tuple[list[list], list[str]]:
         mark = "★" if r is report.recommended else ("front" if r.pareto else "")
         cells = [mark, r.name, r.stage, r.format, _num(r.quality), _num(r.size_mb),
                  _ratio(r.size_mb, orig.size_mb if orig else None)]
+        if mobile:
+            x = r.readiness
+            cells.append(f"{x['share']:.0%} ({x['partitions']} part.)" if x else "")
         for i, g in enumerate(report.groups):
             s = r.speed.get(g)
             cells += [_num(s.p50_ms if s else None), _num(s.p90_ms if s else None),
@@ -402,6 +445,11 @@ def summary(report: Report) -> str:
                          f"{o.speed[g].p50_ms / r.speed[g].p50_ms:.1f}x faster")
     elif o is r:
         parts.append("no smaller or faster artifact stayed within the budget")
+    if report.target != "host" or r.int8:
+        parts.append(f"target {report.target}" + (f", {r.int8.split(', target')[0]}" if r.int8 else ""))
+    if r.readiness:
+        x = r.readiness
+        parts.append(f"{x['ep']} runs {x['supported_nodes']}/{x['nodes']} nodes in {x['partitions']} partition(s)")
     return "; ".join(p for p in parts if p) + "."
 
 
@@ -437,6 +485,16 @@ def _detail_lines(report: Report) -> list[str]:
              for r in report.rows if r.quality_note]
     if notes:
         out += ["Measured on:", *notes, ""]
+    from .targets import TARGETS
+
+    if report.target in TARGETS:
+        t = TARGETS[report.target]
+        out += [f"Target: `{t.name}`, {t.runs_on}; fusions {t.fusions}, "
+                f"{'inputs fixed to [1, max_length]' if t.fixed_shapes else 'dynamic shapes'}, .ort for {t.ort_platform}, "
+                f"promises {', '.join(t.providers)}.", ""]
+    int8 = [f"- {r.name}: {r.int8}" for r in report.rows if r.int8]
+    if int8:
+        out += ["int8 formats (the preset follows the target; `host` detects it from the building CPU):", *int8, ""]
     for label, m in report.machines.items():
         if m:
             out.append(f"- machine `{label}`: {_machine_line(m)}")
@@ -449,8 +507,9 @@ def _detail_lines(report: Report) -> list[str]:
 def _machine_line(m: dict) -> str:
     isa = " ".join(k for k, v in (m.get("isa") or {}).items() if v)
     ort = (m.get("onnxruntime") or {}).get("version", "?")
+    busy = m.get("threads_why", "") if "busy" in m.get("threads_why", "") else ""
     return (f"{m.get('cpu_model', '?')}, {m.get('cores_usable', '?')} usable cores, {m.get('threads_used', '?')} "
-            f"threads, {isa or 'no ISA flags'}, onnxruntime {ort}")
+            f"threads, {isa or 'no ISA flags'}, onnxruntime {ort}" + (f"; {busy}" if busy else ""))
 
 
 # ---------------------------------------------------------------- plots and HTML
@@ -650,9 +709,10 @@ def as_dict(report: Report) -> dict:
         "original": report.original.name if report.original else None,
         "recommended": report.recommended.name if report.recommended else None,
         "summary": summary(report).replace("**", ""), "config": dataclasses.asdict(report.cfg),
+        "target": report.target,
         "rows": [{"name": r.name, "stage": r.stage, "format": r.format, "task": r.task, "path": str(r.path),
                   report.metric: r.quality, "measured_on": r.quality_note, "size_mb": r.size_mb, "pareto": r.pareto,
-                  "within_budget": r.within_budget,
+                  "within_budget": r.within_budget, "int8": r.int8, "readiness": r.readiness,
                   "speed": {f"{m}/{p}": dataclasses.asdict(s) for (m, p), s in r.speed.items()}} for r in report.rows],
         "machines": report.machines, "bundles": [str(b) for b in report.bundles], "notes": report.notes,
         "files": {"html": str(report.folder / "report.html"), "markdown": str(report.folder / "report.md")},

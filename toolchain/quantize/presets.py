@@ -29,6 +29,8 @@ PRESETS = {
     "avx512_vnni": Preset("avx512_vnni", "quint8", "qint8", False, "VNNI accumulates U8S8 in int32: full range"),
     "avx_vnni": Preset("avx_vnni", "quint8", "qint8", False, "AVX-VNNI accumulates U8S8 in int32: full range"),
     "arm64": Preset("arm64", "quint8", "qint8", False, "ARM64 dot-product kernels: U8S8, full range"),
+    # Android NNAPI's quantized FULLY_CONNECTED / BATCH_MATMUL read TENSOR_QUANT8_ASYMM (uint8) operands.
+    "nnapi": Preset("nnapi", "quint8", "quint8", False, "NNAPI quantized MatMul: uint8 activations and weights (U8U8)"),
 }
 
 

@@ -19,6 +19,7 @@ from ..config import config_to_dict
 from ..errors import CheckFailed, Unsupported
 from ..guard import writes_output
 from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
+from ..targets import HOST, check_target, target as get_target
 from . import calibration, graph, loop
 from .presets import PRESETS, detect_preset
 
@@ -43,17 +44,24 @@ DEFAULT_RTOL = 0.5
 @dataclass(frozen=True)
 class QuantizeConfig:
     mode: Literal["dynamic", "static"] = "dynamic"  # dynamic: activation scales per run; static: calibrated
-    preset: str | None = None  # avx2, avx512, avx512_vnni, avx_vnni, arm64; detected from this CPU when None
+    preset: str | None = None  # avx2, avx512, avx512_vnni, avx_vnni, arm64, nnapi; the target's when None
+    # Where the model will run (toolchain/targets.py): its preset, per-channel choice and QDQ form; `host`
+    # detects the preset from this CPU.
+    target: str = HOST
     activation_type: QType | None = None  # static only (dynamic is uint8 at run time); preset's when None
     weight_type: QType | None = None  # preset's when None
     reduce_range: bool | None = None  # 7-bit weights; preset's when None
-    # Per-channel weight scales: measured MiniLM embedding cosine vs fp32 0.9925, per-tensor 0.966.
-    per_channel: bool = True
+    # Per-channel weight scales: measured MiniLM embedding cosine vs fp32 0.9925, per-tensor 0.966. None: the
+    # target's (per-channel, except NNAPI, whose MatMul has one scale per tensor).
+    per_channel: bool | None = None
     symmetric_activations: bool = False  # static: zero point 0; asymmetric fits GELU/softmax outputs better
     op_types: tuple[str, ...] | None = None  # op types to quantize; DEFAULT_OPS (those the model has) when None
     exclude_nodes: tuple[str, ...] = ()  # node names kept in float32
     # Q.K^T and probs x V stay float32: quantizing softmax outputs per tensor costs accuracy, saves little.
     quantize_activation_matmuls: bool = False
+    # Static: quantize weight MatMuls' outputs too (complete DQ -> MatMul -> Q units, which a mobile EP runs in
+    # int8). None: the target's choice. The CPU EP does better without (MatMulIntegerToFloat, see _build_static).
+    quantize_matmul_outputs: bool | None = None
     mask_guard: bool = True  # keep attention-mask paths out of calibration and quantization (float-min values)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_samples: int = 128  # static: single sentences of the task data's train split
@@ -73,6 +81,7 @@ class QuantizeConfig:
     rtol: float = DEFAULT_RTOL  # parity: ||int8 - fp32|| / ||fp32|| per output on real text (LM logits: log-probs)
 
     def __post_init__(self):
+        check_target(self.target)
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.mode == "dynamic" and (self.activation_type is not None or self.symmetric_activations):
@@ -94,6 +103,8 @@ class QuantizeConfig:
             raise ValueError("op_types must name at least one op type")
         if self.eval_max_samples is not None and self.eval_max_samples < 1:
             raise ValueError("eval_max_samples must be at least 1 (leave it unset for all examples)")
+        if self.mode == "dynamic" and self.quantize_matmul_outputs:
+            raise ValueError("quantize_matmul_outputs applies to --mode static (dynamic int8 has no output scales)")
 
     @property
     def budget_limit(self) -> float | None:
@@ -115,7 +126,8 @@ class _Job:
     cache: Path | None = None  # static: calibrated ranges
     mask_tensors: set[str] = field(default_factory=set)  # never calibrated: they hold float-min
     ranged: set[str] = field(default_factory=set)  # tensors with a calibrated range
-    integer_nodes: list[tuple[str, str]] = field(default_factory=list)  # static: (name, op) of INTEGER_ONLY_OPS
+    integer_nodes: list[tuple[str, str]] = field(default_factory=list)  # static: (name, op) of integer_ops
+    integer_ops: tuple[str, ...] = INTEGER_ONLY_OPS  # static: ops given ORT's integer kernels instead of QDQ
     notes: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -145,18 +157,35 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
         m["fp32_reasons"] = _count_reasons(job.excluded)
         m["parity"] = _check(parent, o.folder / "model.onnx", cfg, loop_metrics)
         m["warnings"] = job.warnings
+        tgt = get_target(cfg.target)
+        m["target"] = tgt.choices(job.settings["preset"])
+        if tgt.mobile:
+            from ..package import target_readiness
+
+            m["readiness"] = target_readiness(o.folder / "model.onnx", tgt, cfg.max_length)
     return Artifact.load(out)
 
 
 def resolve_settings(cfg: QuantizeConfig) -> dict:
-    """The preset (named or detected) with the config's overrides applied, as recorded in the manifest."""
-    name, detected = (cfg.preset, "chosen by the user") if cfg.preset else detect_preset()
+    """The preset (named, the target's, or detected) with the config's overrides applied, as recorded."""
+    tgt = get_target(cfg.target)
+    if cfg.preset:
+        name, detected = cfg.preset, "chosen by the user"
+    elif tgt.preset:
+        name, detected = tgt.preset, f"target {tgt.name}: {tgt.why['preset']}"
+    else:
+        name, detected = detect_preset()
     preset = PRESETS[name]
-    return {"preset": name, "detected": detected, "why": preset.why, "mode": cfg.mode,
+    static = cfg.mode == "static"
+    outputs = tgt.matmul_outputs if cfg.quantize_matmul_outputs is None else cfg.quantize_matmul_outputs
+    return {"preset": name, "detected": detected, "why": preset.why, "mode": cfg.mode, "target": tgt.name,
             "activation_type": "quint8" if cfg.mode == "dynamic" else cfg.activation_type or preset.activation_type,
             "weight_type": cfg.weight_type or preset.weight_type,
             "reduce_range": preset.reduce_range if cfg.reduce_range is None else cfg.reduce_range,
-            "per_channel": cfg.per_channel, "symmetric_activations": cfg.symmetric_activations}
+            "per_channel": tgt.per_channel if cfg.per_channel is None else cfg.per_channel,
+            "symmetric_activations": cfg.symmetric_activations, "matmul_outputs": static and outputs,
+            # Static int8 for standard-op targets (NNAPI, CoreML): every op QDQ, none of ORT's integer contrib kernels.
+            "integer_kernels": tgt.fusions == "contrib"}
 
 
 def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
@@ -170,13 +199,19 @@ def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
         raise Unsupported(f"{parent.path} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())})",
                           "quantize the float32 ONNX artifact it was made from (see `toolchain info`)")
     job = _Job(parent, cfg, work / "float.onnx", work, resolve_settings(cfg), [], {})
+    if not job.settings["integer_kernels"]:
+        job.integer_ops = ()
+    tgt = get_target(cfg.target)
+    if tgt.int8_mode and tgt.int8_mode != cfg.mode:
+        _warn(job.warnings, f"{cfg.mode} int8 runs on ORT's CPU EP only; {', '.join(tgt.providers[:-1])} "
+                            f"runs {tgt.int8_mode} int8 (the {tgt.name} target's format)")
     job.notes["shape_inference"] = calibration.preprocess(parent.onnx_path, job.model)
     model = onnx.load(str(job.model))
     job.op_types = _op_types(model, cfg, job.warnings)
     job.excluded = _excluded(model, cfg, job)
     if cfg.mode == "static":
         job.integer_nodes = [(n.name, n.op_type) for n in model.graph.node
-                             if n.op_type in INTEGER_ONLY_OPS and n.op_type in job.op_types]
+                             if n.op_type in job.integer_ops and n.op_type in job.op_types]
         # Recorded, so nobody mistakes these for calibrated ops: their activation scales are set per run.
         job.notes["run_time_scaled"] = dict(Counter(op for _, op in job.integer_nodes))
     if cfg.mode == "static" or cfg.budget_limit is not None:
@@ -308,7 +343,7 @@ def _build_static(job: _Job, exclude: list[str], dst: Path) -> Path:
     # MatMul outputs stay float: re-quantizing them before the bias add measured cosine 0.88 vs 0.98 on
     # MiniLM, and ONNX Runtime then runs MatMulIntegerToFloat, as fast as QLinearMatMul.
     options = FLOAT_DEFAULT | {"ActivationSymmetric": s["symmetric_activations"],
-                               "OpTypesToExcludeOutputQuantization": ["MatMul"]}
+                               "OpTypesToExcludeOutputQuantization": [] if s["matmul_outputs"] else ["MatMul"]}
     quantize_static(str(source), str(dst), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=_qdq_ops(job),
                     per_channel=s["per_channel"], reduce_range=s["reduce_range"],
                     activation_type=_qtype(s["activation_type"]), weight_type=_qtype(s["weight_type"]),
@@ -351,7 +386,7 @@ def _keep_float_consumers(job: _Job, path: Path, exclude: set[str]) -> None:
 
 
 def _qdq_ops(job: _Job) -> list[str]:
-    return [op for op in job.op_types if op not in INTEGER_ONLY_OPS]
+    return [op for op in job.op_types if op not in job.integer_ops]
 
 
 def _run(job: _Job) -> tuple[Path, dict]:
