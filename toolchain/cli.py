@@ -667,6 +667,55 @@ def _unstructured_text(m: dict) -> str:
             + f"\nNOTE: {m['note']}")
 
 
+@main.command("trim-vocab")
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@data_options(default=None)
+@click.option("--max-vocab", type=int, help="Keep at most N rows: specials and characters/bytes first, then the "
+                                             "most frequent tokens of the training text.")
+@click.option("--min-count", type=int, help="Times a token must occur in the training text to be kept (default 1).")
+@click.option("--max-length", type=int, help="Tokens per example when scoring before and after (default 64).")
+@click.option("--max-eval-samples", type=int, help="Score only the first N held-out examples (LMs: tokens).")
+@click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
+              help="Task head to load; inferred from the model's architecture when omitted.")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def trim_vocab(model, out, as_json, force, **options):
+    """Trim MODEL's vocabulary to the tokens its task text uses: a smaller embedding (and LM head), a
+    rewritten tokenizer, the same outputs on that text; held-out text is measured before and after."""
+    from .trim_vocab import TrimVocabConfig, trim_vocab as run_trim
+
+    cfg = _config(TrimVocabConfig, **options)
+    art = run_trim(model, cfg, out, force=force)
+    m = art.manifest.lineage[-1].metrics
+    emit({"artifact": str(art.path), **m}, as_json, f"trimmed {model} -> {art.path}\n" + _trim_text(m))
+
+
+def _trim_text(m: dict) -> str:
+    k, h, p = m["kept"], m["held_out"], m["parity"]
+    lines = [f"{m['tokenizer']} vocabulary {m['vocab_before']} -> {m['vocab_after']} rows "
+             f"({k['special']} special, {k['coverage']} characters/bytes, {k['used_in_training_text']} of the "
+             f"{k['used_total']} tokens the training text uses" + (f", {k['merge_ancestors']} merge steps"
+                                                                   if k["merge_ancestors"] else "")
+             + (f"; {k['dropped_used_by_cap']} used tokens dropped by --max-vocab" if k["dropped_used_by_cap"] else "")
+             + ")",
+             f"params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M "
+             f"({1 - m['params_after'] / m['params_before']:.1%} fewer)",
+             f"held-out text ({h['texts']} texts, {h['tokens']} tokens): {h['tokens_dropped_share']:.2%} of tokens "
+             f"dropped, {h['texts_changed_share']:.1%} of texts tokenize differently, "
+             f"{h['length_ratio'] - 1:+.2%} tokens, [UNK] {h['unk_share_before']:.2%} -> {h['unk_share_after']:.2%}"]
+    before, after = m["score_before"], m["score_after"]
+    if before:
+        metric = "accuracy" if "accuracy" in before else "bits_per_char"
+        lines.append(f"{metric} on {before['split']}: {before[metric]:.4f} -> {after[metric]:.4f}")
+    lines.append(f"checks: {m['train_tokenization']['texts_checked']} training texts tokenize id for id as before; "
+                 f"saved and reloaded model vs original max abs diff {p['max_abs_diff']:.2e} (tol {p['atol']:g}): ok")
+    return "\n".join(lines)
+
+
 @main.command("run")
 @click.argument("recipe", type=click.Path())
 @click.option("--out", required=True, type=click.Path(),
