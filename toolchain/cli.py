@@ -301,6 +301,9 @@ def _evaluation_table(artifact, r: dict) -> str:
 @click.option("--skip-layer-norm/--no-skip-layer-norm", default=None,
               help="Fuse Add + LayerNorm into SkipLayerNormalization (default: for GPU targets only; on CPU "
                    "ONNX Runtime's kernel is 5-8x slower than the two ops).")
+@click.option("--embed-layer-norm/--no-embed-layer-norm", default=None,
+              help="Fuse the embedding Gather + Add + LayerNorm (default); --no-embed-layer-norm keeps a Gather "
+                   "that quantize --embedding-bits 4 can store as 4-bit blocks.")
 @click.option("--atol", type=float, help="Parity tolerance vs the parent (relative with --fp16).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -337,6 +340,8 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @click.option("--accuracy-level", type=click.IntRange(0, 4),
               help="Weight-only: MatMulNBits compute type, 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4).")
 @click.option("--symmetric/--asymmetric", default=None, help="Weight-only: symmetric weight blocks (default asymmetric).")
+@click.option("--embedding-bits", type=click.Choice(["4"]), callback=lambda c, p, v: int(v) if v else None,
+              help="Dynamic/static: embedding tables as 4-bit blocks (GatherBlockQuantized), MatMuls int8.")
 @click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64"]),
               help="Hardware preset (default: detected from this CPU); the options below override it.")
 @click.option("--activation-type", type=click.Choice(["quint8", "qint8"]), help="Static: activation type.")

@@ -78,9 +78,15 @@ class QuantizeConfig:
     algorithm: str | None = None  # int4: rtn, hqq, gptq (calibrated), awq (activation-aware scaling + rtn)
     accuracy_level: int | None = None  # MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default)
     symmetric: bool | None = None  # symmetric weight blocks (default asymmetric)
+    # Dynamic / static: store embedding tables (Gather) as 4-bit blocks (GatherBlockQuantized) instead of
+    # int8; the MatMuls stay int8. Needs an unfused embedding (optimize with embed_layer_norm false).
+    embedding_bits: int | None = None
 
     def __post_init__(self):
         self._check_weight_only()
+        if self.embedding_bits is not None and (self.embedding_bits != 4 or self.mode == "weight-only"):
+            raise ValueError("embedding_bits is 4 (or unset), for dynamic and static modes; weight-only mode "
+                             "quantizes embeddings to 4 bits by itself")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.mode == "dynamic" and (self.activation_type is not None or self.symmetric_activations):
@@ -167,6 +173,8 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
         else:
             job = _prepare(parent, cfg, Path(work))
             chosen, loop_metrics = _run(job)
+            if cfg.embedding_bits:
+                chosen = _embeddings_4bit(chosen, job)
         shutil.copy2(chosen, o.folder / "model.onnx")
         copy_sidecar_files(parent.path, o.folder)
         m = o.record.metrics
@@ -224,13 +232,30 @@ def refuse_quantized(parent: Artifact) -> None:
                           "quantize the float32 ONNX artifact it was made from (see `toolchain info`)")
 
 
+def _embeddings_4bit(path: Path, job: _Job) -> Path:
+    """The int8 model with its embedding tables as 4-bit blocks (weight_only.build on the Gather nodes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if not weight_only.embedding_gathers(model):
+        raise Unsupported("embedding_bits 4: the model has no Gather of a constant embedding table "
+                          "(a fused EmbedLayerNormalization holds it)",
+                          "optimize with --no-embed-layer-norm, or quantize without --embedding-bits")
+    spec = weight_only.WeightOnlySpec(bits=4, op_types=("Gather",))
+    quantized, notes = weight_only.build(model, spec)
+    job.notes["embedding_bits"] = {**weight_only.spec_dict(spec), "nodes": notes["nodes"]["int4_gather"]}
+    out = job.work / "embeddings-4bit.onnx"
+    onnx.save(quantized, str(out))
+    return out
+
+
 def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
     """The op types to quantize that the model has; asking for absent or unsupported ones is reported."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
     supported = set(QDQRegistry) | set(INTEGER_ONLY_OPS) if cfg.mode == "static" else set(IntegerOpsRegistry)
     supported |= {"Gemm"}
-    requested = list(cfg.op_types or DEFAULT_OPS)
+    requested = [op for op in cfg.op_types or DEFAULT_OPS if not (cfg.embedding_bits and op == "Gather")]
     unsupported = [op for op in requested if op not in supported]
     if unsupported:
         raise Unsupported(f"{cfg.mode} quantization has no int8 kernel for {', '.join(unsupported)}",
