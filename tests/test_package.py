@@ -148,3 +148,14 @@ def test_mobile_readiness_lists_what_falls_back_per_execution_provider(tiny_onnx
     # Dynamic shapes count against NNAPI: fixing them can only let more nodes onto it.
     assert nnapi["if_shapes_fixed"]["supported_nodes"] >= nnapi["supported_nodes"]
     assert all(":" in op and n > 0 for op, n in nnapi["if_shapes_fixed"]["fallback_ops"].items())
+
+
+def test_coreml_readiness_names_an_embedding_over_16384_rows(tiny_onnx, monkeypatch):
+    import onnx
+
+    from toolchain import package as package_module
+
+    assert mobile_readiness(tiny_onnx("bert").onnx_path)["CoreML MLProgram"]["over_16384"] == []
+    monkeypatch.setattr(package_module, "COREML_MAX_DIM", 100)  # the tiny vocabulary (143 rows) is then too big
+    blockers = package_module.coreml_dim_blockers(onnx.load(str(tiny_onnx("bert").onnx_path)))
+    assert [(b["op"], b["shape"][0]) for b in blockers] == [("Gather", 143), ("Gather", 128)]  # words, positions
