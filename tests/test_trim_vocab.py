@@ -205,3 +205,25 @@ def test_cli_trim_vocab_prints_what_it_kept(tiny, reviews, tmp_path):
     assert result.exit_code == 8 and "fix: set max_vocab to at least" in result.output
     data = json.loads(CliRunner().invoke(main, ["info", str(out), "--json"]).output)
     assert data["lineage"][-1]["metrics"]["vocab_after"] < data["lineage"][-1]["metrics"]["vocab_before"]
+
+
+def test_a_recipe_trims_with_its_own_data_then_exports_and_resumes(tiny, reviews, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""\
+model: {tiny("bert")}
+data: {reviews}
+steps:
+  - name: trimmed
+    stage: trim-vocab
+    config: {{max_length: 32}}
+  - name: onnx
+    stage: export
+""")
+    args = ["run", str(recipe), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    art = Artifact.load(tmp_path / "run" / "onnx")
+    assert [r.stage for r in art.manifest.lineage] == ["trim-vocab", "export"]
+    assert art.manifest.lineage[0].config["data"] == str(reviews)  # the recipe's data reached the stage
+    again = CliRunner().invoke(main, args + ["--json"], catch_exceptions=False)
+    assert [s["action"] for s in json.loads(again.stdout)["steps"]] == ["skipped", "skipped"]
