@@ -15,6 +15,7 @@ import compare  # noqa: E402
 import compare_report as report  # noqa: E402
 import compare_variants as variants  # noqa: E402
 
+from toolchain.artifact import Artifact  # noqa: E402
 from toolchain.bench import machine  # noqa: E402
 
 
@@ -186,3 +187,24 @@ def test_pick_threads_uses_one_thread_on_a_busy_machine_unless_told(monkeypatch)
     assert machine.pick_threads(2, 2) == (2, "2 thread(s) per model (--threads; load 7.5 on 2 cores at start)")
     monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
     assert machine.pick_threads(None, 2)[0] == 2
+
+
+def test_untrimmed_control_runs_the_recipes_steps_on_what_trimming_read(tiny, tmp_path):
+    """A final artifact made after trim-vocab gets a control row: the same steps on the untrimmed model."""
+    from toolchain.export import ExportConfig, export
+    from toolchain.prune import PruneConfig, prune
+    from toolchain.quantize import QuantizeConfig, quantize
+    from toolchain.trim_vocab import TrimVocabConfig, trim_vocab
+
+    run = tmp_path / "run"
+    pruned = prune(str(relabelled(tiny("bert"), tmp_path / "teacher")), PruneConfig(heads=0.25), run / "pruned")
+    trimmed = trim_vocab(str(pruned.path), TrimVocabConfig(max_eval_samples=20), run / "trimmed")
+    onnx = export(str(trimmed.path), ExportConfig(), run / "onnx")
+    final = quantize(str(onnx.path), QuantizeConfig(), run / "int8-dynamic")  # the recipe's step name
+    v = variants.untrimmed_variant(variants.Variant("final", "f", "", path=final.path), tmp_path / "work", True,
+                                   lambda m: None)
+    assert v.error is None and v.path == tmp_path / "work" / "untrimmed-quick" / "int8-dynamic"
+    stages = [r.stage for r in Artifact.load(v.path).manifest.lineage]
+    assert stages == ["prune", "export", "optimize", "quantize"]  # no trim-vocab: the control
+    assert variants.untrimmed_variant(variants.Variant("final", "f", "", path=v.path), tmp_path / "w2", True,
+                                      lambda m: None) is None  # nothing trimmed: no control row
