@@ -227,3 +227,15 @@ steps:
     assert art.manifest.lineage[0].config["data"] == str(reviews)  # the recipe's data reached the stage
     again = CliRunner().invoke(main, args + ["--json"], catch_exceptions=False)
     assert [s["action"] for s in json.loads(again.stdout)["steps"]] == ["skipped", "skipped"]
+
+
+def test_a_unigram_tokenizer_is_unsupported_with_what_is():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from toolchain.errors import Unsupported
+    from toolchain.trim_vocab import _tokenizer_json
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0)))
+    with pytest.raises(Unsupported, match="WordPiece and BPE tokenizers; this one is Unigram"):
+        _tokenizer_json(tok)
