@@ -109,7 +109,9 @@ def classifier_variants(teacher: Path, run: Path | None, final: str | None, work
     optimum = vs.optimum_variant(teacher, work, vs.optimum_preset(isa, arch), echo)
     ours = vs.teacher_variants(teacher, work, quick, echo)
     naive = vs.naive_static_variant(ours[0], work, plan.calibration_samples, plan.max_length, echo)
-    return [base, int8, optimum, naive, *ours, vs.final_variant(run, final)]
+    final_v = vs.final_variant(run, final)
+    untrimmed = vs.untrimmed_variant(final_v, work, quick, echo)  # what trimming changed, when it was used
+    return [base, int8, optimum, naive, *ours, *([untrimmed] if untrimmed else []), final_v]
 
 
 def evaluate_all(variants: list, cfg) -> dict[str, dict]:

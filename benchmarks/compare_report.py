@@ -13,15 +13,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-BASELINE, OPTIMUM, FINAL = "teacher", "optimum", "final"
+BASELINE, OPTIMUM, FINAL, UNTRIMMED = "teacher", "optimum", "final", "untrimmed"
 README_BEGIN, README_END = "<!-- compare:begin -->", "<!-- compare:end -->"
 # The issue's bar for the final artifact: (what, ratio key, against, at least).
 TARGETS = (
     ("batch-1 latency, x faster than the Optimum pipeline", "b1_speedup", "vs_optimum", 3.0),
     ("batch-1 latency, x faster than the PyTorch teacher", "b1_speedup", "vs_teacher", 8.0),
     ("batch-32 throughput, x the Optimum pipeline's", "b32_throughput", "vs_optimum", 2.5),
-    ("file size, x smaller than the teacher", "smaller", "vs_teacher", 5.0),
+    ("file size, x smaller than the teacher", "smaller", "vs_teacher", 12.0),
     ("test accuracy, points vs the teacher", "accuracy_points", "vs_teacher", -1.0),
+    # Vocabulary trimming (issue 17): against the same pipeline without it. "No worse" latency is read
+    # as within 5%: repeated runs of one model differ by more than that on this shared machine.
+    ("test accuracy, points vs the same pipeline untrimmed", "accuracy_points", "vs_untrimmed", -0.3),
+    ("batch-1 latency, x the untrimmed pipeline's speed", "b1_speedup", "vs_untrimmed", 0.95),
 )
 
 
@@ -70,7 +74,7 @@ def ratios(r: dict, ref: dict) -> dict:
 
 def add_ratios(rows: list[dict]) -> None:
     by = {r["key"]: r for r in rows}
-    for ref_key, field in ((BASELINE, "vs_teacher"), (OPTIMUM, "vs_optimum")):
+    for ref_key, field in ((BASELINE, "vs_teacher"), (OPTIMUM, "vs_optimum"), (UNTRIMMED, "vs_untrimmed")):
         ref = by.get(ref_key)
         for r in rows:
             r[field] = ratios(r, ref) if ref else None
@@ -182,7 +186,7 @@ def classifier_table(result: dict) -> list[str]:
 def targets_table(result: dict) -> list[str]:
     lines = ["| target (final artifact) | wanted | measured | met |", "|---|---|---|---|"]
     for t in result["targets"]:
-        fmt = "{:+.1f}" if "points" in t["what"] else "{:.1f}x"
+        fmt = "{:+.1f}" if "points" in t["what"] else "{:.2f}x" if t["want"] < 1 else "{:.1f}x"
         want = (">= " if "points" not in t["what"] else ">= ") + fmt.format(t["want"])
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
         lines.append(f"| {t['what']} | {want} | {_f(t['measured'], fmt)} | {met} |")

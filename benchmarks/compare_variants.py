@@ -80,6 +80,34 @@ def final_variant(run: Path | None, final: str | None) -> Variant:
     return v
 
 
+def untrimmed_variant(final: Variant, work: Path, quick: bool, echo) -> Variant | None:
+    """The final artifact's pipeline without its trim-vocab step: the recipe's steps after trimming, run on
+    the artifact trimming read, so the table shows what trimming changed (None when nothing was trimmed)."""
+    if final.path is None or not Artifact.is_artifact(final.path):
+        return None
+    lineage = Artifact.load(final.path).manifest.lineage
+    trim = next((r for r in lineage if r.stage == "trim-vocab"), None)
+    if trim is None:
+        return None
+    from toolchain.recipe import load_recipe
+
+    steps = load_recipe(CLASSIFIER_RECIPE, quick=quick).steps
+    trim_step = next((s for s in steps if s.stage == "trim-vocab"), None)
+    v = Variant("untrimmed", "toolchain final, untrimmed", "the same steps without trim-vocab (the control)")
+    names = ("onnx", "fused", final.path.name)
+    source = final.path.parent / trim_step.inputs[0] if trim_step and trim_step.inputs else None
+    if source is None or not Artifact.is_artifact(source) or final.path.name not in {s.name for s in steps}:
+        v.error = f"{final.path} is not a step of {CLASSIFIER_RECIPE.name} run after its trim-vocab step"
+        return v
+    overrides = {"int8-static": {"eval_max_samples": 200, "calibration_samples": 64}} if quick else None
+    made = run_steps(CLASSIFIER_RECIPE, names, str(source), work / ("untrimmed-quick" if quick else "untrimmed"),
+                     quick, echo, overrides)
+    out = _from_made(v.key, made[final.path.name], v.name, v.how)
+    if out.path is not None:
+        out.how = lineage_summary(out.path)
+    return out
+
+
 def lineage_summary(path: Path) -> str:
     """The stages that made an artifact, in order (e.g. finetune > distill > prune > export > optimize > quantize)."""
     if not Artifact.is_artifact(path):

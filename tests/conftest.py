@@ -36,7 +36,7 @@ def pinned_int8_preset():
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """A function name -> folder of a saved tiny model: 'bert' (classifier), 'gpt2', 'llama'."""
+    """A function name -> folder of a saved tiny model: 'bert', 'distilbert', 'roberta' (classifiers), 'gpt2', 'llama'."""
     root = tmp_path_factory.mktemp("tiny-models")
     built = {}
 

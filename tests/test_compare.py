@@ -15,6 +15,7 @@ import compare  # noqa: E402
 import compare_report as report  # noqa: E402
 import compare_variants as variants  # noqa: E402
 
+from toolchain.artifact import Artifact  # noqa: E402
 from toolchain.bench import machine  # noqa: E402
 
 
@@ -67,6 +68,25 @@ def test_targets_say_which_are_met_and_which_missed():
     assert met["batch-1 latency, x faster than the PyTorch teacher"] is True
     assert met["batch-32 throughput, x the Optimum pipeline's"] is True
     assert met["test accuracy, points vs the teacher"] is False  # 1.5 points below
+
+
+def test_trimming_targets_compare_the_final_artifact_with_its_untrimmed_control():
+    vs, evals, benches = three_models()
+    vs.insert(2, variants.Variant("untrimmed", "toolchain final, untrimmed", "control", path=Path("u")))
+    evals["untrimmed"] = {"accuracy": 0.817}
+    for key, figures in (("b1", (1, 2.0, 2.5, 500.0, 15.0)), ("b32", (32, 100.0, 110.0, 320.0, 15.0))):
+        benches[key]["rows"].append(bench_result({"untrimmed": figures})["rows"][0])
+        benches[key]["keys"]["label-untrimmed"] = "untrimmed"
+    rows = [report.classifier_row(v, evals.get(v.key, {}), report.bench_rows(benches["b1"]),
+                                  report.bench_rows(benches["b32"])) for v in vs]
+    report.add_ratios(rows)
+    final = next(r for r in rows if r["key"] == "final")
+    assert final["vs_untrimmed"]["accuracy_points"] == pytest.approx(-0.2)
+    assert final["vs_untrimmed"]["smaller"] == pytest.approx(15 / 12)
+    met = {t["what"]: t["met"] for t in report.targets(rows)}
+    assert met["test accuracy, points vs the same pipeline untrimmed"] is True  # -0.2 >= -0.3
+    assert met["batch-1 latency, x the untrimmed pipeline's speed"] is True  # the same p50
+    assert met["file size, x smaller than the teacher"] is False  # 90 / 12 = 7.5x < 12x
 
 
 def test_targets_are_not_measured_without_a_final_artifact():
@@ -154,7 +174,7 @@ def test_quick_run_measures_every_model_on_tiny_models(tiny, tmp_path, monkeypat
     static = rows["tc-int8-static"]  # the accuracy loop may find no int8 model of a random net: then it says why
     assert static["accuracy"] is not None or static["error"]
     assert rows["torch-int8"]["precision"] == "int8" and rows["teacher"]["precision"] == "fp32"
-    assert len(result["targets"]) == 5 and result["targets"][0]["measured"] is not None
+    assert len(result["targets"]) == 7 and result["targets"][0]["measured"] is not None
     assert [r["key"] for r in result["lm"]] == ["lm-torch", "lm-onnx", "lm-int8"]
     assert all(r["perplexity"] and r["prefill_ms"] and r["decode_tokens_s"] for r in result["lm"])
     assert set(result["scaling"]) == {"teacher", "final"} and len(result["scaling"]["final"]["seq"]) == 3
@@ -167,3 +187,24 @@ def test_pick_threads_uses_one_thread_on_a_busy_machine_unless_told(monkeypatch)
     assert machine.pick_threads(2, 2) == (2, "2 thread(s) per model (--threads; load 7.5 on 2 cores at start)")
     monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
     assert machine.pick_threads(None, 2)[0] == 2
+
+
+def test_untrimmed_control_runs_the_recipes_steps_on_what_trimming_read(tiny, tmp_path):
+    """A final artifact made after trim-vocab gets a control row: the same steps on the untrimmed model."""
+    from toolchain.export import ExportConfig, export
+    from toolchain.prune import PruneConfig, prune
+    from toolchain.quantize import QuantizeConfig, quantize
+    from toolchain.trim_vocab import TrimVocabConfig, trim_vocab
+
+    run = tmp_path / "run"
+    pruned = prune(str(relabelled(tiny("bert"), tmp_path / "teacher")), PruneConfig(heads=0.25), run / "pruned")
+    trimmed = trim_vocab(str(pruned.path), TrimVocabConfig(max_eval_samples=20), run / "trimmed")
+    onnx = export(str(trimmed.path), ExportConfig(), run / "onnx")
+    final = quantize(str(onnx.path), QuantizeConfig(), run / "int8-dynamic")  # the recipe's step name
+    v = variants.untrimmed_variant(variants.Variant("final", "f", "", path=final.path), tmp_path / "work", True,
+                                   lambda m: None)
+    assert v.error is None and v.path == tmp_path / "work" / "untrimmed-quick" / "int8-dynamic"
+    stages = [r.stage for r in Artifact.load(v.path).manifest.lineage]
+    assert stages == ["prune", "export", "optimize", "quantize"]  # no trim-vocab: the control
+    assert variants.untrimmed_variant(variants.Variant("final", "f", "", path=v.path), tmp_path / "w2", True,
+                                      lambda m: None) is None  # nothing trimmed: no control row

@@ -173,3 +173,12 @@ def test_package_of_a_classifier_with_transformers_default_labels_works(tiny, tm
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["label"] in expected
+def test_coreml_readiness_names_an_embedding_over_16384_rows(tiny_onnx, monkeypatch):
+    import onnx
+
+    from toolchain import package as package_module
+
+    assert mobile_readiness(tiny_onnx("bert").onnx_path)["CoreML MLProgram"]["over_16384"] == []
+    monkeypatch.setattr(package_module, "COREML_MAX_DIM", 100)  # the tiny vocabulary (143 rows) is then too big
+    blockers = package_module.coreml_dim_blockers(onnx.load(str(tiny_onnx("bert").onnx_path)))
+    assert [(b["op"], b["shape"][0]) for b in blockers] == [("Gather", 143), ("Gather", 128)]  # words, positions

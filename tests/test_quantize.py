@@ -377,3 +377,27 @@ def test_real_minilm_int8_is_small_and_close_to_float32(tmp_path_factory, mode):
     assert m["size_ratio"] >= 3.5  # the target; measured 3.96
     # Relative L2 0.15 is cosine ~0.99 on the hidden states (measured: dynamic 0.149).
     assert m["parity"]["rel_l2_diff"] < 0.25 and m["fp32_nodes"] == []
+
+
+def test_embedding_bits_4_stores_the_embedding_tables_as_4bit_blocks_and_matmuls_as_int8(tiny_onnx, tmp_path):
+    fused = optimize(tiny_onnx("bert"), OptimizeConfig(embed_layer_norm=False), tmp_path / "fused")
+    assert "EmbedLayerNormalization" not in _ops(fused) and _ops(fused)["Gather"] >= 3
+    q4 = quantize(fused, QuantizeConfig(mode="dynamic", embedding_bits=4), tmp_path / "q4")
+    int8 = quantize(fused, QuantizeConfig(mode="dynamic"), tmp_path / "int8")
+    ops = _ops(q4)
+    assert ops["GatherBlockQuantized"] == 3 and ops["MatMulInteger"] == _ops(int8)["MatMulInteger"]  # word/pos/type
+    assert _metrics(q4)["embedding_bits"]["nodes"] == 3 and _metrics(q4)["parity"]["rel_l2_diff"] < 0.5
+    tables = {t.name: t for t in onnx.load(q4.onnx_path).graph.initializer}
+    word = tables["bert.embeddings.word_embeddings.weight_Q4"]
+    rows = json.loads((fused.path / "config.json").read_text())["vocab_size"]
+    assert word.data_type == onnx.TensorProto.UINT4 and list(word.dims) == [rows, 32]  # a 4-bit code per weight
+    assert list(tables["bert.embeddings.word_embeddings.weight_scales"].dims) == [rows, 1]  # one block (32) a row
+
+
+def test_embedding_bits_needs_an_unfused_embedding_and_an_int8_mode(tiny_onnx, tmp_path):
+    fused = optimize(tiny_onnx("bert"), OptimizeConfig(), tmp_path / "fused")  # EmbedLayerNormalization
+    with pytest.raises(Unsupported, match="no-embed-layer-norm"):
+        quantize(fused, QuantizeConfig(mode="dynamic", embedding_bits=4), tmp_path / "q4")
+    for bad in ({"embedding_bits": 8}, {"embedding_bits": 4, "mode": "weight-only"}):
+        with pytest.raises(ValueError, match="embedding_bits"):
+            QuantizeConfig(**bad)

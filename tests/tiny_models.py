@@ -14,11 +14,17 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    DistilBertTokenizerFast,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    RobertaTokenizerFast,
 )
 
 # Enough words that tokenized test sentences are mostly real tokens, not [UNK].
@@ -46,13 +52,13 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _wordpiece_tokenizer(folder: Path) -> BertTokenizerFast:
+def _wordpiece_tokenizer(folder: Path, cls=BertTokenizerFast) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ".", "!", "?", "'", "i"] + WORDS
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
     vocab = list(dict.fromkeys(vocab))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok = cls(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
     (folder / "vocab.txt").unlink()
     return tok
 
@@ -70,6 +76,21 @@ def _bpe_tokenizer(bos: str = "<|endoftext|>") -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=bos, unk_token=bos)
 
 
+def _roberta_tokenizer() -> RobertaTokenizerFast:
+    """Byte-level BPE with RoBERTa's specials (<s>=0, <pad>=1, </s>=2, <unk>=3) and its post-processor."""
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=360, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(SENTENCES * 4 + [" ".join(WORDS)], trainer)
+    return RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+
+
 def bert_classifier(folder: Path, num_labels: int = 2, seed: int = 0) -> Path:
     """A 2-layer, hidden-32 BERT sequence classifier with labels negative/positive."""
     _seed(seed)
@@ -81,6 +102,36 @@ def bert_classifier(folder: Path, num_labels: int = 2, seed: int = 0) -> Path:
         label2id={n: i for i, n in enumerate(["negative", "positive", "neutral"][:num_labels])},
     )
     model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def distilbert_classifier(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, hidden-32 DistilBERT sequence classifier (WordPiece) with labels negative/positive."""
+    _seed(seed)
+    tok = _wordpiece_tokenizer(folder, DistilBertTokenizerFast)
+    config = DistilBertConfig(
+        vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128,
+        num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+    )
+    model = DistilBertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def roberta_classifier(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, hidden-32 RoBERTa sequence classifier with a byte-level BPE tokenizer."""
+    _seed(seed)
+    tok = _roberta_tokenizer()
+    config = RobertaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=130, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    model = RobertaForSequenceClassification(config).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -115,4 +166,5 @@ def llama_lm(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-BUILDERS = {"bert": bert_classifier, "gpt2": gpt2_lm, "llama": llama_lm}
+BUILDERS = {"bert": bert_classifier, "gpt2": gpt2_lm, "llama": llama_lm, "distilbert": distilbert_classifier,
+            "roberta": roberta_classifier}

@@ -325,6 +325,9 @@ def _evaluation_table(artifact, r: dict) -> str:
 @click.option("--skip-layer-norm/--no-skip-layer-norm", default=None,
               help="Fuse Add + LayerNorm into SkipLayerNormalization (default: for GPU targets only; on CPU "
                    "ONNX Runtime's kernel is 5-8x slower than the two ops).")
+@click.option("--embed-layer-norm/--no-embed-layer-norm", default=None,
+              help="Fuse the embedding Gather + Add + LayerNorm (default); --no-embed-layer-norm keeps a Gather "
+                   "that quantize --embedding-bits 4 can store as 4-bit blocks.")
 @click.option("--atol", type=float, help="Parity tolerance vs the parent (relative with --fp16).")
 @target_option
 @click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
@@ -359,7 +362,18 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @main.command()
 @click.argument("artifact")
 @click.argument("out", type=click.Path())
-@click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
+@click.option("--mode", type=click.Choice(["dynamic", "static", "weight-only"]), default="dynamic", show_default=True,
+              help="dynamic/static: int8 weights and activations; weight-only: 4/8-bit weight blocks (MatMulNBits).")
+@click.option("--bits", type=click.Choice(["4", "8"]), callback=lambda c, p, v: int(v) if v else None,
+              help="Weight-only: bits per weight (default 4).")
+@click.option("--block-size", type=int, help="Weight-only: weights per scale along K, a power of two >= 16 (default 32).")
+@click.option("--algorithm", type=click.Choice(["rtn", "hqq", "gptq", "awq"]),
+              help="Weight-only int4: rtn (default), hqq, gptq (calibrated), awq (activation-aware scaling + rtn).")
+@click.option("--accuracy-level", type=click.IntRange(0, 4),
+              help="Weight-only: MatMulNBits compute type, 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4).")
+@click.option("--symmetric/--asymmetric", default=None, help="Weight-only: symmetric weight blocks (default asymmetric).")
+@click.option("--embedding-bits", type=click.Choice(["4"]), callback=lambda c, p, v: int(v) if v else None,
+              help="Dynamic/static: embedding tables as 4-bit blocks (GatherBlockQuantized), MatMuls int8.")
 @click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64", "nnapi"]),
               help="Hardware preset (default: the --target's; host detects it from this CPU); the options "
                    "below override it.")
@@ -408,7 +422,9 @@ def quantize(artifact, out, op_types, no_mask_guard, force, as_json, **options):
     emit({"artifact": str(art.path), **m}, as_json, _quantize_report(artifact, art, m))
     if m.get("within_budget") is False:
         click.secho(f"error: accuracy budget not met; the best model found is at {art.path}", fg="red", err=True)
-        click.echo("  fix: raise the budget, use --mode dynamic, or calibrate on more samples", err=True)
+        fix = ("more --max-iterations (more int4 layers go to int8), or --bits 8" if cfg.mode == "weight-only"
+               else "use --mode dynamic, or calibrate on more samples")
+        click.echo(f"  fix: raise the budget, {fix}", err=True)
         sys.exit(7)
 
 
@@ -420,6 +436,8 @@ def _reasons(m: dict) -> str:
 
 def _quantize_report(artifact, art, m: dict) -> str:
     s = m["settings"]
+    if s["mode"] == "weight-only":
+        return _weight_only_report(artifact, art, m)
     ops = ", ".join(f"{k} {v}" for k, v in m["quantized_ops"].items())
     lines = [f"quantized {artifact} -> {art.onnx_path} ({s['mode']}, target {s.get('target', 'host')}, preset "
              f"{s['preset']}: {s['activation_type']} activations, {s['weight_type']} weights, reduce_range "
@@ -444,6 +462,26 @@ def _quantize_report(artifact, art, m: dict) -> str:
         lines += ["", f"accuracy loop on {b['split']} (batch {b['batch_size']}): float32 parent {b['metric']} "
                       f"{b['parent']:.4g}, budget {b['limit']:g}",
                   format_table(rows, ["iteration", "fp32 nodes", b["metric"], "cost", "within budget"])]
+    return "\n".join(lines + [f"warning: {w}" for w in m["warnings"]])
+
+
+def _weight_only_report(artifact, art, m: dict) -> str:
+    s, nodes = m["settings"], m["weight_only"]["nodes"]
+    layers = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in nodes.items() if v)
+    lines = [f"quantized {artifact} -> {art.onnx_path} (weight-only {s['bits']}-bit {s['algorithm']}, block {s['block_size']}, "
+             f"{'symmetric' if s['symmetric'] else 'asymmetric'}, accuracy level {s['accuracy_level']}) in {m['quantize_seconds']:.0f}s",
+             f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "
+             f"({m['size_ratio']:.2f}x smaller); layers: {layers}",
+             f"parity vs float32: relative L2 error {m['parity']['rel_l2_diff']:.3g} on {m['parity']['worst_output']} "
+             f"(tolerance {m['parity']['rtol']:g}): ok"]
+    if "iterations" in m:
+        b = m["budget"]
+        rows = [[i, it["int8_nodes"], it[b["metric"]], it["cost"], "yes" if it["within_budget"] else "no"]
+                for i, it in enumerate(m["iterations"])]
+        worst = ", ".join(f"{r['node']} {r['sqnr_db']:.1f} dB" for r in m["sensitivity"][:3])
+        lines += ["", f"mixed-precision loop on {b['split']}: float32 {b['metric']} {b['parent']:.4g}, budget {b['limit']:g}",
+                  format_table(rows, ["iteration", "int8 layers", b["metric"], "cost", "within budget"]),
+                  f"most sensitive at int4 (output SQNR): {worst}"]
     return "\n".join(lines + [f"warning: {w}" for w in m["warnings"]])
 
 
@@ -707,6 +745,55 @@ def _unstructured_text(m: dict) -> str:
             f"({sp['whole_model']:.1%} of all parameters)\n" + format_table(rows, ["layer", "attention", "ffn"])
             + f"\nweights: {size(f)}" + (f"\nsource:  {size(src)}" if src else "")
             + f"\nNOTE: {m['note']}")
+
+
+@main.command("trim-vocab")
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@data_options(default=None)
+@click.option("--max-vocab", type=int, help="Keep at most N rows: specials and characters/bytes first, then the "
+                                             "most frequent tokens of the training text.")
+@click.option("--min-count", type=int, help="Times a token must occur in the training text to be kept (default 1).")
+@click.option("--max-length", type=int, help="Tokens per example when scoring before and after (default 64).")
+@click.option("--max-eval-samples", type=int, help="Score only the first N held-out examples (LMs: tokens).")
+@click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
+              help="Task head to load; inferred from the model's architecture when omitted.")
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
+@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def trim_vocab(model, out, as_json, force, **options):
+    """Trim MODEL's vocabulary to the tokens its task text uses: a smaller embedding (and LM head), a
+    rewritten tokenizer, the same outputs on that text; held-out text is measured before and after."""
+    from .trim_vocab import TrimVocabConfig, trim_vocab as run_trim
+
+    cfg = _config(TrimVocabConfig, **options)
+    art = run_trim(model, cfg, out, force=force)
+    m = art.manifest.lineage[-1].metrics
+    emit({"artifact": str(art.path), **m}, as_json, f"trimmed {model} -> {art.path}\n" + _trim_text(m))
+
+
+def _trim_text(m: dict) -> str:
+    k, h, p = m["kept"], m["held_out"], m["parity"]
+    lines = [f"{m['tokenizer']} vocabulary {m['vocab_before']} -> {m['vocab_after']} rows "
+             f"({k['special']} special, {k['coverage']} characters/bytes, {k['used_in_training_text']} of the "
+             f"{k['used_total']} tokens the training text uses" + (f", {k['merge_ancestors']} merge steps"
+                                                                   if k["merge_ancestors"] else "")
+             + (f"; {k['dropped_used_by_cap']} used tokens dropped by --max-vocab" if k["dropped_used_by_cap"] else "")
+             + ")",
+             f"params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M "
+             f"({1 - m['params_after'] / m['params_before']:.1%} fewer)",
+             f"held-out text ({h['texts']} texts, {h['tokens']} tokens): {h['tokens_dropped_share']:.2%} of tokens "
+             f"dropped, {h['texts_changed_share']:.1%} of texts tokenize differently, "
+             f"{h['length_ratio'] - 1:+.2%} tokens, [UNK] {h['unk_share_before']:.2%} -> {h['unk_share_after']:.2%}"]
+    before, after = m["score_before"], m["score_after"]
+    if before:
+        metric = "accuracy" if "accuracy" in before else "bits_per_char"
+        lines.append(f"{metric} on {before['split']}: {before[metric]:.4f} -> {after[metric]:.4f}")
+    lines.append(f"checks: {m['train_tokenization']['texts_checked']} training texts tokenize id for id as before; "
+                 f"saved and reloaded model vs original max abs diff {p['max_abs_diff']:.2e} (tol {p['atol']:g}): ok")
+    return "\n".join(lines)
 
 
 @main.command("run")

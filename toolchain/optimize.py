@@ -57,6 +57,9 @@ class OptimizeConfig:
     # Add + LayerNorm -> SkipLayerNormalization: None fuses for GPU targets only, where the kernel is fast; on CPU
     # (ORT 1.32) it is 5-8x slower than the two ops it replaces (see runtime.CPU_DISABLED_OPTIMIZERS).
     skip_layer_norm: bool | None = None
+    # Gather + Add + LayerNorm -> EmbedLayerNormalization. False keeps the embedding a plain Gather, which
+    # quantize's embedding_bits 4 can store as 4-bit blocks (GatherBlockQuantized).
+    embed_layer_norm: bool = True
     atol: float | None = None  # parity tolerance vs the parent: DEFAULT_ATOL, or FP16_RTOL (relative) with fp16
     # Where the model will run (toolchain/targets.py): NNAPI / CoreML targets get standard ONNX ops only.
     target: str = HOST
@@ -196,6 +199,7 @@ def _fuse(path: Path, opt_type: str, heads: int, hidden: int, cfg: OptimizeConfi
         options.enable_attention = False
     gpu = cfg.use_gpu or cfg.fp16
     options.enable_skip_layer_norm = gpu if cfg.skip_layer_norm is None else cfg.skip_layer_norm
+    options.enable_embed_layer_norm = cfg.embed_layer_norm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

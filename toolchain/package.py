@@ -278,6 +278,9 @@ def convert_to_ort(onnx_path: Path, folder: Path, target_platform: str) -> None:
 
 EPS = {"NNAPI": None, "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
        "CoreML MLProgram": "coreml_supported_mlprogram_ops.md"}
+# ORT's CoreML EP refuses a node whose input has a dimension above this (Core ML fails to load it:
+# coremltools issue 1003), e.g. BERT's 30,522-row embedding; ORT's Python usability check does not model it.
+COREML_MAX_DIM = 16384
 
 
 def mobile_readiness(onnx_path: Path) -> dict:
@@ -299,7 +302,16 @@ def mobile_readiness(onnx_path: Path) -> dict:
                      (lambda m, fixed, f=ops_file: uc.check_coreml_partitions(m, fixed, f)))
             out[ep] = _partition_summary(check(model, True), model) | {
                 "if_shapes_fixed": _partition_summary(check(model, False), model)}
+            if ep.startswith("CoreML"):
+                out[ep]["over_16384"] = coreml_dim_blockers(model)
     return out
+
+
+def coreml_dim_blockers(model) -> list[dict]:
+    """Nodes CoreML cannot take because a stored tensor they read has a dimension over COREML_MAX_DIM."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    return [{"node": n.name, "op": n.op_type, "input": i, "shape": shapes[i]} for n in model.graph.node
+            for i in n.input if any(d > COREML_MAX_DIM for d in shapes.get(i, ()))]
 
 
 def _partition_summary(info, model) -> dict:
@@ -345,6 +357,12 @@ def _mobile_markdown(report: dict, blocking: dict | None = None, tgt: Target | N
         falls = ", ".join(f"{op.split(':')[1]} x{n}" for op, n in fixed["fallback_ops"].items()) or "nothing"
         lines.append(f"| {ep} | {r['suitability']} | {r['supported_nodes']}/{r['nodes']} | {r['partitions']} | "
                      f"{fixed['suitability']} ({fixed['supported_nodes']}/{fixed['nodes']}) | {falls} |")
+    over = {b["input"]: b["shape"] for r in report.values() for b in r.get("over_16384", [])}
+    if over:
+        lines += ["", "CoreML also leaves on the CPU every node that reads a tensor with a dimension over 16,384 "
+                  "(ORT's CoreML EP refuses it; the usability check above does not count it): "
+                  + ", ".join(f"`{name}` {shape}" for name, shape in over.items())
+                  + ". An embedding that large shrinks with `toolchain trim-vocab`."]
     lines += ["", "YES / MAYBE / NO is ONNX Runtime's verdict on whether the EP is worth trying. NNAPI needs fixed "
               "input shapes (`python -m onnxruntime.tools.make_dynamic_shape_fixed`); operators listed as falling "
               "back run on the CPU EP, and every switch between EP and CPU costs a copy.", ""]

@@ -26,6 +26,7 @@ from .optimize import OptimizeConfig, optimize
 from .package import PackageConfig, package
 from .prune import PruneConfig, prune
 from .quantize import QuantizeConfig, quantize
+from .trim_vocab import TrimVocabConfig, trim_vocab
 
 TRANSFORM = "transform"
 MEASURE = "measure"
@@ -41,6 +42,7 @@ STAGES = {
     "finetune": (FinetuneConfig, finetune),
     "distill": (DistillConfig, distill),
     "prune": (PruneConfig, prune),
+    "trim-vocab": (TrimVocabConfig, trim_vocab),
     "export": (ExportConfig, export),
     "optimize": (OptimizeConfig, optimize),
     "quantize": (QuantizeConfig, quantize),

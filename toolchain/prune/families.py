@@ -149,6 +149,50 @@ class BertFamily(Family):
         return [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside]
 
 
+class DistilBertFamily(Family):
+    name = "distilbert"
+
+    def layers(self, model):
+        return model.base_model.transformer.layer
+
+    def set_layers(self, model, layers):
+        model.base_model.transformer.layer = layers
+        model.base_model.transformer.n_layers = len(layers)
+
+    def head_dim(self, layer):
+        return layer.attention.attention_head_size
+
+    def num_heads(self, layer):
+        return layer.attention.n_heads
+
+    def head_outputs(self, layer, kept_q):
+        idx = unit_index(kept_q, self.head_dim(layer))
+        a = layer.attention
+        return [(a.q_lin, idx), (a.k_lin, idx), (a.v_lin, idx)]
+
+    def head_reader(self, layer):
+        return layer.attention.out_lin
+
+    def set_heads(self, layer, n_q, n_kv):
+        # DistilBERT splits heads as dim // n_heads, so dim must shrink with them (as its own prune_heads does).
+        a = layer.attention
+        a.n_heads = n_q
+        a.dim = n_q * a.attention_head_size
+
+    def ffn_writers(self, layer):
+        return [layer.ffn.lin1]
+
+    def ffn_reader(self, layer):
+        return layer.ffn.lin2
+
+    def embeddings(self, model):
+        return [m for m in model.base_model.embeddings.modules() if isinstance(m, nn.Embedding)]
+
+    def classifier(self, model):
+        inside = {id(m) for m in self.layers(model).modules()}  # pre_classifier and classifier
+        return [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside]
+
+
 class GPT2Family(Family):
     name = "gpt2"
 
@@ -243,7 +287,7 @@ class LlamaFamily(Family):
 
 
 FAMILIES = {"bert": BertFamily(), "roberta": BertFamily(), "xlm-roberta": BertFamily(), "gpt2": GPT2Family(),
-            "llama": LlamaFamily()}
+            "llama": LlamaFamily(), "distilbert": DistilBertFamily()}
 
 
 def family_of(model_or_config) -> Family:

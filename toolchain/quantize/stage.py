@@ -20,7 +20,7 @@ from ..errors import CheckFailed, Unsupported
 from ..guard import writes_output
 from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
 from ..targets import HOST, check_target, target as get_target
-from . import calibration, graph, loop
+from . import calibration, graph, loop, weight_only
 from .presets import PRESETS, detect_preset
 
 QType = Literal["quint8", "qint8"]
@@ -43,7 +43,8 @@ DEFAULT_RTOL = 0.5
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    mode: Literal["dynamic", "static"] = "dynamic"  # dynamic: activation scales per run; static: calibrated
+    # dynamic: activation scales per run; static: calibrated; weight-only: 4/8-bit weight blocks (MatMulNBits)
+    mode: Literal["dynamic", "static", "weight-only"] = "dynamic"
     preset: str | None = None  # avx2, avx512, avx512_vnni, avx_vnni, arm64, nnapi; the target's when None
     # Where the model will run (toolchain/targets.py): its preset, per-channel choice and QDQ form; `host`
     # detects the preset from this CPU.
@@ -79,9 +80,26 @@ class QuantizeConfig:
     eval_max_tokens: int | None = 4096  # loop, causal LMs: perplexity over the first N tokens
     max_iterations: int = 6  # loop: fallback rounds; round k keeps 2^k - 1 more activations in fp32
     rtol: float = DEFAULT_RTOL  # parity: ||int8 - fp32|| / ||fp32|| per output on real text (LM logits: log-probs)
+    # Weight-only mode (weight_only.py; None: its defaults). With a perplexity budget, int4 layers that
+    # hurt most go to int8 until it holds.
+    bits: int | None = None  # 4 or 8 (default 4)
+    block_size: int | None = None  # weights per scale along K, power of two >= 16 (default 32)
+    algorithm: str | None = None  # int4: rtn, hqq, gptq (calibrated), awq (activation-aware scaling + rtn)
+    accuracy_level: int | None = None  # MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default)
+    symmetric: bool | None = None  # symmetric weight blocks (default asymmetric)
+    # Dynamic / static: store embedding tables (Gather) as 4-bit blocks (GatherBlockQuantized) instead of
+    # int8; the MatMuls stay int8. Needs an unfused embedding (optimize with embed_layer_norm false).
+    embedding_bits: int | None = None
 
     def __post_init__(self):
         check_target(self.target)
+        self._check_weight_only()
+        if self.embedding_bits is not None and (self.embedding_bits != 4 or self.mode == "weight-only"):
+            raise ValueError("embedding_bits is 4 (or unset), for dynamic and static modes; weight-only mode "
+                             "quantizes embeddings to 4 bits by itself")
+        if (self.mode == "weight-only" or self.embedding_bits) and get_target(self.target).fusions == "standard":
+            raise ValueError(f"target {self.target} runs standard ONNX ops only; weight-only and 4-bit embeddings "
+                             "use ONNX Runtime's MatMulNBits / GatherBlockQuantized (CPU EP): use --mode static")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.mode == "dynamic" and (self.activation_type is not None or self.symmetric_activations):
@@ -105,6 +123,29 @@ class QuantizeConfig:
             raise ValueError("eval_max_samples must be at least 1 (leave it unset for all examples)")
         if self.mode == "dynamic" and self.quantize_matmul_outputs:
             raise ValueError("quantize_matmul_outputs applies to --mode static (dynamic int8 has no output scales)")
+
+    def _check_weight_only(self) -> None:
+        own = {k: getattr(self, k) for k in ("bits", "block_size", "algorithm", "accuracy_level", "symmetric")}
+        if self.mode != "weight-only":
+            given = [k for k, v in own.items() if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to --mode weight-only only")
+            return
+        int8_only = {"activation_type": self.activation_type, "weight_type": self.weight_type,
+                     "reduce_range": self.reduce_range, "symmetric_activations": self.symmetric_activations or None}
+        given = [k for k, v in int8_only.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to int8 modes (dynamic, static), not weight-only")
+        self.weight_only_spec  # noqa: B018  (validates bits, block size, algorithm, op types)
+
+    @property
+    def weight_only_spec(self) -> weight_only.WeightOnlySpec:
+        """Weight-only settings with defaults filled in: embeddings (Gather) join int4 by default."""
+        bits = self.bits or 4
+        ops = self.op_types or (("MatMul", "Gather") if bits == 4 else ("MatMul",))
+        given = {"block_size": self.block_size, "algorithm": self.algorithm, "accuracy_level": self.accuracy_level,
+                 "symmetric": self.symmetric}
+        return weight_only.WeightOnlySpec(bits=bits, op_types=tuple(ops), **{k: v for k, v in given.items() if v is not None})
 
     @property
     def budget_limit(self) -> float | None:
@@ -145,8 +186,14 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
                         model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
         started = time.perf_counter()
-        job = _prepare(parent, cfg, Path(work))
-        chosen, loop_metrics = _run(job)
+        if cfg.mode == "weight-only":
+            job = weight_only.prepare(parent, cfg, Path(work))
+            chosen, loop_metrics = weight_only.run(job)
+        else:
+            job = _prepare(parent, cfg, Path(work))
+            chosen, loop_metrics = _run(job)
+            if cfg.embedding_bits:
+                chosen = _embeddings_4bit(chosen, job)
         shutil.copy2(chosen, o.folder / "model.onnx")
         copy_sidecar_files(parent.path, o.folder)
         m = o.record.metrics
@@ -158,7 +205,7 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
         m["parity"] = _check(parent, o.folder / "model.onnx", cfg, loop_metrics)
         m["warnings"] = job.warnings
         tgt = get_target(cfg.target)
-        m["target"] = tgt.choices(job.settings["preset"])
+        m["target"] = tgt.choices(job.settings.get("preset"))  # weight-only has no int8 preset
         if tgt.mobile:
             from ..package import target_readiness
 
@@ -169,6 +216,8 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
 def resolve_settings(cfg: QuantizeConfig) -> dict:
     """The preset (named, the target's, or detected) with the config's overrides applied, as recorded."""
     tgt = get_target(cfg.target)
+    if cfg.mode == "weight-only":  # no preset: MatMulNBits picks its kernels for the CPU at run time
+        return {"mode": cfg.mode, "target": tgt.name, **weight_only.spec_dict(cfg.weight_only_spec)}
     if cfg.preset:
         name, detected = cfg.preset, "chosen by the user"
     elif tgt.preset:
@@ -192,12 +241,7 @@ def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
     """Refuse quantized input, pre-process, choose op types and float32 nodes, calibrate (static)."""
     import onnx
 
-    from ..runtime import check_onnx_file
-
-    already = graph.quantized_ops(check_onnx_file(parent.onnx_path))
-    if already:
-        raise Unsupported(f"{parent.path} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())})",
-                          "quantize the float32 ONNX artifact it was made from (see `toolchain info`)")
+    refuse_quantized(parent)
     job = _Job(parent, cfg, work / "float.onnx", work, resolve_settings(cfg), [], {})
     if not job.settings["integer_kernels"]:
         job.integer_ops = ()
@@ -221,13 +265,39 @@ def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
     return job
 
 
+def refuse_quantized(parent: Artifact) -> None:
+    from ..runtime import check_onnx_file
+
+    already = graph.quantized_ops(check_onnx_file(parent.onnx_path))
+    if already:
+        raise Unsupported(f"{parent.path} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())})",
+                          "quantize the float32 ONNX artifact it was made from (see `toolchain info`)")
+
+
+def _embeddings_4bit(path: Path, job: _Job) -> Path:
+    """The int8 model with its embedding tables as 4-bit blocks (weight_only.build on the Gather nodes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if not weight_only.embedding_gathers(model):
+        raise Unsupported("embedding_bits 4: the model has no Gather of a constant embedding table "
+                          "(a fused EmbedLayerNormalization holds it)",
+                          "optimize with --no-embed-layer-norm, or quantize without --embedding-bits")
+    spec = weight_only.WeightOnlySpec(bits=4, op_types=("Gather",))
+    quantized, notes = weight_only.build(model, spec)
+    job.notes["embedding_bits"] = {**weight_only.spec_dict(spec), "nodes": notes["nodes"]["int4_gather"]}
+    out = job.work / "embeddings-4bit.onnx"
+    onnx.save(quantized, str(out))
+    return out
+
+
 def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
     """The op types to quantize that the model has; asking for absent or unsupported ones is reported."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
     supported = set(QDQRegistry) | set(INTEGER_ONLY_OPS) if cfg.mode == "static" else set(IntegerOpsRegistry)
     supported |= {"Gemm"}
-    requested = list(cfg.op_types or DEFAULT_OPS)
+    requested = [op for op in cfg.op_types or DEFAULT_OPS if not (cfg.embedding_bits and op == "Gather")]
     unsupported = [op for op in requested if op not in supported]
     if unsupported:
         raise Unsupported(f"{cfg.mode} quantization has no int8 kernel for {', '.join(unsupported)}",
@@ -488,13 +558,16 @@ def _check(parent: Artifact, path: Path, cfg: QuantizeConfig, loop_metrics: dict
         tried = ""
         if loop_metrics.get("iterations"):
             best = loop_metrics["iterations"][loop_metrics["chosen_iteration"]]
-            tried = f"; the accuracy loop's best kept {best['fp32_nodes']} nodes in float32"
+            kept = (f"{best['int8_nodes']} layers at int8" if "int8_nodes" in best
+                    else f"{best['fp32_nodes']} nodes in float32")
+            tried = f"; the accuracy loop's best kept {kept}"
         budget = "--max-accuracy-drop" if parent.task == "text-classification" else "--max-perplexity-increase"
         loop_hint = "more --max-iterations" if tried else f"a {budget} budget"
-        other = "static" if cfg.mode == "dynamic" else "dynamic"
-        raise CheckFailed(f"the int8 model's {result.worst_output!r} differs from float32 by a relative L2 error of "
+        other = {"dynamic": "--mode static", "static": "--mode dynamic"}.get(cfg.mode, "--bits 8")
+        what = "quantized" if cfg.mode == "weight-only" else "int8"
+        raise CheckFailed(f"the {what} model's {result.worst_output!r} differs from float32 by a relative L2 error of "
                           f"{result.max_abs_diff:.3g} (tolerance {cfg.rtol:g}){tried}",
-                          f"try {loop_hint}, --mode {other}, or --exclude-node for the sensitive nodes; "
+                          f"try {loop_hint}, {other}, or --exclude-node for the sensitive nodes; "
                           "raise --rtol only to inspect the model, not to ship it")
     return result.as_metrics()
 

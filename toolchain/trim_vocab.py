@@ -1,0 +1,481 @@
+"""Trim a model's vocabulary to the tokens its task uses: the embedding (and a tied or untied LM head)
+loses the dropped rows, and the tokenizer is rewritten so that ids match the new rows.
+
+What is kept: every special and added token, every token the task's training text produces, and what
+makes any text still tokenize: for WordPiece every single character and its `##` continuation that the
+original vocabulary holds; for byte-level BPE all 256 byte tokens, plus the merge ancestors of every kept
+token (a merge is kept when both its parts and its result are). A dropped token is then handled as the
+original tokenizer handles an out-of-vocabulary word: WordPiece splits the word into the longest kept
+pieces (down to characters, else [UNK]); BPE stops merging earlier. So training text tokenizes exactly
+as before (checked), and held-out text only differs where it used a dropped token (measured).
+
+>>> trim_vocab("runs/pruned", TrimVocabConfig(data="rotten-tomatoes"), "runs/trimmed")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import TASKS, Artifact, check_output, write_artifact
+from .config import config_to_dict
+from .errors import CheckFailed, RecipeError, Unsupported
+from .guard import writes_output
+from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
+
+DEFAULT_DATA = {"text-generation": "hamlet"}  # everything else reads rotten-tomatoes
+HELD_OUT_SHARE = 0.1  # plain text (LMs): the last tenth is held out, the rest is "training text"
+CHECK_TEXTS = 2000  # training texts whose tokenization is checked to be unchanged, id for id
+PARITY_ATOL = 1e-5  # trimmed vs original logits on identically tokenized text: the same rows, gathered
+# Token ids a config names; each must stay in the vocabulary and be renumbered.
+CONFIG_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
+              "decoder_start_token_id", "unk_token_id", "mask_token_id")
+
+
+@dataclass(frozen=True)
+class TrimVocabConfig:
+    data: str | None = None  # the task's text: rotten-tomatoes, or hamlet for LMs, when None; a file or hub id
+    text_column: str = "text"
+    label_column: str = "label"
+    pair_column: str | None = None
+    max_vocab: int | None = None  # at most N rows: specials and coverage first, then the most frequent tokens
+    min_count: int = 1  # times a token must occur in the training text to be kept for itself
+    max_length: int = 64  # tokens per example when measuring accuracy before and after
+    eval_batch_size: int = 32
+    max_eval_samples: int | None = None  # held-out examples (or LM tokens) scored; None: the whole split
+    task: str | None = None  # inferred from the model's architecture when None
+    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
+    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
+
+    def __post_init__(self):
+        if self.max_vocab is not None and self.max_vocab < 2:
+            raise ValueError("max_vocab must be at least 2 (or unset: keep every token the text uses)")
+        if self.min_count < 1:
+            raise ValueError("min_count must be >= 1")
+        if self.max_length < 2 or self.eval_batch_size < 1:
+            raise ValueError("max_length must be >= 2 and eval_batch_size >= 1")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError("max_eval_samples must be >= 1")
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+
+
+@writes_output("data")
+def trim_vocab(src: str | Path | ModelSource, cfg: TrimVocabConfig, out: str | Path, *,
+               force: bool = False) -> Artifact:
+    """Trim `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`."""
+    check_output(Path(out), force)
+    source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
+    config = source.config
+    task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
+    if task not in TASKS:
+        raise Unsupported(f"unsupported task {task!r}", f"use one of: {', '.join(TASKS)}")
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    spec = _tokenizer_json(tokenizer)
+    text = _texts(cfg, task)
+    model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    with write_artifact(out, stage="trim-vocab", config=config_to_dict(cfg) | {"source": source.spec},
+                        format="torch", task=task, model_type=config.model_type, parent=source.artifact,
+                        force=force) as o:
+        o.record.input_hash = source_hash(source)
+        started = time.time()
+        counts = _count(tokenizer, text.train)
+        keep, why = choose(spec, tokenizer, model.config, counts, cfg)
+        old_batch, new_batch = _parity_batches(tokenizer, keep, text.train[:8])
+        reference = _outputs(model, old_batch)
+        before = _score(model, tokenizer, text, task, cfg)
+        new_tok = _save_tokenizer(tokenizer, rewrite_tokenizer(spec, keep), keep, o.folder)
+        params_before = _params(model)
+        shrink_embeddings(model, keep)
+        model.save_pretrained(o.folder, safe_serialization=True)
+        del model
+        trimmed = load_model(ModelSource(str(o.folder), str(o.folder), local=True), task)  # as every later stage will
+        o.record.metrics.update({
+            "tokenizer": spec["model"]["type"] + (" (byte-level)" if _byte_level(spec) else ""),
+            "vocab_before": len(tokenizer), "vocab_after": len(keep), "kept": why,
+            "params_before": params_before, "params_after": _params(trimmed),
+            "data": _data_name(cfg, task), "train_texts": len(text.train), "train_tokens": int(sum(counts.values())),
+            "train_tokenization": _same_tokens(tokenizer, new_tok, keep, text.train[:CHECK_TEXTS]),
+            "parity": _parity(reference, _outputs(trimmed, new_batch), keep, task),
+            "held_out": _held_out(tokenizer, new_tok, keep, text.held_out),
+            "score_before": before, "score_after": _score(trimmed, new_tok, text, task, cfg),
+            "trim_seconds": round(time.time() - started, 2),
+        })
+    return Artifact.load(out)
+
+
+# --- reading the text -------------------------------------------------------------------------------
+
+def _data_name(cfg: TrimVocabConfig, task: str) -> str:
+    return cfg.data or DEFAULT_DATA.get(task, "rotten-tomatoes")
+
+
+@dataclass
+class TaskText:
+    train: list[str]  # the text whose tokens are kept
+    held_out: list[str]  # text never looked at when choosing: what may now tokenize differently
+    split: object = None  # a classifier's held-out Split (texts, pairs, labels) for accuracy
+    label_names: list[str] | None = None
+
+
+def _texts(cfg: TrimVocabConfig, task: str) -> TaskText:
+    """A classifier's train and validation splits, or plain text cut 90/10 at a line break."""
+    from .data import DataSpec, load_classification, load_text
+
+    name = _data_name(cfg, task)
+    if task == "text-generation":
+        text = load_text(name)
+        cut = text.rfind("\n", 0, int(len(text) * (1 - HELD_OUT_SHARE))) + 1 or int(len(text) * (1 - HELD_OUT_SHARE))
+        return TaskText([line for line in text[:cut].splitlines() if line.strip()], [text[cut:]])
+    data = load_classification(DataSpec(name, cfg.text_column, cfg.label_column, cfg.pair_column))
+    train, val = data.split("train"), data.split("validation").subset(cfg.max_eval_samples)
+    return TaskText(train.texts + (train.pairs or []), val.texts + (val.pairs or []), val, data.label_names)
+
+
+def _count(tokenizer, texts: list[str]) -> Counter:
+    """How often each token id occurs in `texts`, tokenized in full (no truncation, no specials)."""
+    counts: Counter = Counter()
+    for start in range(0, len(texts), 1000):
+        for ids in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
+            counts.update(ids)
+    return counts
+
+
+# --- choosing what to keep --------------------------------------------------------------------------
+
+def _tokenizer_json(tokenizer) -> dict:
+    if not getattr(tokenizer, "is_fast", False):
+        raise Unsupported("trimming needs a fast tokenizer (tokenizer.json)",
+                          "save the model's tokenizer with a recent transformers so tokenizer.json is written")
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    kind = spec["model"]["type"]
+    if kind not in ("WordPiece", "BPE"):
+        raise Unsupported(f"trimming knows WordPiece and BPE tokenizers; this one is {kind}",
+                          "trim a BERT/DistilBERT/MiniLM (WordPiece) or RoBERTa/GPT-2/Llama-style (BPE) model")
+    if kind == "BPE" and not (_byte_level(spec) or spec["model"].get("byte_fallback")):
+        raise Unsupported("this BPE tokenizer is neither byte-level nor byte-fallback, so a dropped token could "
+                          "leave text it cannot encode", "trim a byte-level BPE model (GPT-2, RoBERTa, Llama 3)")
+    return spec
+
+
+def _byte_level(spec: dict) -> bool:
+    return "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" in json.dumps(spec.get("decoder"))
+
+
+def choose(spec: dict, tokenizer, config, counts: Counter, cfg: TrimVocabConfig) -> tuple[list[int], dict]:
+    """Old ids to keep, in their original order, and how many were kept for which reason."""
+    specials = _specials(spec, tokenizer, config)
+    base = specials | _coverage(spec, tokenizer)
+    parents = _merge_parents(spec)
+    kept = _closure(base, parents)
+    if cfg.max_vocab is not None and len(kept) > cfg.max_vocab:
+        raise RecipeError(f"max_vocab {cfg.max_vocab} is below the {len(kept)} tokens any text needs "
+                          "(special tokens, single characters or bytes)", f"set max_vocab to at least {len(kept)}")
+    fixed = len(kept)
+    used = [t for t, c in counts.most_common() if c >= cfg.min_count]
+    capped = 0
+    for t in used:
+        if t in kept:
+            continue
+        new = _closure({t}, parents) - kept
+        if cfg.max_vocab is not None and len(kept) + len(new) > cfg.max_vocab:
+            capped += 1
+            continue
+        kept |= new
+    why = {"special": len(specials), "coverage": fixed - len(specials),
+           "used_in_training_text": len([t for t in counts if t in kept]), "used_total": len(counts),
+           "dropped_used_by_cap": capped, "dropped_used_below_min_count": len(counts) - len(used),
+           "merge_ancestors": len(kept) - len(kept & (set(counts) | base))}
+    return sorted(kept), why
+
+
+def _specials(spec: dict, tokenizer, config) -> set[int]:
+    ids = {t["id"] for t in spec.get("added_tokens", [])} | set(tokenizer.all_special_ids)
+    ids |= {getattr(config, k) for k in CONFIG_IDS if isinstance(getattr(config, k, None), int)}
+    unk = spec["model"].get("unk_token")
+    if unk is not None and unk in spec["model"]["vocab"]:
+        ids.add(spec["model"]["vocab"][unk])
+    return {i for i in ids if 0 <= i < len(tokenizer)}
+
+
+def _coverage(spec: dict, tokenizer) -> set[int]:
+    """Tokens that let any text tokenize: single characters (and `##` continuations), or the 256 bytes."""
+    vocab = spec["model"]["vocab"]
+    if spec["model"]["type"] == "WordPiece":
+        prefix = spec["model"].get("continuing_subword_prefix") or "##"
+        return {i for t, i in vocab.items()
+                if len(t) == 1 or (t.startswith(prefix) and len(t) == len(prefix) + 1)}
+    from tokenizers import pre_tokenizers
+
+    ids = set()
+    if _byte_level(spec):
+        ids |= {vocab[c] for c in pre_tokenizers.ByteLevel.alphabet() if c in vocab}
+    if spec["model"].get("byte_fallback"):
+        ids |= {vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab}
+        ids |= {i for t, i in vocab.items() if len(t) == 1}
+    return ids
+
+
+def _merges(spec: dict) -> list[tuple[str, str]]:
+    """BPE merges as pairs, whichever form tokenizer.json stores them in ("a b" or ["a", "b"])."""
+    return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"].get("merges") or []]
+
+
+def _merge_parents(spec: dict) -> dict[int, tuple[int, int]]:
+    """Token id -> the ids of the pair whose (first, highest-priority) merge produces it."""
+    if spec["model"]["type"] != "BPE":
+        return {}
+    vocab, prefix = spec["model"]["vocab"], spec["model"].get("continuing_subword_prefix") or ""
+    parents: dict[int, tuple[int, int]] = {}
+    for a, b in _merges(spec):
+        result = a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
+        if result in vocab and a in vocab and b in vocab:
+            parents.setdefault(vocab[result], (vocab[a], vocab[b]))
+    return parents
+
+
+def _closure(ids: set[int], parents: dict[int, tuple[int, int]]) -> set[int]:
+    """`ids` and every token the merges that build them pass through."""
+    out, todo = set(ids), list(ids)
+    while todo:
+        for p in parents.get(todo.pop(), ()):
+            if p not in out:
+                out.add(p)
+                todo.append(p)
+    return out
+
+
+# --- rewriting the tokenizer ------------------------------------------------------------------------
+
+def rewrite_tokenizer(spec: dict, keep: list[int]) -> dict:
+    """tokenizer.json for the kept tokens, renumbered 0..n-1 in their original order."""
+    new_id = {old: new for new, old in enumerate(keep)}
+    spec = json.loads(json.dumps(spec))
+    model = spec["model"]
+    vocab = {t: new_id[i] for t, i in model["vocab"].items() if i in new_id}
+    if model["type"] == "BPE":
+        kept = [m for m in _merges(spec) if all(x in vocab for x in m) and _merge_result(m, model) in vocab]
+        model["merges"] = [list(m) for m in kept]
+    model["vocab"] = vocab
+    for t in spec.get("added_tokens", []):
+        t["id"] = new_id[t["id"]]
+    _remap_ids(spec.get("post_processor"), new_id)
+    if spec.get("padding") and "pad_id" in spec["padding"]:
+        spec["padding"]["pad_id"] = new_id[spec["padding"]["pad_id"]]
+    return spec
+
+
+def _merge_result(m: tuple[str, str], model: dict) -> str:
+    prefix = model.get("continuing_subword_prefix") or ""
+    return m[0] + (m[1][len(prefix):] if prefix and m[1].startswith(prefix) else m[1])
+
+
+def _remap_ids(node, new_id: dict[int, int]) -> None:
+    """Renumber the token ids a post-processor names (Bert/Roberta pairs, Template special tokens, Sequence)."""
+    if isinstance(node, dict):
+        for key in ("cls", "sep"):
+            if isinstance(node.get(key), list) and len(node[key]) == 2:
+                node[key][1] = new_id[node[key][1]]
+        if node.get("type") == "TemplateProcessing":
+            for tok in node.get("special_tokens", {}).values():
+                tok["ids"] = [new_id[i] for i in tok["ids"]]
+        for child in node.get("processors") or []:
+            _remap_ids(child, new_id)
+
+
+def _save_tokenizer(tokenizer, spec: dict, keep: list[int], folder: Path):
+    """Save a tokenizer of the same class around the rewritten tokenizer.json, and load it back."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from .modeling import quiet_transformers
+
+    new_id = {old: new for new, old in enumerate(keep)}
+    tokenizer.save_pretrained(folder)
+    for stale in ("vocab.txt", "vocab.json", "merges.txt"):  # the slow files would hold the old ids
+        (folder / stale).unlink(missing_ok=True)
+    Tokenizer.from_str(json.dumps(spec)).save(str(folder / "tokenizer.json"))
+    cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg["added_tokens_decoder"] = {str(new_id[int(k)]): v for k, v in
+                                       (tok_cfg.get("added_tokens_decoder") or {}).items()}
+    cfg_path.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
+    with quiet_transformers():
+        new = AutoTokenizer.from_pretrained(folder)
+    new.save_pretrained(folder)  # writes the slow tokenizer's files (vocab.txt / vocab.json + merges.txt) anew
+    if new.pad_token is None:
+        new.pad_token = new.eos_token
+    return new
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+def shrink_embeddings(model, keep: list[int]) -> None:
+    """Keep rows `keep` of the input embedding and of the LM head (tied or not); renumber config ids."""
+    import torch
+    from torch import nn
+
+    idx = torch.tensor(keep, dtype=torch.long)
+    new_id = {old: new for new, old in enumerate(keep)}
+    old = model.get_input_embeddings()
+    pad = new_id.get(old.padding_idx) if old.padding_idx is not None else None
+    emb = nn.Embedding(len(keep), old.embedding_dim, padding_idx=pad)
+    emb.weight = nn.Parameter(old.weight.detach().index_select(0, idx).clone(), old.weight.requires_grad)
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is old.weight
+    model.set_input_embeddings(emb)
+    if head is not None:
+        if tied:
+            head.weight = emb.weight
+        else:
+            head.weight = nn.Parameter(head.weight.detach().index_select(0, idx).clone())
+        if getattr(head, "bias", None) is not None:
+            head.bias = nn.Parameter(head.bias.detach().index_select(0, idx).clone())
+        head.out_features = len(keep)
+    for k in CONFIG_IDS:
+        if isinstance(getattr(model.config, k, None), int):
+            setattr(model.config, k, new_id[getattr(model.config, k)])
+    base = getattr(model.base_model, "embeddings", None)
+    if base is not None and isinstance(getattr(base, "padding_idx", None), int):
+        base.padding_idx = model.config.pad_token_id  # RoBERTa numbers positions after the pad id
+    model.config.vocab_size = len(keep)
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --- the checks -------------------------------------------------------------------------------------
+
+def _same_tokens(old_tok, new_tok, keep: list[int], texts: list[str]) -> dict:
+    """Training text tokenizes id for id as before (renumbered) wherever all its tokens were kept: always,
+    unless max_vocab or min_count dropped tokens it uses (those texts are counted, not checked)."""
+    new_id = {old: new for new, old in enumerate(keep)}
+    olds = old_tok(texts, add_special_tokens=True)["input_ids"]
+    news = new_tok(texts, add_special_tokens=True)["input_ids"]
+    dropped = 0
+    for text, o, n in zip(texts, olds, news):
+        mapped = [new_id.get(i, -1) for i in o]
+        if -1 in mapped:
+            dropped += 1
+        elif mapped != n:
+            raise CheckFailed(f"the trimmed tokenizer splits a training text differently: {text[:60]!r}",
+                              "this is a toolchain bug for this tokenizer; please report it with the model")
+    return {"texts_checked": len(texts) - dropped, "identical": True, "texts_using_dropped_tokens": dropped}
+
+
+def _parity_batches(tokenizer, keep: list[int], texts: list[str]) -> tuple[dict, dict]:
+    """The same token sequence in old and in new ids: training text (from the parity texts when there is
+    none), tokenized by the original, with any token a cap dropped replaced by the (kept) unknown token."""
+    from .parity import SAMPLE_TEXTS
+
+    enc = tokenizer(texts or list(SAMPLE_TEXTS), padding=True, truncation=True, max_length=48, return_tensors="np")
+    new_id = {old: new for new, old in enumerate(keep)}
+    fill = tokenizer.unk_token_id if tokenizer.unk_token_id in new_id else keep[0]
+    old_ids = np.where(np.isin(enc["input_ids"], keep), enc["input_ids"], fill)
+    old = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()} | {"input_ids": old_ids.astype(np.int64)}
+    return old, old | {"input_ids": np.vectorize(new_id.__getitem__)(old_ids).astype(np.int64)}
+
+
+def _outputs(model, batch: dict) -> dict:
+    import torch
+
+    with torch.inference_mode():
+        r = model(**{k: torch.from_numpy(v) for k, v in batch.items()
+                     if k in ("input_ids", "attention_mask", "token_type_ids")})
+    value = getattr(r, "logits", None)
+    return {"logits": (value if value is not None else r.last_hidden_state).float().numpy()}
+
+
+def _parity(reference: dict, candidate: dict, keep: list[int], task: str) -> dict:
+    """The original model on the original ids vs the saved and reloaded trimmed model on the trimmed ids
+    (an LM's logits: the kept tokens' columns; the dropped ones are gone from the head)."""
+    from . import parity
+
+    if task == "text-generation":
+        reference = {"logits": reference["logits"][..., keep]}
+    result = parity.compare(reference, candidate, PARITY_ATOL)
+    if not result.ok:
+        raise CheckFailed(f"trimmed model vs original on identically tokenized text: outputs differ by "
+                          f"{result.max_abs_diff:.3g} (tolerance {PARITY_ATOL:g})",
+                          "this is a toolchain bug for this architecture; please report it with the model config")
+    return {"max_abs_diff": result.max_abs_diff, "atol": PARITY_ATOL, "texts": len(reference["logits"]),
+            "reloaded": True}
+
+
+def _held_out(old_tok, new_tok, keep: list[int], texts: list[str]) -> dict:
+    """How held-out text fares: the share of its tokens that were dropped, of texts that now tokenize
+    differently, the length change. Checked: every trimmed id names the token string its row came from,
+    and a text whose tokens were all kept tokenizes exactly as before."""
+    new_id = {old: new for new, old in enumerate(keep)}
+    old_strings = old_tok.convert_ids_to_tokens(keep)
+    new_strings = new_tok.convert_ids_to_tokens(list(range(len(keep))))
+    if old_strings != new_strings:
+        bad = next(i for i, (a, b) in enumerate(zip(old_strings, new_strings)) if a != b)
+        raise CheckFailed(f"trimmed id {bad} is {new_strings[bad]!r} but its embedding row is {old_strings[bad]!r}",
+                          "this is a toolchain bug for this tokenizer; please report it with the model")
+    olds = old_tok(texts, add_special_tokens=False)["input_ids"]
+    news = new_tok(texts, add_special_tokens=False)["input_ids"]
+    n_old = sum(len(o) for o in olds)
+    dropped = changed = 0
+    for text, o, n in zip(texts, olds, news):
+        mapped = [new_id.get(i, -1) for i in o]
+        dropped += mapped.count(-1)
+        if -1 not in mapped and mapped != n:
+            raise CheckFailed(f"a held-out text whose tokens were all kept tokenizes differently: {text[:60]!r}",
+                              "this is a toolchain bug for this tokenizer; please report it with the model")
+        changed += mapped != n
+    return {"texts": len(texts), "tokens": n_old, "tokens_dropped_share": dropped / max(n_old, 1),
+            "texts_changed_share": changed / max(len(texts), 1),
+            "length_ratio": sum(len(n) for n in news) / max(n_old, 1),
+            "unk_share_before": _share(olds, old_tok.unk_token_id),
+            "unk_share_after": _share(news, new_tok.unk_token_id)}
+
+
+def _share(seqs, token_id) -> float:
+    total = sum(len(s) for s in seqs)
+    return 0.0 if token_id is None or not total else sum(s.count(token_id) for s in seqs) / total
+
+
+class _InMemory:
+    """What evaluate.predict needs from a runner, for a model already in memory."""
+
+    def __init__(self, model, tokenizer):
+        import inspect
+
+        self.model, self.tokenizer = model, tokenizer
+        self.args = set(inspect.signature(model.forward).parameters)
+
+    def logits(self, batch: dict) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            r = self.model(**{k: torch.from_numpy(v) for k, v in batch.items() if k in self.args})
+        return r.logits.float().numpy()
+
+
+def _score(model, tokenizer, text: TaskText, task: str, cfg: TrimVocabConfig) -> dict | None:
+    """Held-out accuracy (classifiers) or perplexity (causal LMs); None for a model without a task head."""
+    from .evaluate import EvaluateConfig, classification_metrics, map_labels, predict, strided_nll
+
+    runner = _InMemory(model, tokenizer)
+    if task == "text-classification":
+        ecfg = EvaluateConfig(batch_size=cfg.eval_batch_size, max_length=cfg.max_length)
+        labels = map_labels(text.label_names, model.config)[text.split.labels]
+        pred = predict(runner, text.split, ecfg, progress=False).argmax(-1)
+        m = classification_metrics(labels, pred, model.config.num_labels)
+        return {"split": "validation", "examples": len(labels), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    if task == "text-generation":
+        ids = np.array(tokenizer(text.held_out[0])["input_ids"], dtype=np.int64)[: cfg.max_eval_samples]
+        window = min(512, getattr(model.config, "max_position_embeddings", 512) or 512)
+        nll, count, _ = strided_nll(runner.logits, ids, window, window // 2)
+        # Per character, not per token: a trimmed tokenizer may cut the same text into more tokens.
+        chars = len(tokenizer.decode(ids, skip_special_tokens=True))
+        return {"split": "last tenth of the text", "tokens": int(count), "perplexity": float(np.exp(nll / count)),
+                "bits_per_char": float(nll / np.log(2) / max(chars, 1))}
+    return None
