@@ -494,6 +494,9 @@ ROWS: list[Row] = [
     Row("verify {manifest_not_json}", "manifest.json is not JSON", 9, "is not valid JSON", "re-run the stage"),
     Row("verify {manifest_escape}", "manifest lists a file outside the folder", 9, "outside its folder",
         "do not use this artifact"),
+    Row("verify {onnx_art} --emulate arm64", "emulation of an artifact that is not a bundle", 12,
+        "not an edge bundle", "toolchain package"),
+    Row("verify {onnx_art} --emulate riscv64", "an architecture it cannot emulate", 2, "riscv64", ""),
 ]
 
 # Stage configs as a recipe gives them (toolchain.config.config_from_dict): (stage, config, error fragment).

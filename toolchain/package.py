@@ -342,31 +342,8 @@ def smoke_test(bundle: str | Path, verify_hashes: bool = True) -> dict:
             raise IntegrityError(f"{bundle}: {problems[0]}", "rebuild the bundle; do not ship it")
     if not (bundle / BUNDLE_FILE).is_file():
         raise BadModel(f"{bundle} is not a bundle (no {BUNDLE_FILE})", "make one with toolchain package")
-    info = json.loads((bundle / BUNDLE_FILE).read_text())
-    smoke, models = info["smoke"], {}
-    for name in ("model.onnx", "model.ort"):
-        if (bundle / name).is_file():
-            models[name] = _smoke_one(bundle_predict.Predictor(bundle, name, threads=1), info["task"], smoke)
-    bad = [(m, d) for m, d in models.items() if not d <= smoke["atol"]]
-    problem = (f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})"
-               if bad else "")
-    return {"ok": not bad, "problem": problem, "models": models, "atol": smoke["atol"]}
-
-
-def _smoke_one(p, task: str, smoke: dict) -> float:
-    """Max abs difference from the reference outputs (inf when greedy tokens differ)."""
-    texts = smoke["texts"]
-    if task == "text-classification":
-        got = np.array([r["logits"] for r in p.classify(texts)])
-        return float(np.abs(got - np.array(smoke["logits"])).max())
-    if task == "text-generation":
-        out = p.generate(texts[0], len(smoke["token_ids"]))
-        if out["token_ids"] != smoke["token_ids"]:
-            return float("inf")
-        ids = list(p.tokenizer.encode(texts[0]).ids)
-        logits = p.run(p._lm_feeds(ids, len(ids), p._empty_past()))["logits"][0, -1]
-        return float(np.abs(logits[smoke["first_top5"]] - np.array(smoke["first_top5_logits"])).max())
-    return float(np.abs(p.embed(texts) - np.array(smoke["embeddings"])).max())
+    # The same function runs on the target itself (`python predict.py --smoke`) and under emulation.
+    return bundle_predict.smoke_check(bundle, threads=1)
 
 
 def _readme(info: dict, name: str) -> str:
