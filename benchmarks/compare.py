@@ -162,6 +162,12 @@ def classifier_benches(variants: list, plan: Plan, phases: Phases) -> dict[str, 
     with phases("bench batch 1 (real test sentences)"):
         out["b1"] = bench_variants(variants, BenchConfig(batch=(1,), runs=plan.b1_runs, warmup=plan.b1_warmup,
                                                          block=min(plan.b1_block, plan.b1_runs), peak=False, **common))
+    with phases("bench batch 1 alone (self-check)"):
+        # Each model again with no other worker alive: the check on the interleaved figures above, whose
+        # b1 p50s once read 1.4-2.5x a plain one-model-per-process loop (compare_report.SELF_CHECK).
+        alone = BenchConfig(batch=(1,), runs=plan.b1_runs, warmup=plan.b1_warmup, block=plan.b1_runs, peak=False,
+                            **common)
+        out["b1_alone"] = [bench_variants([v], alone) for v in variants if v.path is not None]
     with phases("bench batch 32 (dynamic padding)"):
         # The GEMM peak gives the % of peak: where the time goes at batch 32. Measured afresh in this run,
         # under this run's load, so that it and the models' figures share the machine's state.
