@@ -161,10 +161,10 @@ def verify(path, smoke, as_json, emulate, emulate_cpu):
 
 def _verify_emulated(report, path, arch: str, cpu: str) -> None:
     """Run the bundle under emulation; the verdict goes into the report's smoke record and bundle.json."""
-    from .emulate import EmulateConfig, emulate
+    from .emulate import EmulateConfig, emulate, root_dir
 
-    click.echo(f"running {path} on emulated {arch} ({cpu}); the first run sets up the arm64 Python (minutes)...",
-               err=True)
+    first = "" if (root_dir() / "ready.json").is_file() else "; setting up the arm64 Python first (once, minutes)"
+    click.echo(f"running {path} on emulated {arch} ({cpu}){first}...", err=True)
     result = emulate(path, EmulateConfig(arch=arch, cpu=cpu))
     report.smoke = (report.smoke or {}) | {"emulated": result}
 
