@@ -56,6 +56,53 @@ print(json.dumps(out))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of process `pid` so far, in ns (Linux schedstat: exact, not tick-sampled)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def idle_burn(model: str, setting: str, threads: int, blocks: int = 3, block: int = 30, idle_s: float = 0.3) -> dict:
+    """CPU a worker burns while idle, right after a block of batch-1 calls: what it takes from the next model.
+
+    On a busy machine wall times drown in the queue for a core, but CPU time burnt while the worker has
+    nothing to do is still there to count.
+    """
+    from toolchain.bench import BenchConfig, build_workloads
+    from toolchain.bench.client import WorkerClient
+    from toolchain.bench.runner import worker_env
+    from toolchain.bench.workload import resolve_target
+
+    ort_spin, omp = SETTINGS[setting]
+    target = resolve_target(model)
+    cfg = BenchConfig(batch=(1,), data="rotten-tomatoes", max_length=64, runs=block, warmup=0, ort_spin=ort_spin)
+    work = build_workloads([target], cfg)[target.label][0]
+    client = WorkerClient(worker_env(threads, omp))
+    try:
+        client.request("load", format=target.format, path=str(target.path), task=target.task, provider="cpu",
+                       threads=threads, torch_compile=False, torch_quantize=None, ort_spin=ort_spin)
+        client.request("prepare", key=work.name, batches=work.batches)
+        client.request("run", key=work.name, n=5, warmup=True)
+        busy, idle = [], []
+        for _ in range(blocks):
+            c0, t0 = task_cpu_ns(client.proc.pid), time.perf_counter()
+            client.request("run", key=work.name, n=block)
+            c1, t1 = task_cpu_ns(client.proc.pid), time.perf_counter()
+            time.sleep(idle_s)
+            c2, t2 = task_cpu_ns(client.proc.pid), time.perf_counter()
+            busy.append((c1 - c0) / 1e9 / (t1 - t0))
+            idle.append((c2 - c1) / 1e9 / (t2 - t1))
+    finally:
+        client.close()
+    return {"model": target.label, "setting": setting, "threads": threads, "idle_cores": sorted(idle)[len(idle) // 2],
+            "busy_cores": sorted(busy)[len(busy) // 2], "load": os.getloadavg()[0]}
+
+
 @click.command()
 @click.argument("models", nargs=-1, required=True)
 @click.option("--threads", default=2, show_default=True)
@@ -63,9 +110,22 @@ print(json.dumps(out))
 @click.option("--rounds", default=2, show_default=True)
 @click.option("--settings", default="spin,stop,off", show_default=True)
 @click.option("--out", default=str(ROOT / "benchmarks" / "results"), show_default=True)
-def main(models, threads, runs, rounds, settings, out):
+@click.option("--idle-only", is_flag=True, help="only the CPU idle workers burn (meaningful on a busy machine too)")
+def main(models, threads, runs, rounds, settings, out, idle_only):
     """Batch-1 p50 of each model interleaved vs alone, per thread-waiting setting."""
     names = [s for s in settings.split(",") if s]
+    burns = []
+    for m in models:
+        for s in names:
+            burns.append(idle_burn(m, s, threads))
+            b = burns[-1]
+            click.echo(f"{b['model']} {b['setting']}: idle {b['idle_cores']:.2f} cores, busy {b['busy_cores']:.2f} "
+                       f"(load {b['load']:.1f})", err=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "b1_idle_burn.json").write_text(json.dumps(burns, indent=2) + "\n")
+    (Path(out) / "b1_idle_burn.md").write_text(burn_markdown(burns, threads))
+    if idle_only:
+        return
     results = []
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
@@ -90,6 +150,16 @@ def _cpu() -> str:
 
     m = machine_record(1)
     return f"{m['cpu_model']} ({', '.join(k for k, v in m['isa'].items() if v)})"
+
+
+def burn_markdown(burns: list[dict], threads: int) -> str:
+    lines = [f"# CPU an idle benchmark worker burns ({_cpu()}, {threads} threads per model)", "",
+             "Median over 3 blocks of 30 batch-1 calls: cores used while the block ran, and in the 0.3 s after it, "
+             "when the worker had nothing to do (its threads' CPU time from /proc/PID/task/*/schedstat).", "",
+             "| model | setting | cores busy during the block | cores burnt while idle | load |", "|---|---|---|---|---|"]
+    lines += [f"| {b['model']} | {b['setting']} | {b['busy_cores']:.2f} | {b['idle_cores']:.2f} | {b['load']:.1f} |"
+              for b in burns]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(record: dict) -> str:

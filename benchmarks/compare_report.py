@@ -269,6 +269,11 @@ def notes(result: dict) -> list[str]:
            "CPU session settings (toolchain.runtime.make_session: ORT's SkipLayerNormFusion off, since its CPU kernel "
            "is 5-8x slower than Add + LayerNorm); that makes the Optimum model ~1.2x faster than ORT's defaults would.",
            f"Threads: {result.get('threads', result['machine']['threads_used'])}; {result.get('openmp', '')}."]
+    spin = result.get("plan", {}).get("ort_spin")
+    if spin == "stop":
+        out.append("Idle workers: in the interleaved runs onnxruntime's threads stop spinning when a run ends "
+                   "(session.force_spinning_stop), so a worker waiting for its turn does not hold a core the timed one "
+                   "needs; the self-check below times each model alone with onnxruntime's defaults.")
     out += self_check_note(rows)
     out += _peak_note(rows)
     out += [f"{r['name']}: {n}" for r in rows for n in r["notes"]]
