@@ -81,19 +81,23 @@ def test_record_keeps_the_bundle_verifiable_and_stores_no_time(bundle):
     before = Artifact.load(bundle).manifest.files
     em.record(bundle, _result())
     info = json.loads((bundle / BUNDLE_FILE).read_text())
-    rec = info["emulation"]["arm64"]
+    rec = info["emulation"]["arm64"]["neoverse-n1"]
     assert rec["ok"] and rec["cpu"] == "neoverse-n1" and rec["smoke"]["models"]["model.ort"] == 2e-7
     assert "not" in rec["note"] and "speed" in rec["note"]
     assert not any(k.endswith(("_s", "_ms", "seconds")) for k in json.dumps(rec).split('"'))  # no timings
     art = Artifact.load(bundle, verify=True)  # bundle.json's new hash is in the manifest
-    assert art.manifest.results["emulate/arm64"]["ok"] is True
+    assert art.manifest.results["emulate/arm64/neoverse-n1"]["ok"] is True
     assert {k: v for k, v in art.manifest.files.items() if k != BUNDLE_FILE} == \
            {k: v for k, v in before.items() if k != BUNDLE_FILE}
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".partial-")]
     r = cli("verify", bundle)
     assert r.exit_code == 0, r.output
-    em.record(bundle, _result(ok=False))  # a later run replaces the verdict
-    assert json.loads((bundle / BUNDLE_FILE).read_text())["emulation"]["arm64"]["problem"] == "model.ort differs"
+    em.record(bundle, _result(ok=False))  # a later run on the same core replaces its verdict
+    assert json.loads((bundle / BUNDLE_FILE).read_text())["emulation"]["arm64"]["neoverse-n1"]["problem"] == \
+        "model.ort differs"
+    a53 = _result() | {"cpu": "cortex-a53"}
+    em.record(bundle, a53)  # another core keeps its own
+    assert set(json.loads((bundle / BUNDLE_FILE).read_text())["emulation"]["arm64"]) == {"neoverse-n1", "cortex-a53"}
 
 
 def test_emulate_refuses_what_is_not_a_bundle(tiny_onnx):
@@ -144,7 +148,7 @@ def test_a_disagreement_is_recorded_then_exits_7(bundle, monkeypatch, tmp_path):
     with pytest.raises(CheckFailed, match="labels differ on 1 of 3"):
         em.emulate(bundle, em.EmulateConfig())
     assert calls[0] == "predict.py here (x86)" and calls[1].startswith("predict.py on arm64")
-    rec = json.loads((bundle / BUNDLE_FILE).read_text())["emulation"]["arm64"]
+    rec = json.loads((bundle / BUNDLE_FILE).read_text())["emulation"]["arm64"]["neoverse-n1"]
     assert rec["ok"] is False and rec["problem"] == "labels differ on 1 of 3 texts"
     assert Artifact.load(bundle, verify=True)
 
@@ -166,7 +170,7 @@ def test_bundle_runs_on_emulated_arm64_like_on_x86(bundle):
         pytest.skip("qemu-user is not installed (apt-get install qemu-user-static)")
     r = cli("verify", bundle, "--emulate", "arm64")
     assert r.exit_code == 0, r.output
-    rec = json.loads((bundle / BUNDLE_FILE).read_text())["emulation"]["arm64"]
+    rec = json.loads((bundle / BUNDLE_FILE).read_text())["emulation"]["arm64"]["neoverse-n1"]
     assert rec["ok"] and rec["guest"]["machine"] == "aarch64" and rec["predict_py"]["labels_match"] == 3
     assert "model.ort" in rec["smoke"]["models"]
     assert "not" in r.output and "speed" in r.output

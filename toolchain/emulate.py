@@ -316,14 +316,14 @@ def result_record(qemu: str, cfg: EmulateConfig, ready: dict, smoke: dict, predi
 
 
 def record(bundle: Path, result: dict) -> None:
-    """Store `result` in bundle.json (`emulation.<arch>`) and the manifest, with every hash kept valid.
+    """Store `result` in bundle.json (`emulation.<arch>.<cpu>`) and the manifest, with every hash kept valid.
 
     Atomic like every artifact write: a hidden copy of the folder (hard links for the unchanged files)
     gets the new bundle.json and manifest, then replaces the bundle in two renames.
     """
     art = Artifact.load(bundle, verify=True)
     info = json.loads((bundle / "bundle.json").read_text())
-    info.setdefault("emulation", {})[result["arch"]] = result
+    info.setdefault("emulation", {}).setdefault(result["arch"], {})[result["cpu"]] = result  # one verdict per core
     tmp = bundle.parent / f"{PARTIAL_PREFIX}{bundle.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -338,8 +338,8 @@ def record(bundle: Path, result: dict) -> None:
             (tmp / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
             manifest = Manifest.from_json(art.manifest.to_json())
             manifest.files["bundle.json"] = sha256_file(tmp / "bundle.json")
-            manifest.results[f"emulate/{result['arch']}"] = {k: result[k] for k in ("ok", "problem", "cpu", "emulator",
-                                                                                  "checked", "note")}
+            manifest.results[f"emulate/{result['arch']}/{result['cpu']}"] = {
+                k: result[k] for k in ("ok", "problem", "emulator", "checked", "note")}
             (tmp / MANIFEST).write_text(manifest.to_json())
             _replace_folder(tmp, bundle)
     finally:
