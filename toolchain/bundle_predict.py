@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         result = smoke_check(HERE, args.threads or 1)
-        print(json.dumps(result, indent=2) if args.json else
-              ("ok: " if result["ok"] else f"FAILED: {result['problem']}: ")
-              + ", ".join(f"{m} max abs diff {d:.2g}" for m, d in result["models"].items()) + f" (atol {result['atol']:g})")
+        diffs = ", ".join(f"{m} max abs diff {d:.2g}" for m, d in result["models"].items())
+        verdict = "ok: " if result["ok"] else f"FAILED: {result['problem']}: "
+        print(json.dumps(result, indent=2) if args.json else f"{verdict}{diffs} (atol {result['atol']:g})")
         return 0 if result["ok"] else 1
     if not args.texts:
         parser.error("give at least one text (or --smoke)")

@@ -194,7 +194,8 @@ def cpuinfo(cpu: str, cores: int = 2) -> str:
     return "".join(block.format(i=i, f=features, v=variant, p=part) for i in range(cores))
 
 
-def emulated_command(qemu: str, prefix: Path, python: str, args: list[str], cpu: str, threads: int) -> tuple[list, dict]:
+def emulated_command(qemu: str, prefix: Path, python: str, args: list[str], cpu: str,
+                     threads: int) -> tuple[list, dict]:
     """The command line and environment that run `python args...` as arm64 under qemu.
 
     The environment is built from nothing: the host's PYTHONPATH or site-packages (x86 wheels) must
@@ -232,10 +233,12 @@ def _json_run(cmd: list[str], env: dict | None, where: str, timeout: int):
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise CheckFailed(f"{where}: no answer within {timeout} s", "raise --timeout, or try a smaller bundle") from None
+        raise CheckFailed(f"{where}: no answer within {timeout} s",
+                          "retry on a less busy machine, or raise EmulateConfig.timeout_s") from None
     if done.returncode != 0:
         tail = [ln for ln in done.stderr.strip().splitlines() if ln.strip()][-1:] or [f"exit code {done.returncode}"]
-        raise CheckFailed(f"{where} failed: {tail[0][:300]}", "run the same command there by hand to see the whole error")
+        raise CheckFailed(f"{where} failed: {tail[0][:300]}",
+                          "run the same command there by hand to see the whole error")
     return json.loads(done.stdout)
 
 
@@ -270,7 +273,8 @@ def emulate(bundle: str | Path, cfg: EmulateConfig, setup: bool = True) -> dict:
     bundle = Path(bundle)
     if not is_bundle(bundle):
         raise Unsupported(f"{bundle} is not an edge bundle: emulation runs a bundle's predict.py",
-                          "package the artifact first (toolchain package ARTIFACT OUT), then verify OUT --emulate arm64")
+                          "package the artifact first (toolchain package ARTIFACT OUT), "
+                          "then toolchain verify OUT --emulate arm64")
     info = json.loads((bundle / "bundle.json").read_text())
     qemu = find_qemu()
     ready = ensure_root(setup)

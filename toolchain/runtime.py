@@ -59,8 +59,8 @@ CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 SPIN = {"spin": {}, "stop": {"session.force_spinning_stop": "1"}, "off": {"session.intra_op.allow_spinning": "0"}}
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, provider_options: dict | None = None,
-                 spin: str = "spin"):
+def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None,
+                 provider_options: dict | None = None, spin: str = "spin"):
     """An InferenceSession on one provider (short name: cpu, cuda, tensorrt), full graph optimization."""
     import onnxruntime as ort
 
