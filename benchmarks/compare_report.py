@@ -29,6 +29,28 @@ TARGETS = (
 )
 
 
+# The interleaved batch-1 p50 and the same model's p50 timed alone may differ by this much before the table
+# warns: runs on this machine differ by up to ~15% from one to the next (DESIGN.md).
+SELF_CHECK = 0.15
+
+
+def alone_p50s(results: list[dict] | None) -> dict[str, float]:
+    """variant key -> batch-1 p50 ms timed with no other worker alive (one bench result per model)."""
+    out = {}
+    for result in results or []:
+        for key, rows in bench_rows(result).items():
+            if rows and rows[0]["status"] == "ok":
+                out[key] = rows[0]["p50_ms"]
+    return out
+
+
+def self_check(row: dict, alone: float | None) -> None:
+    """Add the alone figure and whether it disagrees with the interleaved one by more than SELF_CHECK."""
+    ratio = _div(row["b1_p50_ms"], alone)
+    row |= {"b1_alone_p50_ms": alone, "b1_interleaved_vs_alone": ratio,
+            "b1_self_check": None if ratio is None else ("ok" if abs(ratio - 1) <= SELF_CHECK else "disagree")}
+
+
 def bench_rows(result: dict | None, mode: str = "forward") -> dict[str, list[dict]]:
     """variant key -> its rows of one toolchain.bench result (keys were attached by compare.bench_variants)."""
     out: dict[str, list[dict]] = {}
@@ -132,6 +154,9 @@ def assemble(variants, evals: dict, benches: dict, scaled: dict | None, lm: dict
     """The whole comparison as one JSON-ready dict."""
     b1, b32 = bench_rows(benches["b1"]), bench_rows(benches["b32"])
     rows = [classifier_row(v, evals.get(v.key, {}), b1, b32) for v in variants]
+    alone = alone_p50s(benches.get("b1_alone"))
+    for r in rows:
+        self_check(r, alone.get(r["key"]))
     add_ratios(rows)
     return {"schema_version": SCHEMA_VERSION, "kind": "toolchain.compare", "created": time.time(), **meta,
             "classifier": rows, "targets": targets(rows), "lm": lm_rows(lm), "scaling": scaling_series(scaled),
@@ -169,18 +194,40 @@ def when_where(result: dict) -> str:
 
 
 def classifier_table(result: dict) -> list[str]:
-    head = ("| model | how it was made | test acc. | Δ pts | file MB | b1 p50 ms | b1 p90 ms | b32 items/s "
-            "| b1 speed-up vs teacher / Optimum | b32 thru. vs teacher / Optimum | smaller than teacher |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| model | how it was made | test acc. | Δ pts | file MB | b1 p50 ms | b1 p50 alone ms | b1 p90 ms "
+            "| b32 items/s | b1 speed-up vs teacher / Optimum | b32 thru. vs teacher / Optimum | smaller than teacher |")
+    lines = [head, "|" + "---|" * 12]
     for r in result["classifier"]:
         t, o = r["vs_teacher"] or {}, r["vs_optimum"] or {}
         name = f"**{r['name']}**" if r["key"] == FINAL else r["name"]
         how = r["how"] + (f" — not measured: {r['error']}" if r["error"] else "")
         lines.append(f"| {name} | {how} | {_f(r['accuracy'], '{:.3f}')} | {_f(t.get('accuracy_points'), '{:+.1f}')} "
-                     f"| {_f(r['file_mb'], '{:.1f}')} | {_ms(r['b1_p50_ms'])} | {_ms(r['b1_p90_ms'])} "
+                     f"| {_f(r['file_mb'], '{:.1f}')} | {_ms(r['b1_p50_ms'])} | {_alone(r)} | {_ms(r['b1_p90_ms'])} "
                      f"| {_f(r['b32_items_s'], '{:.0f}')} | {_x(t.get('b1_speedup'))} / {_x(o.get('b1_speedup'))} "
                      f"| {_x(t.get('b32_throughput'))} / {_x(o.get('b32_throughput'))} | {_x(t.get('smaller'))} |")
     return lines
+
+
+def _alone(r: dict) -> str:
+    """The alone p50, marked when it disagrees with the interleaved one: ⚠ 1.4x means interleaved read 1.4x."""
+    if r.get("b1_self_check") != "disagree":
+        return _ms(r.get("b1_alone_p50_ms"))
+    return f"{_ms(r['b1_alone_p50_ms'])} ⚠ {r['b1_interleaved_vs_alone']:.2f}x"
+
+
+def self_check_note(rows: list[dict]) -> list[str]:
+    """One line: the self-check's verdict over every model (what ⚠ means, or that all agreed)."""
+    checked = [r for r in rows if r.get("b1_self_check")]
+    if not checked:
+        return []
+    bad = [r for r in checked if r["b1_self_check"] == "disagree"]
+    head = (f"Self-check: after the interleaved runs, each model's batch-1 p50 was timed again with no other worker "
+            "alive ('b1 p50 alone'). ")
+    if not bad:
+        return [head + f"All {len(checked)} agree within {SELF_CHECK:.0%}."]
+    return [head + f"**{len(bad)} of {len(checked)} disagree by more than {SELF_CHECK:.0%}** (⚠: interleaved / alone): "
+            + ", ".join(f"{r['name']} {r['b1_interleaved_vs_alone']:.2f}x" for r in bad)
+            + ". Their interleaved batch-1 figures, and the ratios built on them, are not to be trusted from this run."]
 
 
 def targets_table(result: dict) -> list[str]:
@@ -226,6 +273,12 @@ def notes(result: dict) -> list[str]:
            "CPU session settings (toolchain.runtime.make_session: ORT's SkipLayerNormFusion off, since its CPU kernel "
            "is 5-8x slower than Add + LayerNorm); that makes the Optimum model ~1.2x faster than ORT's defaults would.",
            f"Threads: {result.get('threads', result['machine']['threads_used'])}; {result.get('openmp', '')}."]
+    spin = result.get("plan", {}).get("ort_spin")
+    if spin == "stop":
+        out.append("Idle workers: in the interleaved runs onnxruntime's threads stop spinning when a run ends "
+                   "(session.force_spinning_stop), so a worker waiting for its turn does not hold a core the timed one "
+                   "needs; the self-check below times each model alone with onnxruntime's defaults.")
+    out += self_check_note(rows)
     out += _peak_note(rows)
     out += [f"{r['name']}: {n}" for r in rows for n in r["notes"]]
     return out
@@ -268,14 +321,15 @@ def console_table(result: dict) -> str:
     rows = []
     for r in result["classifier"]:
         t, o = r["vs_teacher"] or {}, r["vs_optimum"] or {}
-        rows.append([r["name"], r["accuracy"], r["file_mb"], r["b1_p50_ms"], r["b1_p90_ms"], r["b32_items_s"],
+        rows.append([r["name"], r["accuracy"], r["file_mb"], r["b1_p50_ms"], _alone(r), r["b1_p90_ms"], r["b32_items_s"],
                      _x(t.get("b1_speedup")), _x(o.get("b1_speedup")), _x(o.get("b32_throughput")),
                      _x(t.get("smaller")), r["error"] or ""])
-    heads = ["model", "acc", "MB", "b1 p50", "b1 p90", "b32/s", "b1 x teacher", "b1 x optimum", "b32 x optimum",
+    heads = ["model", "acc", "MB", "b1 p50", "b1 alone", "b1 p90", "b32/s", "b1 x teacher", "b1 x optimum", "b32 x optimum",
              "smaller", "note"]
     met = [f"{t['what']}: {_f(t['measured'])} (want {t['want']}) {'met' if t['met'] else 'MISSED'}"
            for t in result["targets"]]
-    return format_table(rows, heads) + "\n" + "\n".join(met)
+    warn = [f"WARNING: {n}" for n in self_check_note(result["classifier"]) if "disagree" in n]
+    return format_table(rows, heads) + "\n" + "\n".join(met + warn)
 
 
 def plot_scaling(series: dict, names: dict, path: Path) -> None:

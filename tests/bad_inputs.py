@@ -714,6 +714,9 @@ ROWS: list[Row] = [
         "row 1 is not a benchmark row", "unedited output"),
     Row("report {report_user_md}", "the folder holds the user's own report.md", 6,
         "was not written by toolchain report", "move or rename"),
+    Row("verify {onnx_art} --emulate arm64", "emulation of an artifact that is not a bundle", 12,
+        "not an edge bundle", "toolchain package"),
+    Row("verify {onnx_art} --emulate riscv64", "an architecture it cannot emulate", 2, "riscv64", ""),
 ]
 
 # Stage configs as a recipe gives them (toolchain.config.config_from_dict): (stage, config, error fragment).

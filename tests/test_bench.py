@@ -258,3 +258,13 @@ def test_torch_dynamic_int8_swaps_linears_and_keeps_logits_close(tiny):
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in modules)
     assert torch.allclose(want, got, atol=0.05 * float(want.abs().max()) + 1e-3)
     assert state_dict_bytes(quantized) > 0
+
+
+@pytest.mark.parametrize("spin,key", [("stop", "session.force_spinning_stop"), ("off", "session.intra_op.allow_spinning")])
+def test_ort_spin_sets_how_idle_threads_wait(tiny_onnx, spin, key):
+    from toolchain.runtime import SPIN, make_session
+
+    session = make_session(tiny_onnx("bert").onnx_path, threads=2, spin=spin)
+    assert session.get_session_options().get_session_config_entry(key) == SPIN[spin][key]
+    with pytest.raises(ValueError, match="ort_spin must be"):
+        BenchConfig(ort_spin="sometimes")

@@ -62,6 +62,28 @@ def test_ratios_are_against_the_teacher_and_the_optimum_pipeline():
     assert rows["teacher"]["vs_teacher"]["b1_speedup"] == pytest.approx(1.0)
 
 
+def test_self_check_flags_a_model_whose_interleaved_b1_disagrees_with_alone():
+    vs, evals, benches = three_models()
+    alone = [bench_result({k: (1, p50, p50, 1.0, 1.0)}) for k, p50 in (("teacher", 19.0), ("optimum", 4.0))]
+    machine = {"cpu_model": "Test CPU", "arch": "x86_64", "isa": {"avx2": True}, "threads_used": 2, "cores_usable": 2,
+               "memory_gb": 8.0, "onnxruntime": {"version": "1.32.0"}, "versions": {}}
+    result = report.assemble(vs, evals, benches | {"b1_alone": alone}, None, None, machine=machine, plan={},
+                             quick=False, phases={}, wall_s=1.0, load=[[1.0], [1.0]], eval_config={"max_length": 64},
+                             openmp="")
+    rows = {r["key"]: r for r in result["classifier"]}
+    assert rows["teacher"]["b1_self_check"] == "ok"  # 20 vs 19 ms: within 15%
+    assert rows["optimum"]["b1_self_check"] == "disagree" and rows["optimum"]["b1_interleaved_vs_alone"] == 1.5
+    assert rows["final"]["b1_self_check"] is None  # not re-measured: no verdict, no warning
+    text = report.markdown(result)
+    assert "| 6.00 | 4.00 ⚠ 1.50x |" in text and "**1 of 2 disagree by more than 15%**" in text
+    assert "Optimum pipeline 1.50x" in text
+    assert "WARNING" in report.console_table(result)
+    ok = report.assemble(vs, evals, benches | {"b1_alone": alone[:1]}, None, None, machine=machine, plan={},
+                         quick=False, phases={}, wall_s=1.0, load=[[1.0], [1.0]], eval_config={"max_length": 64},
+                         openmp="")
+    assert "All 1 agree within 15%" in report.markdown(ok) and "WARNING" not in report.console_table(ok)
+
+
 def test_targets_say_which_are_met_and_which_missed():
     met = {t["what"]: t["met"] for t in assembled()["targets"]}
     assert met["batch-1 latency, x faster than the Optimum pipeline"] is True  # exactly 3.0x

@@ -3,6 +3,7 @@
     python predict.py "A charming, moving film." "A waste of two hours."   # classifier: label + probabilities
     python predict.py --tokens 20 "To be, or not to be"                     # causal LM: greedy continuation
     python predict.py --model model.ort --json "..."                        # the ORT-format model, JSON out
+    python predict.py --smoke                  # this machine gives the outputs stored in bundle.json (exit 1 if not)
 
 Everything it needs to know about the model is in bundle.json beside it. `toolchain package` copies
 this file into every bundle as predict.py; `toolchain verify` runs the same code as its smoke test.
@@ -127,14 +128,54 @@ class Predictor:
         return feeds | (past or {})
 
 
+def smoke_diff(p: Predictor, smoke: dict) -> float:
+    """Max abs difference of `p`'s outputs on the smoke texts from the stored ones (inf when greedy tokens differ)."""
+    texts, task = smoke["texts"], p.info["task"]
+    if task == "text-classification":
+        got = np.array([r["logits"] for r in p.classify(texts)])
+        return float(np.abs(got - np.array(smoke["logits"])).max())
+    if task == "text-generation":
+        out = p.generate(texts[0], len(smoke["token_ids"]))
+        if out["token_ids"] != smoke["token_ids"]:
+            return float("inf")
+        ids = list(p.tokenizer.encode(texts[0]).ids)
+        logits = p.run(p._lm_feeds(ids, len(ids), p._empty_past()))["logits"][0, -1]
+        return float(np.abs(logits[smoke["first_top5"]] - np.array(smoke["first_top5_logits"])).max())
+    return float(np.abs(p.embed(texts) - np.array(smoke["embeddings"])).max())
+
+
+def smoke_check(folder: str | pathlib.Path = HERE, threads: int | None = 1) -> dict:
+    """The smoke test on this machine: model.onnx (and model.ort) against the outputs stored in bundle.json.
+
+    Returns {"ok", "problem", "models": {file: max abs diff}, "atol"}.
+    """
+    folder = pathlib.Path(folder)
+    smoke = json.loads((folder / "bundle.json").read_text())["smoke"]
+    models = {name: smoke_diff(Predictor(folder, name, threads=threads), smoke)
+              for name in ("model.onnx", "model.ort") if (folder / name).is_file()}
+    bad = [(m, d) for m, d in models.items() if not d <= smoke["atol"]]
+    problem = (f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})"
+               if bad else "")
+    return {"ok": not bad, "problem": problem, "models": models, "atol": smoke["atol"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run this bundle's model on text.")
-    parser.add_argument("texts", nargs="+", help="sentences to classify, or the prompt to continue")
+    parser.add_argument("texts", nargs="*", help="sentences to classify, or the prompt to continue")
     parser.add_argument("--tokens", type=int, default=20, help="causal LM: new tokens to generate")
     parser.add_argument("--model", default="model.onnx", help="model.onnx, or model.ort (ORT format)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--smoke", action="store_true", help="check this machine against bundle.json's stored outputs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        result = smoke_check(HERE, args.threads or 1)
+        diffs = ", ".join(f"{m} max abs diff {d:.2g}" for m, d in result["models"].items())
+        verdict = "ok: " if result["ok"] else f"FAILED: {result['problem']}: "
+        print(json.dumps(result, indent=2) if args.json else f"{verdict}{diffs} (atol {result['atol']:g})")
+        return 0 if result["ok"] else 1
+    if not args.texts:
+        parser.error("give at least one text (or --smoke)")
     p = Predictor(HERE, args.model, args.threads)
     task = p.info["task"]
     if task == "text-classification":

@@ -53,7 +53,14 @@ def available_providers() -> list[str]:
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, provider_options: dict | None = None):
+# How the intra-op threads wait for work (SPIN): "spin" is onnxruntime's default (they keep spinning for a while
+# after each run, on cores other processes may need), "stop" spins during a run only (session.force_spinning_stop),
+# "off" never spins (session.intra_op.allow_spinning=0).
+SPIN = {"spin": {}, "stop": {"session.force_spinning_stop": "1"}, "off": {"session.intra_op.allow_spinning": "0"}}
+
+
+def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None,
+                 provider_options: dict | None = None, spin: str = "spin"):
     """An InferenceSession on one provider (short name: cpu, cuda, tensorrt), full graph optimization."""
     import onnxruntime as ort
 
@@ -69,6 +76,8 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    for key, value in SPIN[spin].items():
+        opts.add_session_config_entry(key, value)
     providers = [(name, provider_options or {})]
     if name == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append(("CUDAExecutionProvider", {}))  # nodes TensorRT cannot take stay on the GPU

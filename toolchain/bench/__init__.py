@@ -45,6 +45,9 @@ class BenchConfig:
     peak: bool = True  # measure (or read the cached) GEMM peak for the fraction-of-peak column
     refresh_peak: bool = False  # re-measure the peak even if this machine has a cached one
     store: bool = True  # write the results into each artifact's manifest
+    # onnxruntime's intra-op threads between runs (runtime.SPIN): "spin" (its default), "stop" (stop when a run
+    # ends, so an idle worker leaves the cores to the one being timed), "off".
+    ort_spin: str = "spin"
 
     def __post_init__(self):
         unknown = [p for p in self.providers if p not in PROVIDERS]
@@ -61,6 +64,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be at least {low}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1")
+        if self.ort_spin not in ("spin", "stop", "off"):
+            raise ValueError(f"ort_spin must be spin, stop or off; got {self.ort_spin!r}")
 
 
 def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int], None] | None = None) -> dict:

@@ -115,7 +115,7 @@ def _start(target: Target, provider: str, cfg, machine: dict, workloads: list[Wo
     client = WorkerClient(worker_env(machine["threads_used"], machine.get("omp_wait_policy")))
     request = {"format": target.format, "path": str(target.path), "task": target.task, "provider": provider,
                "threads": machine["threads_used"], "torch_compile": cfg.torch_compile,
-               "torch_quantize": target.torch_quantize}
+               "torch_quantize": target.torch_quantize, "ort_spin": cfg.ort_spin}
     if provider == "tensorrt":
         request["trt"] = trt_request(target, cfg, workloads)
     try:

@@ -62,7 +62,8 @@ class OnnxRunner:
         provider = req["provider"]
         options = provider_options(req) if provider in ("cuda", "tensorrt") else None
         t0 = CLOCK()
-        self.session = make_session(Path(req["path"]) / "model.onnx", provider, req["threads"], options)
+        self.spin = req.get("ort_spin", "spin")
+        self.session = make_session(Path(req["path"]) / "model.onnx", provider, req["threads"], options, spin=self.spin)
         self.load_s = CLOCK() - t0
         if PROVIDERS[provider] not in self.session.get_providers():
             raise Skipped(f"{provider} not available: onnxruntime fell back to {self.session.get_providers()}")
@@ -83,6 +84,7 @@ class OnnxRunner:
             "inter_op_num_threads": o.inter_op_num_threads,
             "enable_cpu_mem_arena": o.enable_cpu_mem_arena,
             "enable_mem_pattern": o.enable_mem_pattern,
+            "ort_spin": self.spin,
         }
 
     def prepare(self, batches: list[dict]) -> None:
