@@ -61,8 +61,8 @@ class FinetuneConfig:
             raise ValueError("epochs, learning_rate and batch_size must be positive")
         if self.max_length < 8:
             raise ValueError("max_length must be at least 8")
-        if self.min_steps < 0 or self.patience < 1 or not self.max_epochs >= self.epochs:
-            raise ValueError("min_steps must be >= 0, patience >= 1 and max_epochs >= epochs")
+        if self.min_steps < 0 or self.patience < 1 or not self.max_epochs > 0:
+            raise ValueError("min_steps must be >= 0, patience >= 1 and max_epochs positive")
         from .search import check_params
 
         check_params("finetune", self.search, self.trials)
