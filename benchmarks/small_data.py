@@ -156,7 +156,8 @@ def summarise(name: str, csv_path: Path, out: Path, baseline_only: bool = False)
         val = next((v["accuracy"] for k, v in art.manifest.results.items() if k.endswith("/validation")), None)
         val = val if val is not None else (m.get("validation") or {}).get("accuracy")
         row["stages"][stage] = {"test": test and test["accuracy"], "n": test and test["n"], "validation": val,
-                                "schedule": sched, "train_seconds": m.get("train_seconds") or (m.get("train") or {}).get("wall_seconds")}
+                                "schedule": sched,
+                                "train_seconds": m.get("train_seconds") or (m.get("train") or {}).get("wall_seconds")}
     return row
 
 

@@ -101,6 +101,7 @@ def test_report_carries_a_baseline_row_and_the_verdict(tiny_run):
     md = (out / "report.md").read_text()
     assert "| baseline (TF-IDF + logistic regression" in md
     assert "does not beat the TF-IDF + logistic regression baseline" in md  # the untrained tiny model
+    assert "onnx does not beat the TF-IDF + logistic regression baseline" in output  # the run says so too
 
 
 # ----------------------------------------------------------------------------- search

@@ -267,8 +267,8 @@ def load_user_splits(spec: DataSpec, *, whole: bool = False) -> ClassificationDa
         origin = f"the file's {spec.split_column!r} column"
     else:
         parts["train"] = _file_split(spec, spec.source)
-        origin = "files: " + ", ".join(f"{k} {Path(v).name}" for k, v in
-                                       (("train", spec.source), ("validation", spec.validation), ("test", spec.test)) if v)
+        given = (("train", spec.source), ("validation", spec.validation), ("test", spec.test))
+        origin = "files: " + ", ".join(f"{k} {Path(v).name}" for k, v in given if v)
     for split, source in (("validation", spec.validation), ("test", spec.test)):
         if source and not whole:
             parts[split] = _file_split(spec, source)
@@ -302,10 +302,12 @@ def _by_split_column(spec: DataSpec) -> dict[str, tuple]:
     if "train" not in grouped and "test" not in grouped:
         raise DataError(f"{spec.source}: the {spec.split_column!r} column names no train or test rows",
                         "mark rows as train, validation or test")
-    return {split: ([_text(r[spec.text_column], spec.source, i) for i, r in enumerate(rows)],
-                    [_text(r[spec.pair_column], spec.source, i) for i, r in enumerate(rows)] if spec.pair_column else None,
-                    [r[spec.label_column] for r in rows])
-            for split, rows in grouped.items()}
+    def columns(rows: list[dict]) -> tuple:
+        texts = [_text(r[spec.text_column], spec.source, i) for i, r in enumerate(rows)]
+        pairs = [_text(r[spec.pair_column], spec.source, i) for i, r in enumerate(rows)] if spec.pair_column else None
+        return texts, pairs, [r[spec.label_column] for r in rows]
+
+    return {split: columns(rows) for split, rows in grouped.items()}
 
 
 def _cut_missing(data: ClassificationData) -> None:
@@ -328,7 +330,8 @@ def _cut_missing(data: ClassificationData) -> None:
 
 
 def _take(split: Split, idx: np.ndarray) -> Split:
-    return Split([split.texts[i] for i in idx], split.labels[idx], [split.pairs[i] for i in idx] if split.pairs else None)
+    pairs = [split.pairs[i] for i in idx] if split.pairs else None
+    return Split([split.texts[i] for i in idx], split.labels[idx], pairs)
 
 
 def _from_hub(spec: DataSpec) -> ClassificationData:

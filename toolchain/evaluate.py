@@ -187,8 +187,8 @@ def split_facts(data, split: str) -> dict:
     total = sum(len(s) for s in data.splits.values())
     facts = {"split_origin": data.origin, "rows_in_source": total}
     if data.origin.startswith("seeded") and split != ALL and Path(data.name).is_file():
-        facts["note"] = (f"scored the {split} cut of {Path(data.name).name} ({len(data.split(split))} of {total} rows); "
-                         "a held-out test file is scored whole with --split all (or --test-data FILE)")
+        facts["note"] = (f"scored the {split} cut of {Path(data.name).name} ({len(data.split(split))} of {total} "
+                         "rows); a held-out test file is scored whole with --split all (or --test-data FILE)")
     return facts
 
 

@@ -179,7 +179,8 @@ def _trainer(model, tokenizer, data, cfg: FinetuneConfig, checkpoints: Path):
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64, weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
-        metric_for_best_model="accuracy", greater_is_better=True, logging_steps=max(1, min(50, steps // 10)), report_to=[],
+        metric_for_best_model="accuracy", greater_is_better=True, logging_steps=max(1, min(50, steps // 10)),
+        report_to=[],
         group_by_length=cfg.group_by_length, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), save_safetensors=True,
     )

@@ -613,5 +613,6 @@ def as_dict(report: Report) -> dict:
                   "within_budget": r.within_budget,
                   "speed": {f"{m}/{p}": dataclasses.asdict(s) for (m, p), s in r.speed.items()}} for r in report.rows],
         "machines": report.machines, "bundles": [str(b) for b in report.bundles], "notes": report.notes,
+        "baseline": report.baseline,
         "files": {"html": str(report.folder / "report.html"), "markdown": str(report.folder / "report.md")},
     }

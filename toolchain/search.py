@@ -11,7 +11,6 @@ config (so a recipe re-run skips it), the chosen values, and every trial with it
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ SPACES = {
                  "batch_size": ("batch_size", "choice", (16, 32), None), "warmup": ("warmup_ratio", "float", 0.0, 0.2),
                  "weight_decay": ("weight_decay", "float", 0.0, 0.1)},
     "distill": {"lr": ("lr", "log", 2e-5, 3e-4), "epochs": ("epochs", "int", 2, 12),
-                "batch_size": ("batch_size", "choice", (16, 32), None), "temperature": ("temperature", "float", 1.0, 8.0),
+                "batch_size": ("batch_size", "choice", (16, 32), None),
+                "temperature": ("temperature", "float", 1.0, 8.0),
                 "alpha": ("alpha", "float", 0.0, 1.0), "warmup": ("warmup_ratio", "float", 0.0, 0.2)},
 }
 TIMED_STEPS = 3  # training steps timed before the search, after one untimed step
@@ -47,7 +47,8 @@ def run_search(stage: str, fn: Callable, src, cfg, out: str | Path, *, force: bo
     try:
         import optuna
     except ImportError:
-        raise MissingPackage("--search needs optuna", "pip install optuna (or pip install 'toolchain[search]')") from None
+        raise MissingPackage("--search needs optuna",
+                             "pip install optuna (or pip install 'toolchain[search]')") from None
     out = Path(out)
     check_output(out, force)
     space = {p: SPACES[stage][p] for p in cfg.search}
@@ -147,4 +148,4 @@ def max_steps_per_trial(stage: str, cfg, examples: int, schedule_plan: Callable)
     epochs = space["epochs"][3] if "epochs" in space else cfg.epochs
     batch = min(space["batch_size"][2]) if "batch_size" in space else cfg.batch_size
     min_steps = 0 if "epochs" in space else cfg.min_steps
-    return schedule_plan(examples, batch, epochs, min_steps, max(cfg.max_epochs, epochs)).steps or math.ceil(examples / batch)
+    return schedule_plan(examples, batch, epochs, min_steps, max(cfg.max_epochs, epochs)).steps
