@@ -106,7 +106,7 @@ def tfidf_baseline(split_seeds: int) -> dict:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        sys.exit("the TF-IDF baseline needs scikit-learn: .venv/bin/pip install -e '.[bench]'")
+        sys.exit("the TF-IDF baseline needs scikit-learn: .venv/bin/pip install -e .")
 
     def score(seed: int) -> dict:
         saved, data.SEED = data.SEED, seed

@@ -395,6 +395,10 @@ SITUATIONS: dict[str, Situation] = {
                                 _csv('{"text": "good", "label": "positive"}\n{"text": oops\n', "data.jsonl")),
     "data_xlsx": Situation("a file of an unknown type (.xlsx)", _csv(b"PK\x03\x04", "data.xlsx")),
     "data_empty_text": Situation("a CSV with an empty text value", _csv(_rows() + ",negative\n")),
+    "data_bad_split": Situation("a CSV whose split column says 'holdout' in one row",
+                                _csv(_rows().replace("text,label\n", "text,label,split\n", 1)
+                                     .replace("\n", ",train\n").replace("label,split,train", "label,split", 1)
+                                     + "the film was fine,positive,holdout\n")),
     "onnx_int8": Situation("an ONNX artifact of the tiny BERT that is already int8 (dynamic)", _int8),
     "out_artifact": Situation("an output folder that already holds an artifact", lambda d, k: k.torch_artifact(d)),
     "out_files": Situation("an output folder holding a user's own files", _out_with_files),
@@ -510,6 +514,16 @@ ROWS: list[Row] = [
     Row("finetune {bert} {out_artifact} --data {data}", "output already holds an artifact", 6,
         "already holds an artifact", "--force"),
     Row("finetune {bert} {out} --data {data} --epochs 0", "zero epochs", 8, "must be positive", "correct the value"),
+    Row("finetune {bert} {out} --data {data_bad_split}", "a split column with an unknown split name", 5,
+        "has split 'holdout'", "train, validation (dev, val) or test"),
+    Row("finetune {bert} {out} --data {data} --test-data {data_missing}", "--test-data file does not exist", 3,
+        "does not exist", "check the path"),
+    Row("finetune {bert} {out} --data {data} --search depth", "--search names no searchable setting", 8,
+        "is not searchable", "correct the value"),
+    Row("finetune {bert} {out} --data {data} --search lr --trials 1", "a search of one trial", 8,
+        "trials must be between 2 and 200", "correct the value"),
+    Row("finetune {bert} {out} --data {data} --min-steps -1", "negative minimum steps", 8,
+        "min_steps must be >= 0", "correct the value"),
     Row("finetune {bert} {out} --data {data} --max-length 4", "max length too short", 8,
         "max_length must be at least 8", "correct the value"),
     # evaluate ARTIFACT --data FILE

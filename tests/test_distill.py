@@ -220,7 +220,7 @@ def test_cached_and_online_teacher_give_the_same_loss_on_a_batch(tiny, reviews, 
 
 def test_distill_classifier_writes_a_checked_artifact_and_reuses_the_cache(tiny, reviews, tmp_path):
     cfg = DistillConfig(student_layers=1, data=str(reviews), max_length=16, epochs=1, batch_size=8, grad_accum=2,
-                        cache_dir=str(tmp_path / "cache"))
+                        cache_dir=str(tmp_path / "cache"), min_steps=0)  # one epoch as configured
     art = distill(str(tiny("bert")), cfg, tmp_path / "s1", progress=False)
     m = _metrics(art)
     assert art.verify() == [] and art.format == "torch" and art.task == "text-classification"
@@ -299,7 +299,7 @@ def test_tiny_distillation_lowers_the_kd_loss(sharp_teacher, reviews, tmp_path):
     # a learned projection (width 16 -> 32), attention maps, and boundary weighting.
     cfg = DistillConfig(student_layers=1, student_hidden_size=16, data=str(reviews), max_length=16, epochs=3,
                         batch_size=8, lr=3e-3, warmup_ratio=0.0, alpha=0.1, hidden_weight=0.1, attention_weight=0.1,
-                        boundary_weight=1.0)
+                        boundary_weight=1.0, min_steps=0)  # the three epochs as configured
     m = _metrics(distill(str(sharp_teacher), cfg, tmp_path / "s", progress=False))
     epochs = m["train"]["losses_by_epoch"]
     assert len(epochs) == 3 and {"kd", "ce", "hidden", "attention", "total"} <= set(epochs[0])

@@ -123,9 +123,9 @@ def test_group_by_length_is_on_by_default_and_reaches_the_trainer(tiny, tmp_path
     real = finetune_module._trainer
 
     def spy(*args):
-        trainer = real(*args)
+        trainer, sched = real(*args)
         seen.append(trainer.args.group_by_length)
-        return trainer
+        return trainer, sched
 
     monkeypatch.setattr(finetune_module, "_trainer", spy)
     args = ["finetune", str(tiny("bert")), str(tmp_path / "out"), "--data", str(_dataset(tmp_path, n=20)),

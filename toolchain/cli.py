@@ -267,6 +267,10 @@ def data_options(fn=None, *, default: str | None = "rotten-tomatoes"):
         click.option("--text-column", default="text", show_default=True),
         click.option("--label-column", default="label", show_default=True),
         click.option("--pair-column", default=None, help="Second text column of sentence-pair tasks."),
+        click.option("--validation-data", help="The validation split in a file of its own (--data is then train)."),
+        click.option("--test-data", help="The test split in a file of its own, scored whole."),
+        click.option("--split-column", help="Column naming each row's split: train / validation (dev, val) / test "
+                                            "(default: 'split', used when the file has it)."),
     ]):
         fn = opt(fn)
     return fn
@@ -284,6 +288,10 @@ def data_options(fn=None, *, default: str | None = "rotten-tomatoes"):
 @click.option("--group-by-length/--no-group-by-length", default=None,
               help="Batch examples of similar length: less padding, ~1.9x faster on CPU (default on).")
 @click.option("--max-train-samples", type=int, help="Train on the first N examples only.")
+@click.option("--min-steps", type=int, help="Raise the epochs until this many optimizer steps (default 600; 0: off).")
+@click.option("--patience", type=int, help="Stop after N epochs without a validation gain (default 3).")
+@click.option("--search", help="Search these by validation accuracy (Optuna): lr,epochs,batch_size,warmup,weight_decay.")
+@click.option("--trials", type=int, help="Search trials, each a full fine-tune (default 6).")
 @click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
 @click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
@@ -296,7 +304,12 @@ def finetune(model, out, as_json, force, **options):
     """
     from .finetune import FinetuneConfig, finetune as run_finetune
 
-    art = run_finetune(model, _config(FinetuneConfig, **options), out, force=force)
+    import contextlib
+
+    options["search"] = _items(options.get("search"))
+    cfg = _config(FinetuneConfig, **options)
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs on stdout: keep it for the result
+        art = run_finetune(model, cfg, out, force=force)
     results = {k: v for k, v in art.manifest.results.items() if k.startswith("evaluate/")}
     rows = [[k.split("/")[-1], v["accuracy"], v["macro_f1"], v["n"]] for k, v in sorted(results.items())]
     emit({"artifact": str(art.path), **art.manifest.lineage[-1].metrics, "results": results}, as_json,
@@ -307,8 +320,11 @@ def finetune(model, out, as_json, force, **options):
 @main.command()
 @click.argument("artifact")
 @data_options
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test", "all"]),
+              help="all: every row of --data as given (a held-out test file, scored whole).")
 @click.option("--reference", help="Another artifact: report how often its predictions agree with ARTIFACT's.")
+@click.option("--baseline/--no-baseline", default=None,
+              help="Classifiers: also score TF-IDF + logistic regression on the same split (default on).")
 @click.option("--batch-size", type=int, help="Evaluation batch size (default 32; int8 depends on it).")
 @click.option("--max-length", type=int, help="Tokens per example (default 128).")
 @click.option("--max-samples", type=int, help="Score only the first N examples.")
@@ -336,7 +352,13 @@ def _evaluation_table(artifact, r: dict) -> str:
         rows = [[artifact, r["perplexity"], r["tokens"], r.get("top1_agreement")]]
         return format_table(rows, ["artifact", "perplexity", "tokens", "top-1 agreement"])
     rows = [[artifact, r["split"], r["accuracy"], r["macro_f1"], r.get("agreement"), r["n"], r["batch_size"]]]
+    if "baseline" in r:
+        b = r["baseline"]
+        rows.append([f"baseline: {b['model']} (C={b['C']:g})", b["split"], b["accuracy"], b["macro_f1"], None,
+                     b["n"], None])
     table = format_table(rows, ["artifact", "split", "accuracy", "macro F1", "agreement", "n", "batch"])
+    table += "".join(f"\n{line}" for line in (r.get("note"), r.get("baseline_verdict"), r.get("baseline_skipped") and
+                                               f"baseline not scored: {r['baseline_skipped']}") if line)
     labels = r["labels"]
     cm = format_table([[labels[i]] + row for i, row in enumerate(r["confusion_matrix"])],
                       ["true \\ predicted"] + labels)
@@ -530,8 +552,7 @@ def _config(cls, **kwargs):
               help="Execution providers, comma-separated (cpu,cuda,tensorrt); one not available is a 'skipped' row.")
 @click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--seq", default="16,64,128", show_default=True, help="Fixed sequence lengths (unless --data).")
-@click.option("--data", help="Real texts instead of fixed lengths: a dataset's test split (rotten-tomatoes, a file) "
-                             "or hamlet; padded per batch.")
+@data_options(default=None)
 @click.option("--max-length", type=int, help="Truncate real texts to this many tokens (default 128).")
 @click.option("--threads", type=int, help="Threads for torch and onnxruntime alike (default: all usable cores).")
 @click.option("--runs", type=int, help="Timed calls per artifact and configuration (default 50).")
@@ -547,8 +568,8 @@ def _config(cls, **kwargs):
 @click.option("--no-store", is_flag=True, help="Do not write the results into the artifacts' manifests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @reports_errors
-def bench(artifacts, providers, batch, seq, data, max_length, threads, runs, warmup, block, baseline, torch_compile,
-          decode_tokens, trt_fp16, trt_int8, no_peak, refresh_peak, no_store, as_json):
+def bench(artifacts, providers, batch, seq, max_length, threads, runs, warmup, block, baseline, torch_compile,
+          decode_tokens, trt_fp16, trt_int8, no_peak, refresh_peak, no_store, as_json, **data_opts):
     """Time ARTIFACTS (torch or ONNX) side by side: latency, throughput, memory, fraction of the machine's peak."""
     from tqdm import tqdm
 
@@ -556,10 +577,10 @@ def bench(artifacts, providers, batch, seq, data, max_length, threads, runs, war
     from .bench.results import table_rows
 
     cfg = _config(BenchConfig, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
-                  batch=_ints(batch, "--batch"), seq=_ints(seq, "--seq"), data=data, max_length=max_length,
+                  batch=_ints(batch, "--batch"), seq=_ints(seq, "--seq"), max_length=max_length,
                   threads=threads, runs=runs, warmup=warmup, block=block, baseline=baseline,
                   torch_compile=torch_compile, decode_tokens=decode_tokens, trt_fp16=trt_fp16, trt_int8=trt_int8,
-                  peak=not no_peak, refresh_peak=refresh_peak, store=not no_store)
+                  peak=not no_peak, refresh_peak=refresh_peak, store=not no_store, **data_opts)
     n_shapes = len(cfg.batch) * (1 if cfg.data else len(cfg.seq))
     total = len(cfg.providers) * len(artifacts) * n_shapes * (cfg.runs + cfg.warmup)
     with tqdm(total=total, desc="bench", unit="call", leave=False, disable=None) as bar:
@@ -614,15 +635,18 @@ def _int_list(value: str | None, name: str):
 @click.option("--intermediate-size", "student_intermediate_size", type=int, help="Narrower student FFN size.")
 @click.option("--num-heads", "student_num_heads", type=int, help="Student attention heads (default: keep head size).")
 @click.option("--init", "student_init", type=click.Choice(["copy", "random"]), help="Copy teacher layers (default) or random.")
-@click.option("--data", help="Built-in, file or hub dataset (default: rotten-tomatoes, or hamlet for LMs).")
-@click.option("--text-column")
-@click.option("--label-column")
-@click.option("--pair-column")
+@data_options(default=None)
 @click.option("--max-length", type=int, help="Tokens per example / text window (default 128).")
 @click.option("--max-train-examples", type=int, help="Train on the first N examples only (quick runs).")
 @click.option("--max-eval-examples", type=int, help="Validate on the first N examples only.")
 @click.option("--epochs", type=float, help="Training epochs (default 2).")
 @click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--min-steps", type=int, help="Raise the epochs until this many optimizer steps, best epoch kept "
+                                            "(default 600; 0: off).")
+@click.option("--patience", type=int, help="Stop after N epochs without a validation gain (default 3).")
+@click.option("--search", help="Search these by validation accuracy (Optuna): lr,epochs,batch_size,temperature,alpha,"
+                               "warmup.")
+@click.option("--trials", type=int, help="Search trials, each a full distillation (default 6).")
 @click.option("--batch-size", type=int, help="Per-device batch size (default 32).")
 @click.option("--grad-accum", type=int, help="Gradient accumulation steps (default 1).")
 @click.option("--lr", type=float, help="Learning rate (default 5e-5).")
@@ -657,6 +681,7 @@ def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
 
     from .distill import DistillConfig, distill as run_distill
 
+    options["search"] = _items(options.get("search"))
     cfg = _config(DistillConfig, student_layers=_int_list(student_layers, "--student-layers"),
                   layer_map=_as_tuple(_int_list(layer_map, "--layer-map")), **options)
     # Trainer prints its logs on stdout; keep stdout for the result (JSON for scripts).
@@ -704,11 +729,12 @@ def _as_tuple(value):
               help="How units are ranked: weight norms (default) or calibration data (taylor, activation).")
 @click.option("--empty-layer", type=click.Choice(["refuse", "drop"]),
               help="A layer left with no heads or no FFN neurons: error (default) or remove the layer.")
-@click.option("--data", help="Calibration and recovery data (default rotten-tomatoes, hamlet for LMs).")
+@data_options(default=None)
 @click.option("--samples", type=int, help="Calibration examples for taylor / activation importance (default 32).")
 @click.option("--max-length", type=int, help="Tokens per calibration example (default 128).")
 @click.option("--recover", is_flag=True, help="Then distil from the unpruned model; the pruned model stays at OUT-pruned.")
 @click.option("--recover-epochs", type=int, help="Epochs of recovery distillation (default 1).")
+@click.option("--recover-min-steps", type=int, help="Raise recovery epochs until this many updates (default 300).")
 @click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
               help="Task head to load; inferred from the model's architecture when omitted.")
 @click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
@@ -717,8 +743,8 @@ def _as_tuple(value):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
 def prune(model, out, sparsity, threshold, granularity, scope, modules, heads, ffn, heads_per_layer, ffn_per_layer,
-          layers, drop_layers, ranking, importance, empty_layer, data, samples, max_length, recover, recover_epochs,
-          task, trust_remote_code, allow_pickle, force, as_json):
+          layers, drop_layers, ranking, importance, empty_layer, samples, max_length, recover, recover_epochs,
+          recover_min_steps, task, trust_remote_code, allow_pickle, force, as_json, **data_opts):
     """Prune MODEL into a PyTorch artifact at OUT: zero small weights (--sparsity / --threshold), or remove
     attention heads, FFN neurons and layers (--heads / --ffn / --layers), which really shrinks the model."""
     from .prune import PruneConfig, prune as run_prune
@@ -728,9 +754,9 @@ def prune(model, out, sparsity, threshold, granularity, scope, modules, heads, f
                   heads_per_layer=_ints(heads_per_layer, "--heads-per-layer"),
                   ffn_per_layer=_ints(ffn_per_layer, "--ffn-per-layer"), layers=layers,
                   drop_layers=_ints(drop_layers, "--drop-layers"), ranking=ranking, importance=importance,
-                  empty_layer=empty_layer, data=data, samples=samples, max_length=max_length, recover=recover or None,
-                  recover_epochs=recover_epochs, task=task, trust_remote_code=trust_remote_code,
-                  allow_pickle=allow_pickle)
+                  empty_layer=empty_layer, samples=samples, max_length=max_length, recover=recover or None,
+                  recover_epochs=recover_epochs, recover_min_steps=recover_min_steps, task=task,
+                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, **data_opts)
     art = run_prune(model, cfg, out, force=force)
     record = art.manifest.lineage[-1]
     m = art.manifest.results.get("prune") or record.metrics
@@ -865,8 +891,10 @@ def run_recipe(recipe, out, dry_run, force, quick, target, as_json):
         steps = run(r, out, force=force, echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
         report = write_report(out)
     rows, headers = table(report)
+    beaten = "".join(f"{n}\n" for n in report.notes if "baseline" in n)  # said plainly, not only in report.md
     emit({"steps": steps, "report": as_dict(report)}, as_json,
-         "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + _where(report))
+         "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + beaten
+         + _where(report))
 
 
 def _where(report) -> str:

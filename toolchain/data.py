@@ -49,6 +49,7 @@ class ClassificationData:
     name: str
     label_names: list[str]
     splits: dict[str, Split] = field(default_factory=dict)
+    origin: str = f"seeded stratified 80/10/10 split (seed {SEED})"  # how the splits were made, for every result
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -75,11 +76,19 @@ class DataSpec:
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
+    validation: str | None = None  # a file of its own for the validation split (then `source` is the train file)
+    test: str | None = None  # a file of its own for the test split, scored whole
+    split_column: str | None = "split"  # a column naming each row's split (train / validation / test); None: ignore
 
 
-def load_classification(spec: DataSpec | str) -> ClassificationData:
-    """Load labelled text and split it (seeded, stratified) unless the source has its own splits."""
+def load_classification(spec: DataSpec | str, *, whole: bool = False) -> ClassificationData:
+    """Load labelled text and split it (seeded, stratified) unless the source has its own splits.
+
+    `whole`: one split, "all", holding every row of `source` as given (a held-out test file scored whole).
+    """
     spec = DataSpec(spec) if isinstance(spec, str) else spec
+    if whole or spec.validation or spec.test or _has_split_column(spec):
+        return load_user_splits(spec, whole=whole)
     if spec.source == "rotten-tomatoes":
         texts, labels = _rotten_tomatoes()
         return _split(spec.source, texts, None, labels, ["rotten", "fresh"])
@@ -239,6 +248,137 @@ def _split(name: str, texts: list[str], pairs: list[str] | None, labels: list, n
     return data
 
 
+# ---------------------------------------------------------------- the user's own splits
+# Kept apart from the loading above: a split column, separate files per split, or one file scored whole.
+
+SPLIT_NAMES = {  # values of a split column (lower-cased) -> the toolchain's split
+    "train": "train", "training": "train", "trn": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+    "development": "validation", "eval": "validation",
+    "test": "test", "testing": "test", "tst": "test", "heldout": "test", "held-out": "test",
+}
+ALL = "all"  # the split name of `whole` data: every row of the source
+
+
+def data_spec(cfg, default: str = "rotten-tomatoes") -> DataSpec:
+    """The DataSpec of any stage config that reads labelled data (finetune, distill, prune, quantize, ...)."""
+    return DataSpec(getattr(cfg, "data", None) or default, getattr(cfg, "text_column", "text"),
+                    getattr(cfg, "label_column", "label"), getattr(cfg, "pair_column", None),
+                    getattr(cfg, "validation_data", None), getattr(cfg, "test_data", None),
+                    getattr(cfg, "split_column", "split"))
+
+
+def _has_split_column(spec: DataSpec) -> bool:
+    path = Path(spec.source).expanduser()
+    if not spec.split_column or not path.is_file():
+        return False
+    return spec.split_column in read_rows(path)[0]
+
+
+def _file_split(spec: DataSpec, source: str) -> tuple[list[str], list[str] | None, list]:
+    """(texts, pairs, labels) of every row of one file, or of a built-in's rows."""
+    if source == "rotten-tomatoes":
+        texts, labels = _rotten_tomatoes()
+        return texts, None, labels
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise InputNotFound(f"{source} does not exist", "check the path")
+    rows = read_rows(path)
+    _check_columns(spec, source, rows)
+    texts = [_text(r[spec.text_column], source, i) for i, r in enumerate(rows)]
+    pairs = [_text(r[spec.pair_column], source, i) for i, r in enumerate(rows)] if spec.pair_column else None
+    return texts, pairs, [r[spec.label_column] for r in rows]
+
+
+def _check_columns(spec: DataSpec, name: str, rows: list[dict]) -> None:
+    columns = [spec.text_column, spec.label_column] + ([spec.pair_column] if spec.pair_column else [])
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise DataError(
+            f"{name} has no column {missing[0]!r} (columns: {', '.join(map(str, rows[0]))})",
+            "name the right columns with --text-column / --label-column / --pair-column",
+        )
+
+
+def load_user_splits(spec: DataSpec, *, whole: bool = False) -> ClassificationData:
+    """Splits as the user gave them: a split column, or a file per split; a missing validation or test
+    split is cut from train (seeded, stratified, a tenth of it) and the origin says so."""
+    parts: dict[str, tuple] = {}
+    if whole:
+        parts[ALL] = _file_split(spec, spec.source)
+        origin = f"every row of {Path(spec.source).name} (split 'all')"
+    elif _has_split_column(spec):
+        parts = _by_split_column(spec)
+        origin = f"the file's {spec.split_column!r} column"
+    else:
+        parts["train"] = _file_split(spec, spec.source)
+        given = (("train", spec.source), ("validation", spec.validation), ("test", spec.test))
+        origin = "files: " + ", ".join(f"{k} {Path(v).name}" for k, v in given if v)
+    for split, source in (("validation", spec.validation), ("test", spec.test)):
+        if source and not whole:
+            parts[split] = _file_split(spec, source)
+    names = label_names([y for _, _, labels in parts.values() for y in labels])
+    if len(names) < 2 and not whole:
+        raise DataError(f"{spec.source} has a single class ({names[0]!r})", "a classifier needs at least two labels")
+    data = ClassificationData(spec.source, names, origin=origin)
+    for split, (texts, pairs, labels) in parts.items():
+        ids = np.array([names.index(str(v).strip()) for v in labels], dtype=np.int64)
+        data.splits[split] = Split(texts, ids, pairs)
+    if not whole:
+        _cut_missing(data)
+        # Train is shuffled (seeded): a file sorted by class would otherwise give max_train_samples, calibration
+        # and pruning importance one class. Validation and test keep the file's order.
+        train = data.splits.get("train")
+        if train is not None:
+            data.splits["train"] = _take(train, np.random.default_rng(SEED).permutation(len(train)))
+    return data
+
+
+def _by_split_column(spec: DataSpec) -> dict[str, tuple]:
+    rows = read_rows(Path(spec.source).expanduser())
+    _check_columns(spec, spec.source, rows)
+    grouped: dict[str, list[dict]] = {}
+    for i, row in enumerate(rows):
+        value = str(row.get(spec.split_column) or "").strip().lower()
+        if value not in SPLIT_NAMES:
+            raise DataError(f"{spec.source}: row {i + 1} has split {row.get(spec.split_column)!r} in column "
+                            f"{spec.split_column!r}", "use train, validation (dev, val) or test in that column")
+        grouped.setdefault(SPLIT_NAMES[value], []).append(row)
+    if "train" not in grouped and "test" not in grouped:
+        raise DataError(f"{spec.source}: the {spec.split_column!r} column names no train or test rows",
+                        "mark rows as train, validation or test")
+    def columns(rows: list[dict]) -> tuple:
+        texts = [_text(r[spec.text_column], spec.source, i) for i, r in enumerate(rows)]
+        pairs = [_text(r[spec.pair_column], spec.source, i) for i, r in enumerate(rows)] if spec.pair_column else None
+        return texts, pairs, [r[spec.label_column] for r in rows]
+
+    return {split: columns(rows) for split, rows in grouped.items()}
+
+
+def _cut_missing(data: ClassificationData) -> None:
+    """A split the user did not give is cut from train: seeded and stratified, a tenth of train each."""
+    rng = np.random.default_rng(SEED)
+    for split in ("test", "validation"):
+        if split in data.splits:
+            continue
+        train = data.splits.get("train")
+        if train is None:  # a test-only file: nothing to cut from; asking for the split says it is missing
+            continue
+        cut = []
+        for label in np.unique(train.labels):
+            members = rng.permutation(np.flatnonzero(train.labels == label))
+            cut += members[:max(1, round(len(members) * FRACTIONS[2]))].tolist() if len(members) > 1 else []
+        keep = np.setdiff1d(np.arange(len(train)), cut)
+        data.splits[split] = _take(train, rng.permutation(np.array(cut, dtype=np.int64)))
+        data.splits["train"] = _take(train, keep)
+        data.origin += f"; {split} cut from train (seeded, a tenth per class)"
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    pairs = [split.pairs[i] for i in idx] if split.pairs else None
+    return Split([split.texts[i] for i in idx], split.labels[idx], pairs)
+
+
 def _from_hub(spec: DataSpec) -> ClassificationData:
     """A hub dataset such as glue/sst2 or glue/mrpc (needs internet); its test labels are hidden, so
     its validation split serves as test and a tenth of train as validation."""
@@ -259,7 +399,8 @@ def _from_hub(spec: DataSpec) -> ClassificationData:
     text_col = spec.text_column if spec.text_column in ds["train"].column_names else ds["train"].column_names[0]
     feature = ds["train"].features.get(spec.label_column)
     names = list(getattr(feature, "names", None) or label_names(ds["train"][spec.label_column]))
-    data = ClassificationData(spec.source, names)
+    data = ClassificationData(spec.source, names, origin="the hub dataset's validation split as test, a seeded "
+                                                        "tenth of its train split as validation")
 
     def split_of(rows, idx):
         labels = np.array([rows[spec.label_column][i] for i in idx], dtype=np.int64)

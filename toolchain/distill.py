@@ -43,6 +43,7 @@ from .config import config_to_dict
 from .errors import BadModel, CheckFailed, DataError, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
+from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE, best_epoch_callback
 
 LM_VALIDATION_FRACTION = 0.1  # the last tenth of a plain text's windows is held out for perplexity
 RELOAD_ATOL = 1e-4
@@ -63,12 +64,20 @@ class DistillConfig:
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None  # second text of sentence-pair tasks
+    validation_data: str | None = None  # the validation split's own file (then `data` is the train file)
+    test_data: str | None = None  # the test split's own file
+    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
     max_length: int = 128  # tokens per example (classifier) or per text window (causal LM)
     max_train_examples: int | None = None  # cap for quick runs; None trains on the whole train split
     max_eval_examples: int | None = None  # cap on validation examples; None uses them all
     # Optimization (Hugging Face Trainer).
     epochs: float = 2.0
-    max_steps: int | None = None  # overrides epochs when set
+    max_steps: int | None = None  # overrides epochs (and min_steps) when set
+    # Small data: epochs are raised until this many optimizer steps, the best epoch on validation kept
+    # (classifiers; toolchain/schedule.py). 0 keeps `epochs` as they are.
+    min_steps: int = MIN_STEPS
+    max_epochs: float = MAX_EPOCHS  # the ceiling when min_steps raises the epochs
+    patience: int = PATIENCE  # classifiers: stop after this many epochs without a validation gain
     batch_size: int = 32  # per device
     grad_accum: int = 1  # gradient accumulation steps: effective batch = batch_size x grad_accum x devices
     lr: float = 5e-5
@@ -86,6 +95,10 @@ class DistillConfig:
     attention_weight: float = 0.0  # weight of the attention-map KL (0: off)
     layer_map: tuple[int, ...] | None = None  # teacher layer for each student layer (feature losses); None: uniform
     boundary_weight: float = 0.0  # beta of the boundary-aware example weights (0: off)
+    # Opt-in search (toolchain/search.py, classifiers): names from search.SPACES["distill"] (lr, epochs, batch_size,
+    # temperature, alpha, warmup), `trials` runs chosen by validation accuracy with Optuna's seeded TPE sampler.
+    search: tuple[str, ...] = ()
+    trials: int = 6
     # Teacher outputs.
     teacher_mode: Literal["auto", "online", "cached"] = "auto"  # auto: cached, except for feature losses and
     # causal LMs without cache_top_k (a full-vocabulary cache would be tens of GB)
@@ -106,6 +119,11 @@ class DistillConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError("epochs must be positive")
+        if self.min_steps < 0 or self.patience < 1 or not self.max_epochs > 0:
+            raise ValueError("min_steps must be >= 0, patience >= 1 and max_epochs positive")
+        from .search import check_params
+
+        check_params("distill", self.search, self.trials)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
         for name in ("hidden_weight", "attention_weight", "boundary_weight", "weight_decay", "warmup_ratio"):
@@ -165,10 +183,13 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     source = src if isinstance(src, ModelSource) else resolve_model(src)
     prepare_output(Path(out), force)  # fail before training, not after
     task = teacher_task(source)
+    if cfg.search:
+        return _search(source, cfg, out, force, task)
     mode = cfg.mode_for(task)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer, source.config, task)
-    args = training_args(cfg, task, progress)
+    sched = plan_schedule(cfg, len(data.train))
+    args = training_args(cfg, task, progress, sched)
     set_seed(cfg.seed)
     teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     student, kept = make_student(teacher, cfg, task, tokenizer)
@@ -191,6 +212,28 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     if args.world_size > 1:
         torch.distributed.barrier()  # the other processes return the artifact process 0 wrote
     return Artifact.load(out)
+
+
+def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str) -> Artifact:
+    """`cfg.trials` distillations over `cfg.search`, the student's steps timed first; the best on validation wins."""
+    import sys
+
+    from . import schedule, search
+
+    if task != "text-classification":
+        raise Unsupported("--search chooses by validation accuracy: it is for classifiers",
+                          "distill a causal LM without --search")
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    data = prepare_data(cfg, tokenizer, source.config, task)
+    teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    student, _ = make_student(teacher, cfg, task, tokenizer)
+    del teacher
+    collate = Collator(tokenizer.pad_token_id, task)
+    step = search.time_steps(student, [{k: v for k, v in e.items() if k != "idx"} for e in data.train],
+                             collate, cfg.batch_size, cfg.lr)
+    steps = search.max_steps_per_trial("distill", cfg, len(data.train), schedule.plan)
+    return search.run_search("distill", distill, source, cfg, out, force=force, step_seconds=step,
+                             steps_per_trial=steps, echo=lambda line: print(line, file=sys.stderr))
 
 
 def teacher_task(source: ModelSource) -> str:
@@ -227,10 +270,10 @@ def prepare_data(cfg: DistillConfig, tokenizer, teacher_config, task: str) -> Di
 
 
 def _classification_data(cfg: DistillConfig, tokenizer, teacher_config) -> DistillData:
-    from .data import DataSpec, load_classification, tokenize_split
+    from .data import data_spec, load_classification, tokenize_split
     from .evaluate import map_labels
 
-    spec = DataSpec(cfg.data or "rotten-tomatoes", cfg.text_column, cfg.label_column, cfg.pair_column)
+    spec = data_spec(cfg)
     data = load_classification(spec)
     to_teacher = map_labels(data.label_names, teacher_config)  # the teacher's ids, matched by label name
 
@@ -460,7 +503,17 @@ def resolve_precision(cfg: DistillConfig, cuda: bool) -> str:
     return cfg.precision
 
 
-def training_args(cfg: DistillConfig, task: str, progress: bool):
+def plan_schedule(cfg: DistillConfig, examples: int):
+    """The epochs to train: the config's, raised to min_steps updates on small data (None under max_steps)."""
+    from . import schedule
+
+    if cfg.max_steps:
+        return None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return schedule.plan(examples, cfg.batch_size * cfg.grad_accum * world, cfg.epochs, cfg.min_steps, cfg.max_epochs)
+
+
+def training_args(cfg: DistillConfig, task: str, progress: bool, sched=None):
     """TrainingArguments for the config; under torchrun / accelerate launch they set up the process group."""
     import torch
     from transformers import TrainingArguments
@@ -471,7 +524,7 @@ def training_args(cfg: DistillConfig, task: str, progress: bool):
     precision = resolve_precision(cfg, cuda)
     return TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="toolchain-distill-"),  # Trainer wants one; nothing is saved there
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+        num_train_epochs=sched.epochs if sched else cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
         lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
@@ -501,16 +554,24 @@ def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: Dist
     model = StudentWithProjections(student, width, attentions=cfg.attention_weight > 0)
     if teacher is not None:
         teacher.to(args.device).eval()
+    # Classifiers keep their best epoch on validation; a causal LM trains its epochs (held-out perplexity after).
+    best = None
+    if task == "text-classification" and not cfg.max_steps and data.validation:
+        best = best_epoch_callback(lambda _: validation_accuracy(student, tokenizer, task, data, cfg.batch_size * 2),
+                                   cfg.patience)
     trainer = DistillTrainer(model=model, args=args, train_dataset=data.train,
                              data_collator=Collator(tokenizer.pad_token_id, task, cache),
-                             objective=KDObjective(cfg, task, teacher, layer_map))
+                             objective=KDObjective(cfg, task, teacher, layer_map), callbacks=[best] if best else None)
     started = time.perf_counter()
     state = trainer.train()
     wall = time.perf_counter() - started
     trainer.close_epoch()  # a max_steps run can stop inside an epoch
+    epochs = best.restore(model) if best else {}
+    sched = plan_schedule(cfg, len(data.train))
     shutil.rmtree(args.output_dir, ignore_errors=True)
     student.to("cpu")
     return {"wall_seconds": round(wall, 2), "steps": trainer.state.global_step, "epochs": cfg.epochs,
+            "schedule": (sched.as_dict() if sched else {"reason": f"max_steps {cfg.max_steps}"}) | epochs,
             "examples": len(data.train), "world_size": args.world_size,
             "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", "device": str(args.device),
             "final_loss": round(state.training_loss, 5), "losses_by_epoch": trainer.epoch_losses,
@@ -518,6 +579,24 @@ def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: Dist
 
 
 # ------------------------------------------------------------------------------------------- writing
+
+
+def validation_accuracy(student, tokenizer, task: str, data: DistillData, batch_size: int) -> float:
+    """The student's accuracy on the validation examples (labels already in the teacher's ids)."""
+    import torch
+
+    device = next(student.parameters()).device
+    was_training, right = student.training, 0
+    student.eval()
+    collate = Collator(tokenizer.pad_token_id, task)
+    with torch.inference_mode():
+        for i in range(0, len(data.validation), batch_size):
+            batch = collate(data.validation[i:i + batch_size])
+            labels = batch.pop("labels")
+            inputs = {k: v.to(device) for k, v in model_inputs(student, batch).items()}
+            right += int((student(**inputs).logits.argmax(-1).cpu() == labels).sum())
+    student.train(was_training)
+    return right / len(data.validation)
 
 
 def write_student(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str, student, tokenizer,
@@ -556,14 +635,13 @@ def check_reload(student, reloaded, task: str, data: DistillData, tokenizer) -> 
 
 def validate(folder: Path, runner, cfg: DistillConfig, task: str, data: DistillData) -> dict:
     """Validation accuracy / macro F1 (classifier) or held-out perplexity (causal LM), through evaluate.py."""
-    from .evaluate import EvaluateConfig, evaluate
+    from .evaluate import eval_config, evaluate
 
     if task == "text-generation":
         return held_out_perplexity(runner.logits, data, cfg.max_length)
-    ecfg = EvaluateConfig(cfg.data or "rotten-tomatoes", "validation", cfg.text_column, cfg.label_column,
-                          cfg.pair_column, max_length=cfg.max_length, max_samples=cfg.max_eval_examples)
+    ecfg = eval_config(cfg, "validation", max_length=cfg.max_length, max_samples=cfg.max_eval_examples)
     result = evaluate(folder, ecfg, record=False, runner=runner)
-    return {k: result[k] for k in ("accuracy", "macro_f1", "n")}
+    return {k: result[k] for k in ("accuracy", "macro_f1", "n", "split_origin")}
 
 
 def held_out_perplexity(logits_fn, data: DistillData, window: int) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .artifact import Artifact
 from .config import config_to_dict
-from .data import DataSpec, Split, batches, load_classification, load_text
+from .data import ALL, SPLITS, DataSpec, Split, batches, data_spec, load_classification, load_text
 from .errors import DataError, Unsupported
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
 
@@ -25,10 +25,13 @@ from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resol
 @dataclass(frozen=True)
 class EvaluateConfig:
     data: str = "rotten-tomatoes"  # built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id
-    split: str = "test"
+    split: str = "test"  # train, validation, test, or all: every row of `data` as given (a held-out test file)
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
+    validation_data: str | None = None  # the validation split's own file (then `data` is the train file)
+    test_data: str | None = None  # the test split's own file, scored whole
+    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
     # Dynamic int8 computes activation scales per batch, so the batch size changes int8 accuracy:
     # evaluate the way the model will be deployed (1 for per-request serving).
     batch_size: int = 32
@@ -37,6 +40,9 @@ class EvaluateConfig:
     window: int = 512  # causal LM: tokens per perplexity window (capped at the model's context)
     stride: int = 256  # causal LM: new tokens scored per window; the rest is context
     max_tokens: int | None = None  # causal LM: score only the first N tokens of the text
+    # Classifiers: also score a TF-IDF + logistic-regression baseline on the same split (toolchain/baseline.py),
+    # so every result says whether the transformer is worth its cost. Stages scoring internally turn it off.
+    baseline: bool = True
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_length < 2:
@@ -45,10 +51,12 @@ class EvaluateConfig:
             raise ValueError("stride must be in (0, window]")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError("max_samples must be >= 1")
+        if self.split not in (*SPLITS, ALL):
+            raise ValueError(f"split must be one of {', '.join((*SPLITS, ALL))}, got {self.split!r}")
 
     @property
     def spec(self) -> DataSpec:
-        return DataSpec(self.data, self.text_column, self.label_column, self.pair_column)
+        return data_spec(self)
 
 
 class Runner:
@@ -112,9 +120,20 @@ def evaluate(path: str | Path, cfg: EvaluateConfig, *, reference: str | Path | N
     return result
 
 
+DATA_FIELDS = ("text_column", "label_column", "pair_column", "validation_data", "test_data", "split_column")
+
+
+def eval_config(cfg, split: str, default: str = "rotten-tomatoes", **kwargs) -> EvaluateConfig:
+    """An EvaluateConfig on the same data, columns and split files as a stage's config `cfg`."""
+    fields = {k: getattr(cfg, k) for k in DATA_FIELDS if hasattr(cfg, k)}
+    return EvaluateConfig(data=getattr(cfg, "data", None) or default, split=split, **fields,
+                          **{"baseline": False, **kwargs})
+
+
 def result_key(cfg: EvaluateConfig) -> str:
-    """Where an evaluation is stored in a manifest's results."""
-    return f"evaluate/{Path(cfg.data).name}/{cfg.split}"
+    """Where an evaluation is stored in a manifest's results (named by the file the split came from)."""
+    own = {"test": cfg.test_data, "validation": cfg.validation_data}.get(cfg.split)
+    return f"evaluate/{Path(own or cfg.data).name}/{cfg.split}"
 def evaluate_artifacts(paths: list[str | Path], cfg: EvaluateConfig) -> dict:
     """Evaluate several artifacts with one config (the recipe's measure step); path -> result."""
     return {str(p): evaluate(p, cfg) for p in paths}
@@ -133,17 +152,44 @@ def predict(runner: Runner, split: Split, cfg: EvaluateConfig, progress: bool = 
 
 
 def _classification(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
-    data = load_classification(cfg.spec)
+    data = load_classification(cfg.spec, whole=cfg.split == ALL)
     split = data.split(cfg.split).subset(cfg.max_samples)
     labels = map_labels(data.label_names, runner.config)[split.labels]
     pred = predict(runner, split, cfg).argmax(-1)
     result = classification_metrics(labels, pred, runner.config.num_labels)
+    result |= split_facts(data, cfg.split)
     result["labels"] = [runner.config.id2label[i] for i in range(runner.config.num_labels)]
     if reference is not None:
         ref = predict(Runner(reference), split, cfg).argmax(-1)
         result["agreement"] = float((ref == pred).mean())
         result["reference"] = str(reference)
+    if cfg.baseline:
+        result |= _against_baseline(cfg, result["accuracy"], runner)
     return result
+
+
+def _against_baseline(cfg: EvaluateConfig, accuracy: float, runner: Runner) -> dict:
+    """The TF-IDF baseline on the same rows, and a plain verdict when the model does not beat it."""
+    from .baseline import tfidf_baseline, verdict
+
+    try:
+        base = tfidf_baseline(cfg.spec, cfg.split, cfg.max_samples)
+    except DataError as exc:  # split 'all' (nothing to train on), or data too small to split
+        return {"baseline_skipped": exc.problem}
+    name = runner.artifact.path.name if runner.artifact else "the model"
+    out = {"baseline": base, "beats_baseline": accuracy > base["accuracy"]}
+    text = verdict(name, accuracy, base)
+    return out | ({"baseline_verdict": text} if text else {})
+
+
+def split_facts(data, split: str) -> dict:
+    """Which rows a score counts: how the split was made and how many rows the source has in all."""
+    total = sum(len(s) for s in data.splits.values())
+    facts = {"split_origin": data.origin, "rows_in_source": total}
+    if data.origin.startswith("seeded") and split != ALL and Path(data.name).is_file():
+        facts["note"] = (f"scored the {split} cut of {Path(data.name).name} ({len(data.split(split))} of {total} "
+                         "rows); a held-out test file is scored whole with --split all (or --test-data FILE)")
+    return facts
 
 
 def map_labels(names: list[str], config) -> np.ndarray:

@@ -19,10 +19,11 @@ import numpy as np
 
 from .artifact import Artifact, atomic_write_text, check_output, write_artifact
 from .config import config_to_dict
-from .data import DataSpec, data_fingerprint, load_classification, tokenize_split
-from .evaluate import EvaluateConfig, Runner, evaluate, result_key
+from .data import data_fingerprint, data_spec, load_classification, tokenize_split
+from .evaluate import Runner, eval_config, evaluate, result_key
 from .guard import writes_output
 from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, source_hash
+from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,14 @@ class FinetuneConfig:
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
+    validation_data: str | None = None  # the validation split's own file (then `data` is the train file)
+    test_data: str | None = None  # the test split's own file, scored whole
+    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
     epochs: float = 3.0  # minilm on rotten-tomatoes: test 0.816-0.832 over seeds (README, "Measured")
+    # Small data: epochs are raised until this many optimizer steps (toolchain/schedule.py); 0 keeps `epochs`.
+    min_steps: int = MIN_STEPS
+    max_epochs: float = MAX_EPOCHS  # the ceiling when min_steps raises the epochs
+    patience: int = PATIENCE  # stop after this many epochs without a validation gain (the best epoch is kept)
     learning_rate: float = 5e-5
     batch_size: int = 32
     max_length: int = 64  # rotten-tomatoes reviews average ~27 tokens; 64 truncates almost none
@@ -41,6 +49,10 @@ class FinetuneConfig:
     # Batches of similar-length reviews pad less: 0.62 vs 1.17 s a step on 1 CPU thread here, and validation
     # accuracy the same within a review (benchmarks/results/finetune_seeds.md).
     group_by_length: bool = True
+    # Opt-in search (toolchain/search.py): names from search.SPACES["finetune"] (lr, epochs, batch_size, warmup,
+    # weight_decay), `trials` runs chosen by validation accuracy with Optuna's seeded TPE sampler.
+    search: tuple[str, ...] = ()
+    trials: int = 6
     max_train_samples: int | None = None  # a subset for quick runs and tests
     max_eval_samples: int | None = None
     trust_remote_code: bool = False
@@ -54,6 +66,11 @@ class FinetuneConfig:
         for name in ("max_train_samples", "max_eval_samples"):  # 0 or -5 would slice the data, not cap it
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (leave it unset for all examples)")
+        if self.min_steps < 0 or self.patience < 1 or not self.max_epochs > 0:
+            raise ValueError("min_steps must be >= 0, patience >= 1 and max_epochs positive")
+        from .search import check_params
+
+        check_params("finetune", self.search, self.trials)
 
 
 @writes_output("data")
@@ -67,7 +84,9 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
     out = Path(out)
     check_output(out, force)  # fail now, not after training
     source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
-    data = load_classification(DataSpec(cfg.data, cfg.text_column, cfg.label_column, cfg.pair_column))
+    if cfg.search:
+        return _search(source, cfg, out, force)
+    data = load_classification(data_spec(cfg))
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     # The new head's random init must come from the seed too: the Trainer seeds only when it is built,
     # after the model exists, and two runs of seed 42 scored 0.8182 and 0.8299 on test that way.
@@ -77,7 +96,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
                        id2label=data.id2label, label2id=data.label2id)
     checkpoints, fresh_because = _checkpoint_dir(out, source, cfg)
     started = time.perf_counter()
-    trainer = _trainer(model, tokenizer, data, cfg, checkpoints)
+    trainer, sched = _trainer(model, tokenizer, data, cfg, checkpoints)
     resume = last_complete_checkpoint(checkpoints)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
@@ -89,16 +108,38 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
         tokenizer.save_pretrained(o.folder)
         o.record.metrics |= {"train_seconds": round(train_seconds, 1), "resumed": resume is not None,
                              "started_fresh_because": fresh_because,
-                             "train_examples": len(trainer.train_dataset),
+                             "train_examples": len(trainer.train_dataset), "splits": data.origin,
+                             "schedule": sched.as_dict() | _epochs_run(trainer),
                              "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name}
         # Scored before the rename, so the artifact appears with its results or not at all.
         runner = Runner(o.folder)
         for split in ("validation", "test"):
-            ecfg = EvaluateConfig(cfg.data, split, cfg.text_column, cfg.label_column, cfg.pair_column,
-                                  max_length=cfg.max_length, max_samples=cfg.max_eval_samples)
+            ecfg = eval_config(cfg, split, max_length=cfg.max_length, max_samples=cfg.max_eval_samples)
             o.results[result_key(ecfg)] = evaluate(o.folder, ecfg, runner=runner, record=False)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the artifact is complete: nothing left to resume
     return Artifact.load(out)
+
+
+def _search(source: ModelSource, cfg: FinetuneConfig, out: Path, force: bool) -> Artifact:
+    """`cfg.trials` fine-tunes over `cfg.search`, timed first; the best on validation becomes `out`."""
+    import sys
+
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from . import schedule, search
+
+    data = load_classification(data_spec(cfg))
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    set_seed(cfg.seed)
+    model = load_model(source, "text-classification", trust_remote_code=cfg.trust_remote_code,
+                       allow_pickle=cfg.allow_pickle, new_head=True, num_labels=len(data.label_names),
+                       id2label=data.id2label, label2id=data.label2id)
+    train = _examples(tokenizer, data.split("train").subset(cfg.max_train_samples), cfg.max_length)
+    step = search.time_steps(model, train, DataCollatorWithPadding(tokenizer), cfg.batch_size, cfg.learning_rate)
+    del model
+    steps = search.max_steps_per_trial("finetune", cfg, len(train), schedule.plan)
+    return search.run_search("finetune", finetune, source, cfg, out, force=force, step_seconds=step,
+                             steps_per_trial=steps, echo=lambda line: print(line, file=sys.stderr))
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -129,7 +170,7 @@ def _checkpoint_dir(out: Path, source: ModelSource, cfg: FinetuneConfig) -> tupl
     Checkpoints resume only the same training: the same model and data by content (a CSV edited after an
     interrupt is another run, not a continuation) and the same config. Anything else starts fresh.
     """
-    key = {"model": source_hash(source) or source.spec, "data": data_fingerprint(cfg.data),
+    key = {"model": source_hash(source) or source.spec, "data": [data_fingerprint(d) for d in (cfg.data, cfg.validation_data, cfg.test_data) if d],
            "config": config_to_dict(cfg)}
     folder = out.parent / f".{out.name}.checkpoints"
     for stale in out.parent.glob(f".{out.name}.checkpoints-*"):  # the earlier layout, keyed by names only
@@ -152,22 +193,36 @@ def _checkpoint_dir(out: Path, source: ModelSource, cfg: FinetuneConfig) -> tupl
 
 def _trainer(model, tokenizer, data, cfg: FinetuneConfig, checkpoints: Path):
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    from . import schedule
 
     train = _examples(tokenizer, data.split("train").subset(cfg.max_train_samples), cfg.max_length)
-    steps = max(1, int(len(train) / cfg.batch_size * cfg.epochs))
+    sched = schedule.plan(len(train), cfg.batch_size, cfg.epochs, cfg.min_steps, cfg.max_epochs)
+    steps = sched.steps
     val = _examples(tokenizer, data.split("validation").subset(cfg.max_eval_samples), cfg.max_length)
     args = TrainingArguments(
-        output_dir=str(checkpoints), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+        output_dir=str(checkpoints), num_train_epochs=sched.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64, weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
-        metric_for_best_model="accuracy", greater_is_better=True, logging_steps=max(1, min(50, steps // 10)), report_to=[],
+        metric_for_best_model="accuracy", greater_is_better=True, logging_steps=max(1, min(50, steps // 10)),
+        report_to=[],
         group_by_length=cfg.group_by_length, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), save_safetensors=True,
     )
-    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                   data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy,
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)])
+    return trainer, sched
+
+
+def _epochs_run(trainer) -> dict:
+    """What the schedule became: epochs run, validation accuracy after each, whether it stopped early."""
+    evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
+    run = round(trainer.state.epoch or 0, 2)
+    return {"epochs_run": run, "validation_by_epoch": [round(h["eval_accuracy"], 4) for h in evals],
+            "stopped_early": run < trainer.args.num_train_epochs - 1e-6}
 
 
 def _examples(tokenizer, split, max_length: int) -> list[dict]:

@@ -3,6 +3,7 @@
     model: minilm                  # built-in name, folder or hub id: what the first step reads
     data: rotten-tomatoes          # the `data` of every step whose config has one, unless the step sets it;
                                    # or {source: my.csv, text_column: review, label_column: stars}
+                                   # (+ validation: val.csv, test: test.csv, split_column: split)
     target: android-nnapi          # where the model will run (toolchain/targets.py): the `target` of every step
                                    # whose config has one, unless the step sets it; `run --target` overrides it
     report: {original: teacher, accuracy_budget: 0.01}   # see report.ReportConfig
@@ -42,7 +43,8 @@ TOP_KEYS = ("model", "data", "target", "description", "report", "quick", "steps"
 STEP_KEYS = ("name", "stage", "input", "config")
 # `data:` as a mapping: its key -> the config field it fills in every step that has that field.
 DATA_KEYS = {"source": "data", "text_column": "text_column", "label_column": "label_column",
-             "pair_column": "pair_column"}
+             "pair_column": "pair_column", "validation": "validation_data", "test": "test_data",
+             "split_column": "split_column"}
 MODEL, RECOMMENDED = "model", "recommended"  # input words that are not step names
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a step name is a folder name
 # A recipe is a page of settings: far larger, or more aliases than a hand-written file has, is an attack

@@ -96,6 +96,7 @@ class Report:
     bundle_sources: dict[str, str] = field(default_factory=dict)  # bundle folder name -> artifact it packaged
     description: str = ""
     target: str = "host"  # the recipe's deployment target (toolchain/targets.py)
+    baseline: dict | None = None  # the TF-IDF + logistic-regression result on the compared split (classifiers)
 
     @property
     def primary(self) -> tuple[str, str]:
@@ -129,8 +130,27 @@ def collect(folder: str | Path, others: list[str | Path] = (), cfg: ReportConfig
     report = Report(folder, cfg, rows, original, None, metric, "latency", groups, machines,
                     [b for _, b in bundles], notes, _bundle_aliases(bundles, rows), (plan or {}).get("description", ""),
                     (plan or {}).get("target") or "host")
+    report.baseline = _baseline(arts, key)
+    report.notes += _baseline_notes(report)
     _rank(report)
     return report
+
+
+def _baseline(arts: list[tuple[str, Artifact]], key: str | None) -> dict | None:
+    """The baseline scored beside the compared evaluation (the same split and rows), if any artifact holds one."""
+    for _, art in arts:
+        r = art.manifest.results.get(key) if key else None
+        if isinstance(r, dict) and isinstance(r.get("baseline"), dict):
+            return r["baseline"]
+    return None
+
+
+def _baseline_notes(report: Report) -> list[str]:
+    from .baseline import verdict
+
+    if report.baseline is None or report.metric != "accuracy":
+        return []
+    return [v for r in report.rows if r.quality is not None and (v := verdict(r.name, r.quality, report.baseline))]
 
 
 def _plan(folder: Path) -> dict | None:
@@ -412,6 +432,10 @@ def table(report: Report) -> tuple[list[list], list[str]]:
                 base = orig.speed.get(g) if orig else None
                 cells.append(_ratio(base.p50_ms if base else None, s.p50_ms if s else None))
         out.append(cells)
+    if report.baseline is not None and report.metric == "accuracy":
+        b = report.baseline
+        out.append(["", f"baseline ({b['model']}, C={b['C']:g})", "baseline", "sklearn", _num(b["accuracy"])]
+                   + [""] * (len(headers) - 5))
     return out, headers
 
 
@@ -715,5 +739,6 @@ def as_dict(report: Report) -> dict:
                   "within_budget": r.within_budget, "int8": r.int8, "readiness": r.readiness,
                   "speed": {f"{m}/{p}": dataclasses.asdict(s) for (m, p), s in r.speed.items()}} for r in report.rows],
         "machines": report.machines, "bundles": [str(b) for b in report.bundles], "notes": report.notes,
+        "baseline": report.baseline,
         "files": {"html": str(report.folder / "report.html"), "markdown": str(report.folder / "report.md")},
     }

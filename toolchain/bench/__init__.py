@@ -32,6 +32,12 @@ class BenchConfig:
     batch: tuple[int, ...] = (1, 8, 32)  # batch sizes, each a configuration
     seq: tuple[int, ...] = (16, 64, 128)  # fixed sequence lengths (no padding); ignored when data is set
     data: str | None = None  # real texts (test split of a dataset, or hamlet lines): padded per batch
+    text_column: str = "text"  # the columns of `data`, as every stage that reads it names them
+    label_column: str = "label"
+    pair_column: str | None = None
+    validation_data: str | None = None
+    test_data: str | None = None  # the test split's own file: its texts are the ones timed
+    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
     max_length: int = 128  # truncation of real texts, as deployment would truncate
     threads: int | None = None  # intra-op threads for torch and onnxruntime alike; None: all usable cores, 1 if busy
     runs: int = 50  # timed calls per artifact and configuration
@@ -142,7 +148,7 @@ def build_workloads(targets, cfg: BenchConfig) -> dict:
     """label -> one Workload per configuration, in the same order for every target (batch, then length)."""
     from .workload import TokenizerJson, data_texts, data_workload, synthetic_workload
 
-    texts = data_texts(cfg.data) if cfg.data else None
+    texts = data_texts(cfg) if cfg.data else None
     made: dict[tuple, list] = {}
     out = {}
     for t in targets:

@@ -209,15 +209,19 @@ def data_workload(tok: TokenizerJson, texts: list[str], name: str, batch: int, m
     return Workload(f"data={name}", batch, None, batches)
 
 
-def data_texts(source: str) -> list[str]:
-    """Texts of a dataset's test split (classification data) or the lines of plain text (hamlet, .txt)."""
-    from ..data import load_classification, load_text
+def data_texts(cfg) -> list[str]:
+    """Texts of a dataset's test split (classification data) or the lines of plain text (hamlet, .txt).
 
+    `cfg`: a BenchConfig (its data and column fields), or a data source name.
+    """
+    from ..data import data_spec, load_classification, load_text
+
+    source = cfg if isinstance(cfg, str) else cfg.data
     if source == "hamlet" or source.endswith(".txt"):
         lines = [line.strip() for line in load_text(source).splitlines()]
         texts = [line for line in lines if len(line.split()) >= 4]  # verse and prose, not speaker names
     else:
-        texts = load_classification(source).split("test").texts
+        texts = load_classification(source if isinstance(cfg, str) else data_spec(cfg)).split("test").texts
     if not texts:
         raise DataError(f"{source} has no texts to benchmark on", "pass a dataset with a test split")
     return texts

@@ -52,10 +52,19 @@ class PruneConfig:
     importance: Literal["magnitude", "taylor", "activation"] = "magnitude"  # taylor/activation read `data`
     empty_layer: Literal["refuse", "drop"] = "refuse"  # a layer left with no heads or no FFN: error, or remove it
     data: str | None = None  # calibration and recovery data; rotten-tomatoes, or hamlet for LMs, when None
+    text_column: str = "text"  # the columns of `data`, as every stage that reads it names them
+    label_column: str = "label"
+    pair_column: str | None = None
+    validation_data: str | None = None  # recovery's validation split, in a file of its own
+    test_data: str | None = None
+    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
     samples: int = 32  # calibration examples for data-driven importance: a few batches suffice for a ranking
     max_length: int = 128  # tokens per calibration example
     recover: bool = False  # distil from the unpruned model afterwards (toolchain.distill) to win back accuracy
     recover_epochs: int = 1  # a short recovery: the student starts from the teacher's own weights
+    # Small data: recovery epochs are raised until this many updates, the best epoch kept (toolchain/schedule.py);
+    # rotten-tomatoes' one epoch is 319 updates already. 0 keeps recover_epochs.
+    recover_min_steps: int = 300
     task: str | None = None  # inferred from the model's architecture when None
     trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
     allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
@@ -194,7 +203,7 @@ def _scores(model, tokenizer, cfg: PruneConfig, task: str):
 
 def _calibration(model, tokenizer, cfg: PruneConfig, task: str) -> tuple[list[dict], list | None]:
     """`cfg.samples` single-example batches of the task data (and class ids for a classifier's loss)."""
-    from ..data import calibration_batches, load_classification, load_text
+    from ..data import calibration_batches, data_spec, load_classification, load_text
 
     name = _data_name(cfg, task)
     accepted = set(inspect.signature(model.forward).parameters)
@@ -202,7 +211,7 @@ def _calibration(model, tokenizer, cfg: PruneConfig, task: str) -> tuple[list[di
         raw = calibration_batches(tokenizer, load_text(name), cfg.samples, cfg.max_length)
         labels = None
     else:
-        data = load_classification(name)
+        data = load_classification(data_spec(cfg, name))
         raw = calibration_batches(tokenizer, data, cfg.samples, cfg.max_length)
         labels = _label_ids(model, data, len(raw)) if task == "text-classification" else None
     return [{k: v for k, v in b.items() if k in accepted} for b in raw], labels
@@ -274,7 +283,10 @@ def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path,
     from ..distill import DistillConfig, distill
 
     teacher = source.location if source.local else source.spec
-    dcfg = DistillConfig(student=str(pruned.path), data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs)
+    from ..evaluate import DATA_FIELDS
+
+    dcfg = DistillConfig(student=str(pruned.path), data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs,
+                         min_steps=cfg.recover_min_steps, **{k: getattr(cfg, k) for k in DATA_FIELDS})
     recovered = distill(teacher, dcfg, out, force=force)
     # One stage, one record: the artifact's lineage is the pruned model's, ending in this prune (so a recipe
     # sees the step it ran and resumes it), with the recovery distillation inside that record.

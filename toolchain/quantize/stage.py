@@ -71,6 +71,9 @@ class QuantizeConfig:
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
+    validation_data: str | None = None  # the loop's validation split, in a file of its own
+    test_data: str | None = None
+    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
     max_length: int = 128  # tokens per calibration / evaluation example
     max_accuracy_drop: float | None = None  # classifiers: accuracy-aware loop budget, absolute (0.01 = 1 point)
     max_perplexity_increase: float | None = None  # causal LMs: loop budget, relative (0.05 = +5% perplexity)
@@ -337,7 +340,7 @@ def _excluded(model, cfg: QuantizeConfig, job: _Job) -> dict[str, str]:
 
 
 def _feeds(job: _Job) -> list[dict]:
-    from ..data import DataSpec, load_classification, load_text
+    from ..data import data_spec, load_classification, load_text
     from ..runtime import make_session
 
     cfg = job.cfg
@@ -347,8 +350,7 @@ def _feeds(job: _Job) -> list[dict]:
     if job.parent.task == "text-generation":
         data = load_text(cfg.data or "hamlet")
     else:
-        data = load_classification(DataSpec(cfg.data or "rotten-tomatoes", cfg.text_column, cfg.label_column,
-                                            cfg.pair_column))
+        data = load_classification(data_spec(cfg))
     return calibration.sample_feeds(make_session(job.model), tokenizer, data, cfg.calibration_samples, cfg.max_length)
 
 
@@ -504,17 +506,15 @@ def _owners(job: _Job) -> dict[str, list[str]]:
 
 def _budget(job: _Job):
     """The loop's budget against the float32 parent and a function scoring a quantized graph."""
-    from ..evaluate import EvaluateConfig, evaluate
+    from ..evaluate import eval_config, evaluate
 
     cfg = job.cfg
     lm = job.parent.task == "text-generation"
     if lm and cfg.max_accuracy_drop is not None or not lm and cfg.max_perplexity_increase is not None:
         raise Unsupported("max_accuracy_drop is for classifiers, max_perplexity_increase for causal LMs",
                           "use the budget that matches the model's task")
-    ecfg = EvaluateConfig(data=cfg.data or ("hamlet" if lm else "rotten-tomatoes"), split="validation",
-                          text_column=cfg.text_column, label_column=cfg.label_column, pair_column=cfg.pair_column,
-                          batch_size=cfg.eval_batch_size, max_length=cfg.max_length, max_samples=cfg.eval_max_samples,
-                          max_tokens=cfg.eval_max_tokens)
+    ecfg = eval_config(cfg, "validation", "hamlet" if lm else "rotten-tomatoes", batch_size=cfg.eval_batch_size,
+                       max_length=cfg.max_length, max_samples=cfg.eval_max_samples, max_tokens=cfg.eval_max_tokens)
     metric = "perplexity" if lm else "accuracy"
     parent_value = evaluate(job.parent.path, ecfg, record=False)[metric]
 
