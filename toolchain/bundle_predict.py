@@ -79,14 +79,26 @@ class Predictor:
 
     def generate(self, prompt: str, tokens: int) -> dict:
         """Greedy continuation of `prompt`: `tokens` new tokens, with the KV cache when the graph has one."""
-        ids = list(self.tokenizer.encode(prompt).ids)
-        prompt_len, eos, past = len(ids), self.info.get("eos_token_id"), self._empty_past()
-        step_ids, first_logits = ids, None
+        new, first_logits = [], None
+        for token, logits in self.stream(list(self.tokenizer.encode(prompt).ids), tokens):
+            first_logits = logits if first_logits is None else first_logits
+            new.append(token)
+        top5 = [int(i) for i in np.argsort(-first_logits)[:5]] if first_logits is not None else []
+        return {"prompt": prompt, "text": self.tokenizer.decode(new), "token_ids": new, "first_logits_top5": top5}
+
+    def stream(self, ids: list[int], tokens: int, pick=None, stop: set[int] | None = None):
+        """Yield (token id, its step's logits) for up to `tokens` new tokens after `ids`: the prompt in one call,
+        then one token a call with the KV cache (the whole sequence again when the graph has none).
+
+        `pick(logits) -> id` chooses each token (greedy when None); a token in `stop` (default: the EOS id) ends.
+        """
+        ids = list(ids)
+        stop = {self.info.get("eos_token_id")} if stop is None else stop
+        past, step_ids = self._empty_past(), ids
         for _ in range(tokens):
             out = self.run(self._lm_feeds(step_ids, len(ids), past))
             logits = out["logits"][0, -1]
-            first_logits = logits if first_logits is None else first_logits
-            nxt = int(np.argmax(logits))
+            nxt = int(np.argmax(logits)) if pick is None else int(pick(logits))
             ids.append(nxt)
             if past is not None:
                 past = {name.replace("present", "past_key_values"): v for name, v in out.items()
@@ -94,11 +106,9 @@ class Predictor:
                 step_ids = [nxt]
             else:
                 step_ids = ids
-            if nxt == eos:
+            yield nxt, logits
+            if nxt in stop:
                 break
-        new = ids[prompt_len:]
-        top5 = [int(i) for i in np.argsort(-first_logits)[:5]] if first_logits is not None else []
-        return {"prompt": prompt, "text": self.tokenizer.decode(new), "token_ids": new, "first_logits_top5": top5}
 
     def _empty_past(self) -> dict[str, np.ndarray] | None:
         names = [n for n in self.inputs if n.startswith("past_key_values")]
