@@ -219,3 +219,39 @@ def test_cli_weight_only(tiny_onnx, tmp_path):
     assert json.loads(result.output)["settings"]["bits"] == 8
     nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert {(_attrs(n)["bits"], _attrs(n)["accuracy_level"]) for n in nodes} == {(8, 4)}
+
+
+def test_awq_folds_scales_into_norms_and_ranks_layers_in_the_scaled_space(tiny_onnx, tmp_path):
+    cfg = QuantizeConfig(mode="weight-only", algorithm="awq", data="hamlet", calibration_samples=8,
+                         max_perplexity_increase=0.0, max_iterations=1, eval_max_tokens=256)
+    with pytest.warns(UserWarning, match="budget not met"):
+        art = quantize(tiny_onnx("llama-past"), cfg, tmp_path / "awq")
+    m = art.manifest.lineage[-1].metrics
+    awq = m["weight_only"]["awq"]
+    assert "_row_scales" not in awq
+    muls = [n for n in onnx.load(str(art.onnx_path)).graph.node if n.name.endswith(wo.AWQ_MUL_SUFFIX)]
+    assert awq["folded_into_norm"] + len(muls) == awq["scaled_inputs"]
+    # x/s against sW: a layer compared in the wrong space would show ~0 dB, not 4-bit noise (~15-25 dB)
+    assert min(r["sqnr_db"] for r in m["sensitivity"]) > 8
+    assert awq["folded_into_norm"] >= 1
+
+
+def test_a_tied_lm_head_reading_the_transposed_embedding_is_quantized(tmp_path):
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(64, 32)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["h"], name="embed"),
+             helper.make_node("Transpose", ["table"], ["table_t"], name="t", perm=[1, 0]),
+             helper.make_node("MatMul", ["h", "table_t"], ["logits"], name="lm_head")]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 64])],
+                              [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    q, notes = wo.build(model, wo.WeightOnlySpec(block_size=16))
+    assert notes["nodes"] == {"int4_matmul": 1, "int8_matmul": 0, "float32_matmul": 0, "int4_gather": 1}
+    assert not [n for n in q.graph.node if n.op_type == "Transpose"]
+    path = tmp_path / "tied.onnx"
+    onnx.save(q, str(path))
+    ids = np.arange(10, dtype=np.int64)
+    out = make_session(path).run(None, {"ids": ids})[0]
+    ref = table[ids] @ table.T
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.2
