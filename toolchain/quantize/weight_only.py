@@ -188,12 +188,12 @@ def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None)
                 model = _int4(model, spec, int4, feeds)
             gathers = set(embedding_gathers(model)) - exclude if "Gather" in spec.op_types else set()
             if gathers:
-                model = _default(model, 4, spec, only=gathers, op_type="Gather")
+                _quantize_gathers(model, gathers, spec)
     finally:
         ort_log.setLevel(level)
     _set_accuracy_level(model, spec.accuracy_level)
     notes["nodes"] = {"int4_matmul": len(int4), "int8_matmul": len(int8),
-                      "float32_matmul": len(matmuls - int4 - int8), "int4_gather": len(gathers)}
+                      "float32_matmul": len(matmuls - int4 - int8), f"int{spec.bits}_gather": len(gathers)}
     return model, notes
 
 
@@ -209,6 +209,64 @@ def _default(model, bits: int, spec: WeightOnlySpec, only: set[str], op_type: st
                              nodes_to_exclude=others, algo_config=algo)
     q.process()
     return q.model.model
+
+
+def _quantize_gathers(model, names: set[str], spec: WeightOnlySpec) -> None:
+    """Embedding tables to GatherBlockQuantized with `spec.bits` in blocks along the row, stored as
+    packed uint8 (ORT's quantizer writes UINT4 tensors, which ORT-format bundles cannot load, and only
+    4 bits); dequantized value = (q - zero point) * scale, as MatMulNBits."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    for i, node in enumerate(model.graph.node):
+        if node.name not in names:
+            continue
+        table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        codes, scales, zeros = block_codes(table, spec.bits, spec.block_size, spec.symmetric)
+        name = node.input[0]
+        new = [numpy_helper.from_array(_pack(codes, spec.bits), f"{name}_Q{spec.bits}"),
+               numpy_helper.from_array(scales, f"{name}_scales")]
+        if not spec.symmetric:
+            new.append(numpy_helper.from_array(_pack(zeros, spec.bits), f"{name}_zero_points"))
+        model.graph.initializer.extend(new)
+        q = helper.make_node("GatherBlockQuantized", [new[0].name, node.input[1]] + [t.name for t in new[1:]],
+                             list(node.output), name=f"{node.name}_Q{spec.bits}", domain="com.microsoft",
+                             gather_axis=0, quantize_axis=1, block_size=spec.block_size, bits=spec.bits)
+        model.graph.node[i].CopyFrom(q)
+    used = {t for n in model.graph.node for t in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def block_codes(table: np.ndarray, bits: int, block: int, symmetric: bool):
+    """Round-to-nearest codes of a (rows, width) table in blocks of `block` along the width:
+    (codes (rows, width) uint8, scales and zero points (rows, ceil(width / block)))."""
+    rows, width = table.shape
+    blocks = (width + block - 1) // block
+    t = np.pad(table, ((0, 0), (0, blocks * block - width))).reshape(rows, blocks, block)
+    qmax = (1 << bits) - 1
+    if symmetric:
+        scale = np.abs(t).max(axis=2) / ((1 << (bits - 1)) - 1)
+        scale = np.where(scale > 0, scale, 1.0)
+        zero = np.full(scale.shape, 1 << (bits - 1), dtype=np.float32)
+    else:
+        lo, hi = np.minimum(t.min(axis=2), 0.0), np.maximum(t.max(axis=2), 0.0)
+        scale = np.where(hi > lo, (hi - lo) / qmax, 1.0)
+        zero = np.clip(np.round(-lo / scale), 0, qmax)
+    codes = np.clip(np.round(t / scale[..., None]) + zero[..., None], 0, qmax).astype(np.uint8)
+    return codes.reshape(rows, -1)[:, :width], scale.astype(np.float32), zero.astype(np.uint8)
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 values along the last axis, two 4-bit values a byte (low nibble first) when bits is 4."""
+    if bits == 8:
+        return values.astype(np.uint8)
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], axis=-1)
+    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
 def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds):
@@ -632,8 +690,6 @@ def run(job) -> tuple[Path, dict]:
         path = make([])
         job.notes["weight_only"] = public(notes[path])
         return path, {}
-    if spec.bits != 4:
-        raise ValueError("the mixed-precision loop moves int4 layers to int8: use --bits 4 with a budget")
     budget, score = _budget(job)
 
     def rank(path: Path) -> list[dict]:
