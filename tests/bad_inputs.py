@@ -472,6 +472,12 @@ ROWS: list[Row] = [
         5, "no column 'text'", "--text-column"),
     Row("quantize {onnx_art} {out} --max-perplexity-increase 0.05 --data {data}", "LM budget on a classifier", 12,
         "max_perplexity_increase for causal LMs", "matches the model's task"),
+    Row("quantize {onnx_art} {out} --mode weight-only --bits 8 --algorithm hqq", "hqq asked for 8-bit weights", 8,
+        "hqq is a 4-bit algorithm", "correct the value"),
+    Row("quantize {onnx_art} {out} --bits 4", "weight-only option in dynamic mode", 8,
+        "bits apply to --mode weight-only only", "correct the value"),
+    Row("quantize {onnx_art} {out} --mode weight-only --block-size 24", "block size not a power of two", 8,
+        "block_size must be a power of two", "correct the value"),
     Row("quantize {onnx_art} {out_files}", "output holds other files", 6, "not a toolchain artifact",
         "only replaces artifacts"),
     # info ARTIFACT

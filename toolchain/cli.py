@@ -349,7 +349,16 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @main.command()
 @click.argument("artifact")
 @click.argument("out", type=click.Path())
-@click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
+@click.option("--mode", type=click.Choice(["dynamic", "static", "weight-only"]), default="dynamic", show_default=True,
+              help="dynamic/static: int8 weights and activations; weight-only: 4/8-bit weight blocks (MatMulNBits).")
+@click.option("--bits", type=click.Choice(["4", "8"]), callback=lambda c, p, v: int(v) if v else None,
+              help="Weight-only: bits per weight (default 4).")
+@click.option("--block-size", type=int, help="Weight-only: weights per scale along K, a power of two >= 16 (default 32).")
+@click.option("--algorithm", type=click.Choice(["rtn", "hqq", "gptq", "awq"]),
+              help="Weight-only int4: rtn (default), hqq, gptq (calibrated), awq (activation-aware scaling + rtn).")
+@click.option("--accuracy-level", type=click.IntRange(0, 4),
+              help="Weight-only: MatMulNBits compute type, 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4).")
+@click.option("--symmetric/--asymmetric", default=None, help="Weight-only: symmetric weight blocks (default asymmetric).")
 @click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64"]),
               help="Hardware preset (default: detected from this CPU); the options below override it.")
 @click.option("--activation-type", type=click.Choice(["quint8", "qint8"]), help="Static: activation type.")
@@ -394,7 +403,9 @@ def quantize(artifact, out, op_types, no_mask_guard, force, as_json, **options):
     emit({"artifact": str(art.path), **m}, as_json, _quantize_report(artifact, art, m))
     if m.get("within_budget") is False:
         click.secho(f"error: accuracy budget not met; the best model found is at {art.path}", fg="red", err=True)
-        click.echo("  fix: raise the budget, use --mode dynamic, or calibrate on more samples", err=True)
+        fix = ("more --max-iterations (more int4 layers go to int8), or --bits 8" if cfg.mode == "weight-only"
+               else "use --mode dynamic, or calibrate on more samples")
+        click.echo(f"  fix: raise the budget, {fix}", err=True)
         sys.exit(7)
 
 
@@ -406,6 +417,8 @@ def _reasons(m: dict) -> str:
 
 def _quantize_report(artifact, art, m: dict) -> str:
     s = m["settings"]
+    if s["mode"] == "weight-only":
+        return _weight_only_report(artifact, art, m)
     ops = ", ".join(f"{k} {v}" for k, v in m["quantized_ops"].items())
     lines = [f"quantized {artifact} -> {art.onnx_path} ({s['mode']}, preset {s['preset']}: {s['activation_type']} "
              f"activations, {s['weight_type']} weights, reduce_range {s['reduce_range']}) in {m['quantize_seconds']:.0f}s",
@@ -424,6 +437,26 @@ def _quantize_report(artifact, art, m: dict) -> str:
         lines += ["", f"accuracy loop on {b['split']} (batch {b['batch_size']}): float32 parent {b['metric']} "
                       f"{b['parent']:.4g}, budget {b['limit']:g}",
                   format_table(rows, ["iteration", "fp32 nodes", b["metric"], "cost", "within budget"])]
+    return "\n".join(lines + [f"warning: {w}" for w in m["warnings"]])
+
+
+def _weight_only_report(artifact, art, m: dict) -> str:
+    s, nodes = m["settings"], m["weight_only"]["nodes"]
+    layers = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in nodes.items() if v)
+    lines = [f"quantized {artifact} -> {art.onnx_path} (weight-only {s['bits']}-bit {s['algorithm']}, block {s['block_size']}, "
+             f"{'symmetric' if s['symmetric'] else 'asymmetric'}, accuracy level {s['accuracy_level']}) in {m['quantize_seconds']:.0f}s",
+             f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "
+             f"({m['size_ratio']:.2f}x smaller); layers: {layers}",
+             f"parity vs float32: relative L2 error {m['parity']['rel_l2_diff']:.3g} on {m['parity']['worst_output']} "
+             f"(tolerance {m['parity']['rtol']:g}): ok"]
+    if "iterations" in m:
+        b = m["budget"]
+        rows = [[i, it["int8_nodes"], it[b["metric"]], it["cost"], "yes" if it["within_budget"] else "no"]
+                for i, it in enumerate(m["iterations"])]
+        worst = ", ".join(f"{r['node']} {r['sqnr_db']:.1f} dB" for r in m["sensitivity"][:3])
+        lines += ["", f"mixed-precision loop on {b['split']}: float32 {b['metric']} {b['parent']:.4g}, budget {b['limit']:g}",
+                  format_table(rows, ["iteration", "int8 layers", b["metric"], "cost", "within budget"]),
+                  f"most sensitive at int4 (output SQNR): {worst}"]
     return "\n".join(lines + [f"warning: {w}" for w in m["warnings"]])
 
 

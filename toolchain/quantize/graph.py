@@ -9,7 +9,8 @@ from collections import Counter
 # Ops that only appear in a graph that was quantized already.
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
                  "QLinearMatMul", "QLinearConv", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeMatMul",
-                 "MatMulIntegerToFloat", "QGemm", "MatMulNBits"}
+                 "MatMulIntegerToFloat", "QGemm", "MatMulNBits",
+                 "GatherBlockQuantized"}
 # How attention masks are applied to scores: added (0 / float-min) or selected (Where). A tensor that
 # leaves one of these holds float-min at masked positions, which no int8 scale can represent.
 MASK_APPLYING_OPS = {"Add", "Sub", "Where", "Min", "Max"}

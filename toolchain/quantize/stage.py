@@ -18,7 +18,7 @@ from ..artifact import Artifact, check_output, write_artifact
 from ..config import config_to_dict
 from ..errors import CheckFailed, Unsupported
 from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
-from . import calibration, graph, loop
+from . import calibration, graph, loop, weight_only
 from .presets import PRESETS, detect_preset
 
 QType = Literal["quint8", "qint8"]
@@ -41,7 +41,8 @@ DEFAULT_RTOL = 0.5
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    mode: Literal["dynamic", "static"] = "dynamic"  # dynamic: activation scales per run; static: calibrated
+    # dynamic: activation scales per run; static: calibrated; weight-only: 4/8-bit weight blocks (MatMulNBits)
+    mode: Literal["dynamic", "static", "weight-only"] = "dynamic"
     preset: str | None = None  # avx2, avx512, avx512_vnni, avx_vnni, arm64; detected from this CPU when None
     activation_type: QType | None = None  # static only (dynamic is uint8 at run time); preset's when None
     weight_type: QType | None = None  # preset's when None
@@ -70,8 +71,16 @@ class QuantizeConfig:
     eval_max_tokens: int | None = 4096  # loop, causal LMs: perplexity over the first N tokens
     max_iterations: int = 6  # loop: fallback rounds; round k keeps 2^k - 1 more activations in fp32
     rtol: float = DEFAULT_RTOL  # parity: ||int8 - fp32|| / ||fp32|| per output on real text (LM logits: log-probs)
+    # Weight-only mode (weight_only.py; None: its defaults). With a perplexity budget, int4 layers that
+    # hurt most go to int8 until it holds.
+    bits: int | None = None  # 4 or 8 (default 4)
+    block_size: int | None = None  # weights per scale along K, power of two >= 16 (default 32)
+    algorithm: str | None = None  # int4: rtn, hqq, gptq (calibrated), awq (activation-aware scaling + rtn)
+    accuracy_level: int | None = None  # MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default)
+    symmetric: bool | None = None  # symmetric weight blocks (default asymmetric)
 
     def __post_init__(self):
+        self._check_weight_only()
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.mode == "dynamic" and (self.activation_type is not None or self.symmetric_activations):
@@ -91,6 +100,30 @@ class QuantizeConfig:
             raise ValueError("max_iterations must be >= 1 and rtol positive")
         if self.op_types is not None and not self.op_types:
             raise ValueError("op_types must name at least one op type")
+
+    def _check_weight_only(self) -> None:
+        own = {k: getattr(self, k) for k in ("bits", "block_size", "algorithm", "accuracy_level", "symmetric")}
+        if self.mode != "weight-only":
+            given = [k for k, v in own.items() if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to --mode weight-only only")
+            return
+        int8_only = {"activation_type": self.activation_type, "weight_type": self.weight_type,
+                     "reduce_range": self.reduce_range, "symmetric_activations": self.symmetric_activations or None}
+        given = [k for k, v in int8_only.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to int8 modes (dynamic, static), not weight-only")
+        if self.weight_only_spec.bits != 4 and self.budget_limit is not None:
+            raise ValueError("the mixed-precision loop moves int4 layers to int8: give --bits 4 with a budget")
+
+    @property
+    def weight_only_spec(self) -> weight_only.WeightOnlySpec:
+        """Weight-only settings with defaults filled in: embeddings (Gather) are quantized too by default."""
+        bits = self.bits or 4
+        ops = self.op_types or ("MatMul", "Gather")
+        given = {"block_size": self.block_size, "algorithm": self.algorithm, "accuracy_level": self.accuracy_level,
+                 "symmetric": self.symmetric}
+        return weight_only.WeightOnlySpec(bits=bits, op_types=tuple(ops), **{k: v for k, v in given.items() if v is not None})
 
     @property
     def budget_limit(self) -> float | None:
@@ -129,8 +162,12 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
                         model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
         started = time.perf_counter()
-        job = _prepare(parent, cfg, Path(work))
-        chosen, loop_metrics = _run(job)
+        if cfg.mode == "weight-only":
+            job = weight_only.prepare(parent, cfg, Path(work))
+            chosen, loop_metrics = weight_only.run(job)
+        else:
+            job = _prepare(parent, cfg, Path(work))
+            chosen, loop_metrics = _run(job)
         shutil.copy2(chosen, o.folder / "model.onnx")
         copy_sidecar_files(parent.path, o.folder)
         m = o.record.metrics
@@ -146,6 +183,8 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
 
 def resolve_settings(cfg: QuantizeConfig) -> dict:
     """The preset (named or detected) with the config's overrides applied, as recorded in the manifest."""
+    if cfg.mode == "weight-only":  # no preset: MatMulNBits picks its kernels for the CPU at run time
+        return {"mode": cfg.mode, **weight_only.spec_dict(cfg.weight_only_spec)}
     name, detected = (cfg.preset, "chosen by the user") if cfg.preset else detect_preset()
     preset = PRESETS[name]
     return {"preset": name, "detected": detected, "why": preset.why, "mode": cfg.mode,
@@ -159,12 +198,7 @@ def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
     """Refuse quantized input, pre-process, choose op types and float32 nodes, calibrate (static)."""
     import onnx
 
-    from ..runtime import check_onnx_file
-
-    already = graph.quantized_ops(check_onnx_file(parent.onnx_path))
-    if already:
-        raise Unsupported(f"{parent.path} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())})",
-                          "quantize the float32 ONNX artifact it was made from (see `toolchain info`)")
+    refuse_quantized(parent)
     job = _Job(parent, cfg, work / "float.onnx", work, resolve_settings(cfg), [], {})
     job.notes["shape_inference"] = calibration.preprocess(parent.onnx_path, job.model)
     model = onnx.load(str(job.model))
@@ -180,6 +214,15 @@ def _prepare(parent: Artifact, cfg: QuantizeConfig, work: Path) -> _Job:
     if cfg.mode == "static":
         job.cache = _calibrate(job, model)
     return job
+
+
+def refuse_quantized(parent: Artifact) -> None:
+    from ..runtime import check_onnx_file
+
+    already = graph.quantized_ops(check_onnx_file(parent.onnx_path))
+    if already:
+        raise Unsupported(f"{parent.path} is already quantized ({', '.join(f'{k} x{v}' for k, v in already.items())})",
+                          "quantize the float32 ONNX artifact it was made from (see `toolchain info`)")
 
 
 def _op_types(model, cfg: QuantizeConfig, notes: list[str]) -> list[str]:
@@ -449,13 +492,16 @@ def _check(parent: Artifact, path: Path, cfg: QuantizeConfig, loop_metrics: dict
         tried = ""
         if loop_metrics.get("iterations"):
             best = loop_metrics["iterations"][loop_metrics["chosen_iteration"]]
-            tried = f"; the accuracy loop's best kept {best['fp32_nodes']} nodes in float32"
+            kept = (f"{best['int8_nodes']} layers at int8" if "int8_nodes" in best
+                    else f"{best['fp32_nodes']} nodes in float32")
+            tried = f"; the accuracy loop's best kept {kept}"
         budget = "--max-accuracy-drop" if parent.task == "text-classification" else "--max-perplexity-increase"
         loop_hint = "more --max-iterations" if tried else f"a {budget} budget"
-        other = "static" if cfg.mode == "dynamic" else "dynamic"
-        raise CheckFailed(f"the int8 model's {result.worst_output!r} differs from float32 by a relative L2 error of "
+        other = {"dynamic": "--mode static", "static": "--mode dynamic"}.get(cfg.mode, "--bits 8")
+        what = "quantized" if cfg.mode == "weight-only" else "int8"
+        raise CheckFailed(f"the {what} model's {result.worst_output!r} differs from float32 by a relative L2 error of "
                           f"{result.max_abs_diff:.3g} (tolerance {cfg.rtol:g}){tried}",
-                          f"try {loop_hint}, --mode {other}, or --exclude-node for the sensitive nodes; "
+                          f"try {loop_hint}, {other}, or --exclude-node for the sensitive nodes; "
                           "raise --rtol only to inspect the model, not to ship it")
     return result.as_metrics()
 
