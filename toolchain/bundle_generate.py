@@ -51,7 +51,7 @@ def sampler(temperature: float, top_k: int, top_p: float, seed: int | None):
         order = np.argsort(-z)[: top_k or None]
         p = np.exp(z[order] - z[order[0]])
         p /= p.sum()
-        keep = int(np.searchsorted(np.cumsum(p), top_p) + 1) if top_p < 1 else len(p)
+        keep = min(int(np.searchsorted(np.cumsum(p), top_p)) + 1, len(p)) if top_p < 1 else len(p)
         p = p[:keep] / p[:keep].sum()
         return int(order[rng.choice(keep, p=p)])
 
