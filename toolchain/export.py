@@ -18,7 +18,10 @@ from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resol
 
 # Parity tolerances, as optimum's ATOL_FOR_VALIDATION: fp32 graph rewrites move logits by ~1e-6..1e-4;
 # deep decoders with 50k-wide logits accumulate more.
-# Weight-only int8/int4 graphs: relative L2 error of next-token log-probabilities, as the quantize stage holds int8.
+# Weight-only int8/int4 graphs (--backend genai --precision int8/int4): relative L2 error of next-token
+# log-probabilities, the bound the quantize stage holds int8 to. Their KV cache is not compared: the builder's
+# int8 and int4 alike (accuracy level 4: int8 activations into the MatMuls) move SmolLM2's layer-27 keys by
+# 0.67 relative L2, yet its int8 costs +0.5% perplexity; what a graph costs is perplexity, which evaluate measures.
 DEFAULT_RTOL = 0.5
 DEFAULT_ATOL = {"text-classification": 1e-4, "feature-extraction": 1e-4, "text-generation": 1e-3}
 OPTIMUM_TASK = {"text-classification": "text-classification", "feature-extraction": "feature-extraction",
@@ -190,8 +193,8 @@ def check_export(model, tokenizer, onnx_path: Path, task: str, with_past: bool, 
         names = [o.name for o in session.get_outputs()]
         for ref, feeds, valid in checks:
             got = dict(zip(names, session.run(None, feeds)))
-            if relative:
-                ref, got = parity._log_probs(ref), parity._log_probs(got)
+            if relative:  # held on what the model outputs; its KV cache is its own state (see DEFAULT_RTOL)
+                ref, got = parity._log_probs({"logits": ref["logits"]}), parity._log_probs(got)
             results.append(parity.compare(parity.mask_padding(ref, valid), parity.mask_padding(got, valid), atol,
                                           relative))
     return parity.merge(results)
