@@ -139,7 +139,8 @@ def test_genai_int4_is_matmulnbits_evaluates_and_bundles(genai_export, tmp_path)
 
     art = genai_export["int4"]
     ops = [n.op_type for n in onnx.load(str(art.onnx_path), load_external_data=False).graph.node]
-    assert "MatMulNBits" in ops and "rel_l2_diff" in art.manifest.lineage[-1].metrics["parity"]
+    parity = art.manifest.lineage[-1].metrics["parity"]
+    assert "MatMulNBits" in ops and parity["rel_l2_diff"] <= 0.5 and parity["top1_agreement"] >= 0.6
     text = tmp_path / "t.txt"
     text.write_text("the film is a charming and moving story . " * 40)
     ppl = evaluate(art.path, EvaluateConfig(data=str(text), window=64, stride=32))["perplexity"]
