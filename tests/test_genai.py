@@ -21,8 +21,8 @@ from toolchain.export import ExportConfig, export
 
 def test_builder_command_reads_a_local_folder_for_the_cpu_offline_and_without_remote_code(tmp_path):
     cmd = genai.builder_command(Path("/py"), tmp_path / "m", tmp_path / "o", tmp_path / "c", "fp32", None, 32)
-    assert cmd[:2] == ["/py", str(genai.BUILDER_MAIN)]  # the builder's module, run after its rotary fix
-    assert cmd[cmd.index("-i") + 1] == str(tmp_path / "m") and "-m" not in cmd[2:]  # never a hub name
+    assert cmd[:3] == ["/py", "-m", "onnxruntime_genai.models.builder"]
+    assert cmd[cmd.index("-i") + 1] == str(tmp_path / "m") and "-m" not in cmd[3:]  # never a hub name
     assert cmd[cmd.index("-e") + 1] == "cpu" and cmd[cmd.index("-p") + 1] == "fp32"
     assert cmd[cmd.index("--extra_options") + 1:] == ["hf_token=false", "hf_remote=false"]
 

@@ -32,8 +32,6 @@ from .errors import CheckFailed, MissingPackage, Unsupported
 BUILDER_PINS = ("torch==2.13.0", "onnxruntime-genai==0.18.0", "transformers==5.24.0", "onnxruntime==1.32.0",
                 "onnx==1.23.2", "onnx-ir==1.1.0", "safetensors==0.8.0", "tqdm")
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
-# Runs BUILDER_MODULE in the builder's Python after fixing its rotary-base read (transformers 5.x moved it).
-BUILDER_MAIN = Path(__file__).with_name("genai_builder_main.py")
 PYTHON_ENV = "TOOLCHAIN_GENAI_PYTHON"
 # Architectures the builder maps to its Llama-style decoder (its create_model table) and the toolchain
 # exports, prunes and evaluates; others (GPT-2) stay on optimum's exporter.
@@ -101,7 +99,7 @@ def builder_command(python: Path, model_dir: Path, out_dir: Path, scratch: Path,
         # accuracy_level 4 (int8 activations) is the builder's CPU default; written out so the manifest says it.
         options += [f"accuracy_level={4 if accuracy_level is None else accuracy_level}", f"block_size={block_size}",
                     f"is_symmetric={'true' if symmetric else 'false'}"]
-    return [str(python), str(BUILDER_MAIN), "-i", str(model_dir), "-o", str(out_dir), "-p", precision,
+    return [str(python), "-m", BUILDER_MODULE, "-i", str(model_dir), "-o", str(out_dir), "-p", precision,
             "-e", "cpu", "-c", str(scratch), "--extra_options", *options]
 
 
