@@ -209,8 +209,7 @@ def test_bad_recipe_through_the_cli_exits_8_without_a_traceback(tmp_path):
     assert "Traceback" not in r.output
 
 
-@pytest.mark.parametrize("name", ["minilm-rotten-tomatoes.yaml", "smollm2-hamlet.yaml", "smollm2-genai.yaml",
-                                  "custom-csv.yaml"])
+@pytest.mark.parametrize("name", ["minilm-rotten-tomatoes.yaml", "smollm2-hamlet.yaml", "custom-csv.yaml"])
 def test_shipped_recipes_validate(name, monkeypatch):
     """The recipes in models/ load, in full and --quick, every step's keys checked by its real config."""
     path = ROOT / "models" / name
