@@ -31,10 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkout's toolchain, and compare_variants.py
 
 import click  # noqa: E402
+import numpy as np  # noqa: E402
 
 from toolchain.cli import reports_errors  # noqa: E402
 
 DATA = "rotten-tomatoes"
+PARTS = ("classifier", "scaling", "lm", "genai", "llamacpp")  # what --skip can leave out
 
 
 @dataclass(frozen=True)
@@ -197,18 +199,90 @@ def scaling(variants: list, plan: Plan) -> dict[str, dict]:
                                                       **common))}
 
 
-def causal_lm(lm: str, lm_run: Path | None, work: Path, plan: Plan, quick: bool) -> dict:
+def causal_lm(lm: str, lm_run: Path | None, work: Path, plan: Plan, quick: bool, skipped: set[str]) -> dict:
     """smollm2-135m (or --lm) on hamlet: perplexity, size, prefill latency, decode tokens/s."""
     import compare_variants as vs
 
     from toolchain.bench import BenchConfig
     from toolchain.evaluate import EvaluateConfig
 
-    models = vs.lm_variants(lm, lm_run, work, quick, echo)
+    models = vs.lm_variants(lm, lm_run, work, quick, echo, genai="genai" not in skipped)
     evals = evaluate_all(models, EvaluateConfig(data="hamlet", max_tokens=plan.lm_tokens, window=512, stride=256))
     cfg = BenchConfig(batch=(1,), seq=(plan.lm_prompt,), decode_tokens=plan.lm_decode, runs=plan.lm_runs, warmup=1,
                       block=2, store=False, peak=False, threads=plan.threads, ort_spin=plan.ort_spin)
-    return {"variants": [asdict(v) for v in models], "evaluate": evals, "bench": bench_variants(models, cfg)}
+    # llama.cpp runs in its own process, half its runs before the toolchain.bench run and half after, so a
+    # drift of the shared machine during the run lands on it as on the interleaved ONNX rows.
+    cpp = LlamaCpp(lm, models, plan, "llamacpp" in skipped)
+    first = cpp.measure(plan.lm_runs - plan.lm_runs // 2, perplexity=True)
+    bench = bench_variants(models, cfg)
+    second = cpp.measure(plan.lm_runs // 2, perplexity=False)
+    return {"variants": [asdict(v) for v in models], "evaluate": evals, "bench": bench,
+            "llamacpp": cpp.result(first, second)}
+
+
+class LlamaCpp:
+    """llama.cpp (llama-cpp-python) on the GGUF file the built-in ships: same prompt ids, threads, decode steps
+    and perplexity tokens as the ONNX rows, measured by benchmarks/llamacpp_worker.py in its own process."""
+
+    def __init__(self, lm: str, models: list, plan: Plan, skip: bool = False):
+        import importlib.util
+
+        self.plan, self.error, self.req = plan, None, None
+        onnx = next((m.path for m in models if m.key == "lm-onnx" and m.path), None)
+        if skip:
+            self.error = "left out (--skip llamacpp)"
+        elif lm != "smollm2-135m":
+            self.error = f"--lm {lm} is not the built-in: no GGUF file to run"
+        elif importlib.util.find_spec("llama_cpp") is None:
+            self.error = "llama-cpp-python is not installed here (pip install llama-cpp-python: it compiles llama.cpp)"
+        elif onnx is None:
+            self.error = "no toolchain ONNX export to take the tokenizer from"
+        if self.error:
+            return
+        from toolchain.assets import asset_file
+        from toolchain.bench.workload import TokenizerJson, synthetic_workload
+        from toolchain.data import load_text
+        from toolchain.modeling import ModelSource, load_tokenizer
+
+        tok = TokenizerJson(Path(onnx), left_pad=True)
+        prompt = synthetic_workload(tok, 1, plan.lm_prompt).batches[0]["input_ids"][0]
+        hf = load_tokenizer(ModelSource(str(onnx), str(onnx), local=True))
+        ppl_ids = list(hf(load_text("hamlet"))["input_ids"][: plan.lm_tokens])
+        self.gguf = asset_file("smollm2-135m")
+        self.req = {"gguf": str(self.gguf), "prompt": prompt, "steps": plan.lm_decode, "threads": plan.threads or 1,
+                    "warmup": 1, "n_ctx": 512 + 64, "ppl_ids": ppl_ids, "window": 512, "stride": 256}
+
+    def measure(self, runs: int, perplexity: bool) -> dict:
+        import json
+        import subprocess
+        import tempfile
+
+        if self.error or not (runs or perplexity):
+            return {}
+        echo(f"llama.cpp: {runs} runs" + (" and perplexity" if perplexity else ""))
+        req = self.req | {"runs": runs, "ppl_ids": self.req["ppl_ids"] if perplexity else None}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(req, f)
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "llamacpp_worker.py"), f.name],
+                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(req["threads"])))
+        os.unlink(f.name)
+        if done.returncode != 0:
+            self.error = f"llama.cpp failed: {(done.stderr.strip().splitlines() or ['no output'])[-1][:200]}"
+            return {}
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def result(self, first: dict, second: dict) -> dict | None:
+        if self.error == "left out (--skip llamacpp)":
+            return None
+        if self.error:
+            return {"error": self.error}
+        prefill = first.get("prefill_s", []) + second.get("prefill_s", [])
+        steps = [t for run in first.get("decode_s", []) + second.get("decode_s", []) for t in run]
+        return {"gguf": self.gguf.name, "file_mb": self.gguf.stat().st_size / 1e6, "library": first.get("library"),
+                "system_info": first.get("system_info"), "evaluate": first.get("evaluate", {}),
+                "prefill_ms": float(np.median(prefill)) * 1e3 if prefill else None,
+                "prompt_tokens": len(self.req["prompt"]), "runs": len(prefill),
+                "decode_tokens_s": len(steps) / sum(steps) if steps else None, "threads": self.req["threads"]}
 
 
 def default_run(run: str | None) -> Path | None:
@@ -228,7 +302,8 @@ def default_run(run: str | None) -> Path | None:
 @click.option("--readme", type=click.Path(dir_okay=False), help="replace the table between the README's markers")
 @click.option("--quick", is_flag=True, help="subsets and few runs: a smoke test, not a measurement")
 @click.option("--eval-samples", type=int, help="test sentences per classifier (default: all; --quick: 100)")
-@click.option("--skip", default="", help="comma-separated parts to leave out: scaling, lm")
+@click.option("--skip", default="", help="comma-separated parts to leave out: classifier (an LM-only run), scaling, "
+              "lm, genai (the GenAI builder rows and the weight-only rows of its graph), llamacpp")
 @click.option("--threads", type=click.IntRange(min=1), help="threads per timed model [all cores; 1 on a busy machine]")
 @reports_errors
 def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_samples, skip, threads):
@@ -241,16 +316,19 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
     from toolchain.evaluate import EvaluateConfig
 
     skipped = {s.strip() for s in skip.split(",") if s.strip()}
-    if skipped - {"scaling", "lm"}:
-        raise RecipeError(f"--skip {skip!r}: unknown part", "use scaling, lm or both")
+    if skipped - set(PARTS):
+        raise RecipeError(f"--skip {skip!r}: unknown part", f"use some of {', '.join(PARTS)}")
     if quick and readme:
         raise RecipeError("--quick results are a smoke test, not a measurement: they never go in the README",
                           "drop --readme, or run without --quick")
     plan = QUICK if quick else FULL
     if eval_samples:
         plan = replace(plan, eval_samples=eval_samples)
+    if "classifier" in skipped and (readme or "lm" in skipped):
+        raise RecipeError("--skip classifier measures the causal LM alone: it needs the lm part and writes no "
+                          "README table", "drop --readme (and lm from --skip)")
     run = default_run(run_dir)
-    teacher_dir = vs.teacher_path(teacher, run)
+    teacher_dir = None if "classifier" in skipped else vs.teacher_path(teacher, run)
     work = Path(work)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     phases, load_start = Phases(), os.getloadavg()
@@ -258,21 +336,22 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
     n_threads, threads_why = pick_threads(threads, usable_cores())
     plan = replace(plan, threads=n_threads)
     machine = machine_record(n_threads)
-    with phases("build the variants"):
-        variants = classifier_variants(teacher_dir, run, final, work, plan, quick, machine["isa"], machine["arch"])
-    with phases("evaluate (test split, batch 1)"):
-        cfg = EvaluateConfig(data=DATA, split="test", batch_size=1, max_length=plan.max_length,
-                             max_samples=plan.eval_samples)
-        evals = evaluate_all(variants, cfg)
-    benches = classifier_benches(variants, plan, phases)
-    scaled = None
-    if "scaling" not in skipped:
-        with phases("scaling (sequence length, batch)"):
-            scaled = scaling(variants, plan)
+    cfg = EvaluateConfig(data=DATA, split="test", batch_size=1, max_length=plan.max_length,
+                         max_samples=plan.eval_samples)
+    variants, evals, benches, scaled = [], {}, {"b1": None, "b32": None}, None
+    if teacher_dir is not None:
+        with phases("build the variants"):
+            variants = classifier_variants(teacher_dir, run, final, work, plan, quick, machine["isa"], machine["arch"])
+        with phases("evaluate (test split, batch 1)"):
+            evals = evaluate_all(variants, cfg)
+        benches = classifier_benches(variants, plan, phases)
+        if "scaling" not in skipped:
+            with phases("scaling (sequence length, batch)"):
+                scaled = scaling(variants, plan)
     lm_result = None
     if "lm" not in skipped:
         with phases("causal LM"):
-            lm_result = causal_lm(lm, Path(lm_run) if lm_run else None, work, plan, quick)
+            lm_result = causal_lm(lm, Path(lm_run) if lm_run else None, work, plan, quick, skipped)
     result = report.assemble(variants, evals, benches, scaled, lm_result, machine=machine, plan=asdict(plan),
                              quick=quick, phases=phases.seconds, wall_s=phases.total,
                              load=[load_start, os.getloadavg()], eval_config=asdict(cfg), openmp=openmp,

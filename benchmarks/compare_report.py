@@ -128,12 +128,60 @@ def lm_rows(lm: dict | None) -> list[dict]:
                      "prefill_ms": p.get("p50_ms") if p.get("status") == "ok" else None,
                      "prompt_tokens": p.get("seq"),
                      "decode_tokens_s": d.get("throughput") if d.get("status") == "ok" else None, "notes": notes})
+    cpp = lm.get("llamacpp")
+    if cpp:
+        ev = cpp.get("evaluate", {})
+        rows.append({"key": "lm-llamacpp", "name": "llama.cpp", "path": cpp.get("gguf"),
+                     "how": f"{cpp.get('library') or 'llama-cpp-python'} on the built-in's GGUF ({cpp.get('gguf') or '?'}, "
+                            "Q4_1 as shipped)", "perplexity": ev.get("perplexity"), "tokens": ev.get("tokens"),
+                     "file_mb": cpp.get("file_mb"), "prefill_ms": cpp.get("prefill_ms"),
+                     "prompt_tokens": cpp.get("prompt_tokens"), "decode_tokens_s": cpp.get("decode_tokens_s"),
+                     "notes": [cpp["error"]] if cpp.get("error") else []})
     base = rows[0] if rows else None
     for r in rows:
         r["prefill_speedup"] = _div(base["prefill_ms"], r["prefill_ms"])
         r["decode_speedup"] = _div(r["decode_tokens_s"], base["decode_tokens_s"])
         r["smaller"] = _div(base["file_mb"], r["file_mb"])
     return rows
+
+
+# Issue 20's bar for the toolchain's own LM artifacts: (what, GenAI row to match, perplexity budget vs the
+# toolchain's fp32 export, file MB at most).
+LM_TARGETS = (("decodes >= ORT GenAI int8's tokens/s, perplexity within 1% of fp32", "lm-genai-int8", 0.01, None),
+              ("int4: >= ORT GenAI int4's tokens/s, perplexity within 10% of fp32, <= 100 MB", "lm-genai-int4", 0.10,
+               100))
+LM_NOT_OURS = ("lm-torch", "lm-onnx", "lm-int8-loose", "lm-llamacpp")  # baselines, the fp32 reference, not shippable
+
+
+def lm_targets(rows: list[dict]) -> list[dict]:
+    """Per target: the fastest toolchain LM artifact within the perplexity (and size) budget, against GenAI's."""
+    by = {r["key"]: r for r in rows}
+    fp32 = (by.get("lm-onnx") or {}).get("perplexity")
+    ours = [r for r in rows if r["key"] not in LM_NOT_OURS and not r["key"].startswith("lm-genai")
+            and r["perplexity"] and r["decode_tokens_s"]]
+    out = []
+    for what, ref_key, budget, max_mb in LM_TARGETS:
+        ref = (by.get(ref_key) or {}).get("decode_tokens_s")
+        fits = [r for r in ours if fp32 and r["perplexity"] <= fp32 * (1 + budget)
+                and (max_mb is None or (r["file_mb"] or float("inf")) <= max_mb)]
+        best = max(fits, key=lambda r: r["decode_tokens_s"]) if fits else None
+        if best is None or not ref:
+            measured = "no toolchain artifact within the budget" if ref else f"no {ref_key} row"
+            out.append({"what": what, "measured": measured, "met": False if ref else None})
+            continue
+        out.append({"what": what, "met": best["decode_tokens_s"] >= ref,
+                    "measured": f"{best['name']}: {best['decode_tokens_s'] / ref:.2f}x GenAI's tokens/s, perplexity "
+                                f"{100 * (best['perplexity'] / fp32 - 1):+.1f}%, {best['file_mb']:.0f} MB"})
+    return out
+
+
+def lm_targets_table(result: dict) -> list[str]:
+    rows = result.get("lm_targets") or []
+    if not rows:
+        return []
+    lines = ["| target (toolchain LM artifact) | measured | met |", "|---|---|---|"]
+    met = {True: "yes", False: "no", None: "–"}
+    return lines + [f"| {r['what']} | {r['measured']} | {met[r['met']]} |" for r in rows]
 
 
 def scaling_series(scaled: dict | None) -> dict:
@@ -160,6 +208,7 @@ def assemble(variants, evals: dict, benches: dict, scaled: dict | None, lm: dict
     add_ratios(rows)
     return {"schema_version": SCHEMA_VERSION, "kind": "toolchain.compare", "created": time.time(), **meta,
             "classifier": rows, "targets": targets(rows), "lm": lm_rows(lm), "scaling": scaling_series(scaled),
+            "lm_targets": lm_targets(lm_rows(lm)),
             "raw": {"bench": benches, "scaling": scaled, "lm": lm}}
 
 
@@ -284,6 +333,22 @@ def notes(result: dict) -> list[str]:
     return out
 
 
+def lm_notes(result: dict) -> list[str]:
+    """How the causal LM rows were measured, and what each row says about itself."""
+    plan, raw = result.get("plan", {}), (result.get("raw") or {}).get("lm") or {}
+    cpp = raw.get("llamacpp") or {}
+    out = [f"Causal LM: perplexity over the first {plan.get('lm_tokens', '?')} tokens of hamlet (512-token windows, "
+           "stride 256) on the same token ids for every row, llama.cpp included; speed: a "
+           f"{plan.get('lm_prompt', '?')}-token prompt (the same ids), then {plan.get('lm_decode', '?')} greedy "
+           f"decode steps with the KV cache, {plan.get('lm_runs', '?')} runs per model after 1 warm-up, "
+           f"{plan.get('threads') or '?'} thread(s) per model, each model in its own process; the ONNX and PyTorch "
+           "rows interleaved by toolchain.bench, llama.cpp half its runs before and half after them."]
+    if cpp.get("system_info"):
+        out.append(f"llama.cpp build: {cpp['library']}, {cpp['system_info']}")
+    out += [f"{r['name']}: {n}" for r in result["lm"] for n in r["notes"]]
+    return out
+
+
 def _peak_note(rows: list[dict]) -> list[str]:
     """Batch 32 as a share of the measured matrix-product peak: how much of the machine each model uses."""
     shares = {r["name"]: r["b32_fraction_of_peak"] for r in rows if r.get("b32_fraction_of_peak")}
@@ -305,13 +370,17 @@ def phases_table(result: dict) -> list[str]:
 
 def markdown(result: dict, image: str = "scaling.png") -> str:
     """The results page: table, targets, causal LM, scaling plot, notes, where the time went."""
-    parts = [when_where(result), "", *classifier_table(result), "", *targets_table(result)]
+    parts = [when_where(result)]
+    if result["classifier"]:  # absent in an LM-only run (--skip classifier)
+        parts += ["", *classifier_table(result), "", *targets_table(result)]
     if result["lm"]:
         parts += ["", "Causal LM (`smollm2-135m` on `hamlet`, batch 1, greedy decode with the KV cache):", "",
-                  *lm_table(result)]
+                  *lm_table(result), "", *lm_targets_table(result), "", *(f"- {n}" for n in lm_notes(result))]
     if result["scaling"]:
         parts += ["", f"![latency against sequence length and batch size]({image})"]
-    parts += ["", *(f"- {n}" for n in notes(result)), "", "Where the run's time went:", "", *phases_table(result)]
+    if result["classifier"]:
+        parts += ["", *(f"- {n}" for n in notes(result))]
+    parts += ["", "Where the run's time went:", "", *phases_table(result)]
     return "\n".join(parts) + "\n"
 
 
@@ -327,9 +396,14 @@ def console_table(result: dict) -> str:
     heads = ["model", "acc", "MB", "b1 p50", "b1 alone", "b1 p90", "b32/s", "b1 x teacher", "b1 x optimum", "b32 x optimum",
              "smaller", "note"]
     met = [f"{t['what']}: {_f(t['measured'])} (want {t['want']}) {'met' if t['met'] else 'MISSED'}"
-           for t in result["targets"]]
+           for t in result["targets"]] if rows else []
     warn = [f"WARNING: {n}" for n in self_check_note(result["classifier"]) if "disagree" in n]
-    return format_table(rows, heads) + "\n" + "\n".join(met + warn)
+    lm = [[r["name"], r["perplexity"], r["file_mb"], r["prefill_ms"], r["decode_tokens_s"], "; ".join(r["notes"])[:80]]
+          for r in result["lm"]]
+    lm_met = [f"{t['what']}: {t['measured']} ({'met' if t['met'] else 'MISSED'})" for t in result.get("lm_targets", [])]
+    return "\n".join(part for part in (format_table(rows, heads) if rows else "", "\n".join(met + warn),
+                                       format_table(lm, ["LM", "ppl", "MB", "prefill ms", "decode tok/s", "note"])
+                                       if lm else "", "\n".join(lm_met)) if part)
 
 
 def plot_scaling(series: dict, names: dict, path: Path) -> None:

@@ -323,8 +323,10 @@ def _run_naive_static(parent: Artifact, scratch: Path, samples: int, max_length:
     return scratch / "model.onnx", {"quantize_s": round(time.perf_counter() - t0, 1), "calibration_samples": len(feeds)}
 
 
-def lm_variants(lm: str, lm_run: Path | None, work: Path, quick: bool, echo) -> list[Variant]:
-    """PyTorch eager, the toolchain's fp32 ONNX export (with KV cache) and its int8, from models/smollm2-hamlet.yaml.
+def lm_variants(lm: str, lm_run: Path | None, work: Path, quick: bool, echo, genai: bool = True) -> list[Variant]:
+    """PyTorch eager, the toolchain's fp32 ONNX export (with KV cache) and its int8, from models/smollm2-hamlet.yaml;
+    with `genai`, ONNX Runtime GenAI's builder at fp32 / int8 / int4 and the toolchain's weight-only int8 / int4
+    of the builder's fp32 graph.
 
     When the recipe's int8 step fails its parity check, that row says so, and one more row measures the
     same quantization built with the check loosened: what int8 would have cost, never what ships.
@@ -338,7 +340,68 @@ def lm_variants(lm: str, lm_run: Path | None, work: Path, quick: bool, echo) -> 
             _from_made("lm-int8", made["int8"], "toolchain int8", "toolchain quantize dynamic (per-channel), down_proj kept fp32")]
     if rows[2].error and "differs from float32" in rows[2].error and rows[1].path is not None:
         rows.append(_loosened_int8(Path(rows[1].path), work / "lm" / f"int8-rtol{LOOSE_RTOL:g}", quick, echo))
-    return rows
+    if not genai:
+        return rows
+    rows += [genai_variant(lm, p, work / "lm" / f"genai-{p}", echo) for p in GENAI_PRECISIONS]
+    base = rows[-len(GENAI_PRECISIONS)]  # GenAI's fp32 graph: what the toolchain's weight-only rows quantize
+    return rows + [weight_only_variant(base, key, cfg, work / "lm" / key, echo) for key, cfg in WEIGHT_ONLY.items()]
+
+
+# The toolchain's weight-only quantization (toolchain/quantize/weight_only.py) of GenAI's fp32 graph: the
+# fused GroupQueryAttention graph decodes faster than optimum's, so it is the export worth quantizing.
+WEIGHT_ONLY = {"lm-wo-int8": {"mode": "weight-only", "bits": 8},
+               "lm-wo-int4": {"mode": "weight-only", "bits": 4, "algorithm": "hqq"}}
+
+
+def weight_only_variant(base: Variant, key: str, settings: dict, out: Path, echo) -> Variant:
+    """toolchain quantize --mode weight-only on GenAI's fp32 graph (reused when built with this config)."""
+    from toolchain.config import config_to_dict
+    from toolchain.quantize import QuantizeConfig, quantize
+
+    bits, algo = settings["bits"], settings.get("algorithm", "rtn")
+    v = Variant(key, f"toolchain weight-only int{bits}",
+                f"toolchain quantize --mode weight-only --bits {bits}" + (f" --algorithm {algo}" if bits == 4 else "")
+                + " on GenAI's fp32 graph")
+    if base.path is None:
+        v.error = f"no GenAI fp32 graph to quantize ({base.error})"
+        return v
+    cfg = QuantizeConfig(**settings)
+    parent = Artifact.load(base.path)
+    try:
+        if not _reusable(out, "quantize", config_to_dict(cfg), parent):
+            echo(f"build {v.name}")
+            quantize(parent, cfg, out, force=Artifact.is_artifact(out))
+    except ToolchainError as exc:
+        v.error = exc.problem
+        return v
+    v.path = out
+    return v
+
+
+GENAI_PRECISIONS = ("fp32", "int8", "int4")
+GENAI_HOW = {"fp32": "onnxruntime-genai 0.18 model builder, fp32 (GQA + rotary, KV cache)",
+             "int8": "the builder's weight-only int8 (MatMulNBits, RTN, block 32, accuracy level 4)",
+             "int4": "the builder's weight-only int4 (MatMulNBits, default RTN, block 32, accuracy level 4)"}
+
+
+def genai_variant(lm: str, precision: str, out: Path, echo) -> Variant:
+    """ONNX Runtime GenAI's model builder at `precision`, as toolchain export --backend genai builds it (parity
+    checked against PyTorch, a manifest like every artifact); reused when already built with that config."""
+    from toolchain.export import ExportConfig, export
+
+    v = Variant(f"lm-genai-{precision}", f"ORT GenAI builder {precision}", GENAI_HOW[precision])
+    cfg = ExportConfig(backend="genai", precision=precision)
+    try:
+        if not (Artifact.is_artifact(out) and not Artifact.load(out).verify()
+                and {k: Artifact.load(out).manifest.lineage[-1].config.get(k) for k in ("backend", "precision")}
+                == {"backend": "genai", "precision": precision}):
+            echo(f"build {v.name}")
+            export(lm, cfg, out, force=Artifact.is_artifact(out))
+    except ToolchainError as exc:
+        v.error = exc.problem
+        return v
+    v.path = out
+    return v
 
 
 LOOSE_RTOL = 2.0  # the quantize stage's parity tolerance is relative L2 error 0.5 per output

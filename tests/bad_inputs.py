@@ -478,6 +478,10 @@ ROWS: list[Row] = [
     Row("export {bert} {out} --with-past", "--with-past on a classifier", 12, "needs a text-generation model",
         "--with-past"),
     Row("export {bert} {out} --task translation", "unknown --task", 2, "'translation' is not one of", "Try"),
+    Row("export {bert} {out} --backend genai", "--backend genai on a classifier", 12, "builds causal LMs",
+        "--backend genai"),
+    Row("export {bert} {out} --precision int4", "--precision without --backend genai", 8,
+        "apply to backend genai", "correct the value"),
     # finetune MODEL OUT --data FILE
     Row("finetune {missing} {out} --data {data}", "model path does not exist", 3, "does not exist", "check the path"),
     Row("finetune {empty} {out} --data {data}", "empty model folder", 4, "is empty", "save_pretrained"),

@@ -173,6 +173,8 @@ def test_package_of_a_classifier_with_transformers_default_labels_works(tiny, tm
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["label"] in expected
+
+
 def test_coreml_readiness_names_an_embedding_over_16384_rows(tiny_onnx, monkeypatch):
     import onnx
 
@@ -182,3 +184,53 @@ def test_coreml_readiness_names_an_embedding_over_16384_rows(tiny_onnx, monkeypa
     monkeypatch.setattr(package_module, "COREML_MAX_DIM", 100)  # the tiny vocabulary (143 rows) is then too big
     blockers = package_module.coreml_dim_blockers(onnx.load(str(tiny_onnx("bert").onnx_path)))
     assert [(b["op"], b["shape"][0]) for b in blockers] == [("Gather", 143), ("Gather", 128)]  # words, positions
+
+
+def test_lm_bundle_reference_decodes_as_the_bundle_does_so_int8_passes_at_16_tokens(tiny_onnx, tmp_path):
+    """Issue 20: dynamic int8 rounds a 1-token cached step and a full recompute differently, so a no-cache
+    reference failed SmolLM2's int8 bundle at 16 tokens ("differs ... by inf"). The reference now decodes with
+    the cache, as predict.py and generate.py do, and the check holds the bundle to exactly its tokens."""
+    from toolchain.bundle_predict import Predictor
+    from toolchain.quantize import QuantizeConfig, quantize
+
+    int8 = quantize(tiny_onnx("llama-past").path, QuantizeConfig(mode="dynamic", preset="avx2"), tmp_path / "int8")
+    art = package(int8.path, PackageConfig(mobile_check=False, generate_tokens=16), tmp_path / "b")
+    info = json.loads((art.path / BUNDLE_FILE).read_text())
+    smoke = info["smoke"]
+    assert smoke["decode"] == "kv-cache" and len(smoke["token_ids"]) >= 1
+    assert art.manifest.lineage[-1].metrics["smoke"]["ok"]
+    got = Predictor(art.path, threads=1).generate(smoke["texts"][0], len(smoke["token_ids"]))
+    assert got["token_ids"] == smoke["token_ids"]
+    assert (art.path / "generate.py").is_file() and "generate.py" in info["files"]
+
+
+def test_lm_smoke_test_says_where_the_greedy_tokens_part(tiny_onnx, tmp_path):
+    art = package(tiny_onnx("llama-past").path, PackageConfig(mobile_check=False, ort_format=False,
+                                                                generate_tokens=6), tmp_path / "b")
+    info = json.loads((art.path / BUNDLE_FILE).read_text())
+    want = info["smoke"]["token_ids"]
+    info["smoke"]["token_ids"] = want[:2] + [(want[2] + 1) % 300] + want[3:]
+    (art.path / BUNDLE_FILE).write_text(json.dumps(info))
+    checks = smoke_test(art.path, verify_hashes=False)
+    assert not checks["ok"] and checks["models"]["model.onnx"] == float("inf")
+    assert checks["problem"] == (f"model.onnx greedy tokens differ from the packaged reference's (kv-cache decode) "
+                                 f"from token 3 of {len(want)}")
+
+
+def test_generate_py_streams_the_same_greedy_tokens_standalone(tiny_onnx, tmp_path):
+    art = package(tiny_onnx("llama-past").path, PackageConfig(mobile_check=False, generate_tokens=8), tmp_path / "b")
+    smoke = json.loads((art.path / BUNDLE_FILE).read_text())["smoke"]
+    from tokenizers import Tokenizer
+
+    want = Tokenizer.from_file(str(art.path / "tokenizer.json")).decode(smoke["token_ids"])
+    # Run from the bundle's folder as a user would; it imports predict.py from beside it.
+    out = subprocess.run([sys.executable, "-I", "generate.py", "--tokens", str(len(smoke["token_ids"])),
+                          "--threads", "1", smoke["texts"][0]], cwd=art.path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == smoke["texts"][0] + want + "\n"
+    assert "decode" in out.stderr and "tokens/s" in out.stderr
+    sampled = subprocess.run([sys.executable, "-I", "generate.py", "--tokens", "5", "--temperature", "0.8",
+                              "--top-k", "20", "--top-p", "0.9", "--seed", "3", "the film"], cwd=art.path,
+                             capture_output=True, text=True)
+    again = subprocess.run(sampled.args, cwd=art.path, capture_output=True, text=True)
+    assert sampled.returncode == 0 and sampled.stdout == again.stdout  # seeded sampling repeats

@@ -151,12 +151,12 @@ def gpt2_lm(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def llama_lm(folder: Path, seed: int = 0) -> Path:
+def llama_lm(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
     """A 2-layer Llama causal LM with grouped-query attention (4 query heads, 2 key/value heads)."""
     _seed(seed)
     tok = _bpe_tokenizer("<s>")
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
     )
@@ -166,5 +166,11 @@ def llama_lm(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-BUILDERS = {"bert": bert_classifier, "gpt2": gpt2_lm, "llama": llama_lm, "distilbert": distilbert_classifier,
-            "roberta": roberta_classifier}
+def llama64_lm(folder: Path, seed: int = 0) -> Path:
+    """The tiny Llama at hidden size 64: head size 16, the smallest ONNX Runtime's CPU GroupQueryAttention
+    (what ONNX Runtime GenAI's model builder emits) accepts."""
+    return llama_lm(folder, seed, hidden_size=64)
+
+
+BUILDERS = {"bert": bert_classifier, "gpt2": gpt2_lm, "llama": llama_lm, "llama64": llama64_lm,
+            "distilbert": distilbert_classifier, "roberta": roberta_classifier}

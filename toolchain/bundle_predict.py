@@ -87,14 +87,26 @@ class Predictor:
 
     def generate(self, prompt: str, tokens: int) -> dict:
         """Greedy continuation of `prompt`: `tokens` new tokens, with the KV cache when the graph has one."""
-        ids = list(self.tokenizer.encode(prompt).ids)
-        prompt_len, eos, past = len(ids), self.info.get("eos_token_id"), self._empty_past()
-        step_ids, first_logits = ids, None
+        new, first_logits = [], None
+        for token, logits in self.stream(list(self.tokenizer.encode(prompt).ids), tokens):
+            first_logits = logits if first_logits is None else first_logits
+            new.append(token)
+        top5 = [int(i) for i in np.argsort(-first_logits)[:5]] if first_logits is not None else []
+        return {"prompt": prompt, "text": self.tokenizer.decode(new), "token_ids": new, "first_logits_top5": top5}
+
+    def stream(self, ids: list[int], tokens: int, pick=None, stop: set[int] | None = None):
+        """Yield (token id, its step's logits) for up to `tokens` new tokens after `ids`: the prompt in one call,
+        then one token a call with the KV cache (the whole sequence again when the graph has none).
+
+        `pick(logits) -> id` chooses each token (greedy when None); a token in `stop` (default: the EOS id) ends.
+        """
+        ids = list(ids)
+        stop = {self.info.get("eos_token_id")} if stop is None else stop
+        past, step_ids = self._empty_past(), ids
         for _ in range(tokens):
             out = self.run(self._lm_feeds(step_ids, len(ids), past))
             logits = out["logits"][0, -1]
-            first_logits = logits if first_logits is None else first_logits
-            nxt = int(np.argmax(logits))
+            nxt = int(np.argmax(logits)) if pick is None else int(pick(logits))
             ids.append(nxt)
             if past is not None:
                 past = {name.replace("present", "past_key_values"): v for name, v in out.items()
@@ -102,11 +114,9 @@ class Predictor:
                 step_ids = [nxt]
             else:
                 step_ids = ids
-            if nxt == eos:
+            yield nxt, logits
+            if nxt in stop:
                 break
-        new = ids[prompt_len:]
-        top5 = [int(i) for i in np.argsort(-first_logits)[:5]] if first_logits is not None else []
-        return {"prompt": prompt, "text": self.tokenizer.decode(new), "token_ids": new, "first_logits_top5": top5}
 
     def _empty_past(self) -> dict[str, np.ndarray] | None:
         names = [n for n in self.inputs if n.startswith("past_key_values")]
@@ -128,20 +138,25 @@ class Predictor:
         return feeds | (past or {})
 
 
-def smoke_diff(p: Predictor, smoke: dict) -> float:
-    """Max abs difference of `p`'s outputs on the smoke texts from the stored ones (inf when greedy tokens differ)."""
+def smoke_diff(p: Predictor, smoke: dict) -> tuple[float, str]:
+    """Max abs difference of `p`'s outputs on the smoke texts from the stored ones, and a note: inf when the
+    greedy tokens differ, with the token where they part."""
     texts, task = smoke["texts"], p.info["task"]
     if task == "text-classification":
         got = np.array([r["logits"] for r in p.classify(texts)])
-        return float(np.abs(got - np.array(smoke["logits"])).max())
+        return float(np.abs(got - np.array(smoke["logits"])).max()), ""
     if task == "text-generation":
-        out = p.generate(texts[0], len(smoke["token_ids"]))
-        if out["token_ids"] != smoke["token_ids"]:
-            return float("inf")
+        want = smoke["token_ids"]
+        out = p.generate(texts[0], len(want))
+        if out["token_ids"] != want:
+            at = next((i for i, (a, b) in enumerate(zip(out["token_ids"], want)) if a != b),
+                      min(len(out["token_ids"]), len(want)))
+            return float("inf"), (f"greedy tokens differ from the packaged reference's ({smoke.get('decode', 'full')} "
+                                  f"decode) from token {at + 1} of {len(want)}")
         ids = list(p.tokenizer.encode(texts[0]).ids)
         logits = p.run(p._lm_feeds(ids, len(ids), p._empty_past()))["logits"][0, -1]
-        return float(np.abs(logits[smoke["first_top5"]] - np.array(smoke["first_top5_logits"])).max())
-    return float(np.abs(p.embed(texts) - np.array(smoke["embeddings"])).max())
+        return float(np.abs(logits[smoke["first_top5"]] - np.array(smoke["first_top5_logits"])).max()), ""
+    return float(np.abs(p.embed(texts) - np.array(smoke["embeddings"])).max()), ""
 
 
 def smoke_check(folder: str | pathlib.Path = HERE, threads: int | None = 1) -> dict:
@@ -151,10 +166,12 @@ def smoke_check(folder: str | pathlib.Path = HERE, threads: int | None = 1) -> d
     """
     folder = pathlib.Path(folder)
     smoke = json.loads((folder / "bundle.json").read_text())["smoke"]
-    models = {name: smoke_diff(Predictor(folder, name, threads=threads), smoke)
-              for name in ("model.onnx", "model.ort") if (folder / name).is_file()}
+    checked = {name: smoke_diff(Predictor(folder, name, threads=threads), smoke)
+               for name in ("model.onnx", "model.ort") if (folder / name).is_file()}
+    models = {name: diff for name, (diff, _) in checked.items()}
     bad = [(m, d) for m, d in models.items() if not d <= smoke["atol"]]
-    problem = (f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})"
+    problem = ((f"{bad[0][0]} {checked[bad[0][0]][1]}" if checked[bad[0][0]][1] else
+                f"{bad[0][0]} differs from the packaged reference by {bad[0][1]:.3g} (atol {smoke['atol']:g})")
                if bad else "")
     return {"ok": not bad, "problem": problem, "models": models, "atol": smoke["atol"]}
 

@@ -227,22 +227,44 @@ def _flat(d: dict, prefix: str = "") -> dict:
 @click.option("--atol", type=float, help="Parity tolerance (max abs diff vs PyTorch).")
 @click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
 @click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
+@click.option("--backend", type=click.Choice(["optimum", "genai"]), default="optimum", show_default=True,
+              help="genai: ONNX Runtime GenAI's model builder (Llama-family LMs; GQA + rotary, KV cache, "
+                   "genai_config.json), run in its own cached environment.")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "int4"]), default="fp32", show_default=True,
+              help="--backend genai: weight-only MatMulNBits int8 / int4, or fp32.")
+@click.option("--accuracy-level", type=click.IntRange(1, 4),
+              help="--backend genai int8/int4: MatMulNBits compute type, 1 fp32 .. 4 int8 (default 4).")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32", show_default=True,
+              help="--backend genai int8/int4: weights per quantization block.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
-def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pickle, force, as_json):
+def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pickle, backend, precision,
+           accuracy_level, block_size, force, as_json):
     """Export MODEL (built-in name, folder, torch artifact or hub id) to ONNX at OUT, checked against PyTorch."""
     from .export import ExportConfig, export as run_export
 
     cfg = _config(ExportConfig, task=task, with_past=with_past, opset=opset, atol=atol,
-                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, backend=backend,
+                  precision=precision, accuracy_level=accuracy_level, block_size=int(block_size))
     art = run_export(model, cfg, out, force=force)
     m = art.manifest.lineage[-1].metrics
     p = m["parity"]
     emit({"artifact": str(art.path), **m}, as_json,
-         f"exported {model} -> {art.onnx_path} ({art.onnx_path.stat().st_size / 1e6:.1f} MB) in {m['export_seconds']:.1f}s\n"
-         f"parity vs PyTorch: max abs diff {p['max_abs_diff']:.2e} on {p['worst_output']} "
-         f"(tolerance {p['atol']:g}, shapes {p['shapes']}): ok")
+         f"exported {model} -> {art.onnx_path} ({_onnx_mb(art.onnx_path):.1f} MB) in {m['export_seconds']:.1f}s\n"
+         f"parity vs PyTorch: {_parity_text(p)} on {p['worst_output']} "
+         f"(tolerance {p.get('atol', p.get('rtol')):g}, shapes {p['shapes']}): ok")
+
+
+def _onnx_mb(path) -> float:
+    """model.onnx and its external data (model.onnx.data), in MB."""
+    return sum(f.stat().st_size for f in [path, *path.parent.glob(path.name + ".*")]) / 1e6
+
+
+def _parity_text(p: dict) -> str:
+    if "rel_l2_diff" in p:
+        return f"relative L2 error of log-probabilities {p['rel_l2_diff']:.3g}"
+    return f"max abs diff {p['max_abs_diff']:.2e}"
 
 
 def target_option(fn):

@@ -4,9 +4,12 @@ A bundle is an artifact folder (its manifest.json holds the sha256 of every file
 lineage, so `toolchain verify` and `toolchain info` work on it) with:
 
     model.onnx, tokenizer files, config.json   copied from the artifact, after its hashes are checked
+    model.onnx.data, genai_config.json          an LM made by ONNX Runtime GenAI's builder: its weights and the
+                                               config onnxruntime-genai reads (og.Model(bundle) runs the bundle)
     model.ort, required_operators.config       ORT format for a reduced/mobile onnxruntime build
     labels.json                                classifiers: label id -> name
     predict.py                                 runs the model with onnxruntime, tokenizers and numpy only
+    generate.py                                causal LMs: streams a continuation token by token with the KV cache
     mobile_readiness.json / .md                ONNX Runtime's NNAPI / CoreML usability check: what falls back
     bundle.json                                what the model is (opset, IR version, minimum onnxruntime,
                                                inputs/outputs), its metrics and the machines they came from,
@@ -41,6 +44,7 @@ from .targets import HOST, Target, check_target, target as get_target
 BUNDLE_FILE = "bundle.json"
 BUNDLE_SCHEMA = 1
 PREDICT = Path(__file__).with_name("bundle_predict.py")
+GENERATE = Path(__file__).with_name("bundle_generate.py")  # causal LMs: streams tokens, imports predict.py
 # ai.onnx opset / IR version -> first onnxruntime release that implements it (onnxruntime's compatibility table).
 # Newer than the table: the running version is the only one known to work.
 ORT_FOR_OPSET = {13: "1.7", 14: "1.8", 15: "1.9", 16: "1.11", 17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17",
@@ -96,6 +100,8 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
         if tgt.fixed_shapes:
             fix_shapes(o.folder / "model.onnx", o.folder / "model.onnx", cfg.max_length)
         shutil.copy2(PREDICT, o.folder / "predict.py")
+        if art.task == "text-generation":
+            shutil.copy2(GENERATE, o.folder / "generate.py")
         info = describe(o.folder, art, cfg)
         info["target"] = tgt.choices(_preset_used(art)) | {
             "ort_platform": cfg.target_platform or tgt.ort_platform,
@@ -195,6 +201,7 @@ def describe(folder: Path, art: Artifact, cfg: PackageConfig) -> dict:
                  f"{model.producer_version}".strip(), "inputs": _signature(session.get_inputs()),
                  "outputs": _signature(session.get_outputs()),
                  "with_past": any(i.name.startswith("past_key_values") for i in session.get_inputs())},
+        "genai": (folder / "genai_config.json").is_file(),  # ONNX Runtime GenAI's builder made it: og.Model runs it
         "min_onnxruntime": min_onnxruntime(opsets.get("ai.onnx"), model.ir_version, cfg.ort_format),
         "source": {"artifact": str(art.path), "content_hash": art.content_hash,
                    "lineage": [{"stage": r.stage, "config": r.config} for r in art.manifest.lineage]},
@@ -261,7 +268,8 @@ def convert_to_ort(onnx_path: Path, folder: Path, target_platform: str) -> None:
         # The converter writes scratch files beside its input: give it a copy, not the bundle's folder.
         src = Path(tmp) / "in" / "model.onnx"
         src.parent.mkdir()
-        shutil.copy2(onnx_path, src)
+        for data in [onnx_path, *onnx_path.parent.glob("model.onnx.*")]:  # the graph and its external data
+            shutil.copy2(data, src.parent / data.name)
         cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src), "--output_dir",
                str(Path(tmp) / "out"), "--optimization_style", "Fixed", "--target_platform", target_platform]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -436,17 +444,7 @@ def reference_outputs(art: Artifact, cfg: PackageConfig, info: dict) -> dict:
     runner.tokenizer.model_max_length = cfg.max_length
     smoke = {"atol": cfg.atol, "texts": list(cfg.samples)}
     if art.task == "text-generation":
-        ids, new, first = list(runner.tokenizer(cfg.samples[0])["input_ids"]), [], None
-        for _ in range(cfg.generate_tokens):  # no KV cache here: predict.py's cached decoding must match it
-            batch = np.array([ids + new], dtype=np.int64)
-            logits = runner.logits({"input_ids": batch, "attention_mask": np.ones_like(batch)})[0, -1]
-            first = logits if first is None else first
-            new.append(int(logits.argmax()))
-            if new[-1] == info["eos_token_id"]:
-                break
-        top = np.argsort(-first)[:5]
-        return smoke | {"token_ids": new, "first_top5": top.tolist(),
-                        "first_top5_logits": first[top].astype(float).tolist()}
+        return smoke | reference_generation(runner, cfg.samples[0], cfg.generate_tokens, info["eos_token_id"])
     enc = runner.tokenizer(list(cfg.samples), padding=True, truncation=True, max_length=cfg.max_length,
                            return_tensors="np")
     batch = {k: v.astype(np.int64) for k, v in enc.items()}
@@ -457,6 +455,40 @@ def reference_outputs(art: Artifact, cfg: PackageConfig, info: dict) -> dict:
         mask = batch["attention_mask"][..., None]
         smoke["embeddings"] = ((hidden * mask).sum(1) / mask.sum(1)).astype(float).tolist()
     return smoke
+
+
+def reference_generation(runner, prompt: str, tokens: int, eos: int | None) -> dict:
+    """Greedy tokens by the decode path the bundle ships: the prompt in one call, then one token a call with the KV
+    cache (the whole sequence again each call when the graph has no cache), as predict.py and generate.py do.
+
+    The reference must decode the same way: dynamic int8 computes its activation scales per call, so a 1-token
+    cached step and a full recompute of the sequence round differently, and SmolLM2's int8 greedy tokens parted
+    after ~10 tokens. A no-cache reference tested that rounding, not the bundle. What the check still tests:
+    predict.py's tokenizer (tokenizers vs transformers), its feeds (positions, mask, cache plumbing), model.ort.
+    """
+    from .parity import empty_past, onnx_feeds
+
+    session, names = runner.session, [o.name for o in runner.session.get_outputs()]
+    ids = list(runner.tokenizer(prompt)["input_ids"])
+    past = {n: empty_past(i, 1) for n, i in runner.inputs.items() if n.startswith("past_key_values")} or None
+    step, new, first = ids, [], None
+    for _ in range(tokens):
+        enc = {"input_ids": np.array([step], dtype=np.int64),
+               "attention_mask": np.ones((1, len(ids) + len(new)), dtype=np.int64)}
+        out = dict(zip(names, session.run(None, onnx_feeds(session, enc, past))))
+        logits = out["logits"][0, -1].astype(np.float32)
+        first = logits if first is None else first
+        new.append(int(logits.argmax()))
+        if past is not None:
+            past = {n: out[n.replace("past_key_values", "present")] for n in past}
+            step = new[-1:]
+        else:
+            step = ids + new
+        if new[-1] == eos:
+            break
+    top = np.argsort(-first)[:5]
+    return {"token_ids": new, "first_top5": top.tolist(), "first_top5_logits": first[top].astype(float).tolist(),
+            "decode": "kv-cache" if past is not None else "full-recompute"}
 
 
 def _feeds(runner, batch: dict) -> dict:
@@ -521,11 +553,16 @@ def _readme(info: dict, name: str) -> str:
               f"{', '.join(f'`{p}`' for p in t['providers'])}"
               + (f"; inputs are fixed to [1, {t['max_length']}] (one text per call, padded)" if t.get("max_length")
                  else "") + (f"; int8 preset {t['preset']}" if t.get("preset") else "") + ".\n\n" if t else "")
+    if task == "text-generation":
+        example += ('\n    python generate.py --tokens 64 "To be, or not to be"   # streams tokens with the KV cache'
+                    '\n    python generate.py --temperature 0.7 --top-p 0.9 --seed 1 "Once upon a time"')
+    genai_line = ("- `genai_config.json`: made by ONNX Runtime GenAI's model builder; `onnxruntime-genai` runs this "
+                  "folder as it is (`og.Model('.')`)\n" if info.get("genai") else "")
     return (f"# {name}: {task} bundle\n\n{target}"
             f"Needs only `pip install onnxruntime tokenizers numpy` (onnxruntime >= "
             f"{info['min_onnxruntime']['model.onnx']} for model.onnx).\n\n    {example}\n\n"
             f"- `model.onnx`: opset {info['onnx']['opsets'].get('ai.onnx')}, IR version {info['onnx']['ir_version']}\n"
-            f"{ort_line}- `bundle.json`: inputs/outputs, metrics and the machines they were measured on, sha256 of "
+            f"{ort_line}{genai_line}- `bundle.json`: inputs/outputs, metrics and the machines they were measured on, sha256 of "
             "every file\n- `mobile_readiness.md`: what NNAPI / CoreML would run and what falls back to the CPU\n\n"
             "Check it: `toolchain verify .` (hashes + smoke inference), or `sha256sum` against bundle.json's "
             "`files`.\n")

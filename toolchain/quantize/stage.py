@@ -139,13 +139,14 @@ class QuantizeConfig:
         given = [k for k, v in int8_only.items() if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} apply to int8 modes (dynamic, static), not weight-only")
-        self.weight_only_spec  # noqa: B018  (validates bits, block size, algorithm, op types)
+        if self.weight_only_spec.bits != 4 and self.budget_limit is not None:
+            raise ValueError("the mixed-precision loop moves int4 layers to int8: give --bits 4 with a budget")
 
     @property
     def weight_only_spec(self) -> weight_only.WeightOnlySpec:
-        """Weight-only settings with defaults filled in: embeddings (Gather) join int4 by default."""
+        """Weight-only settings with defaults filled in: embeddings (Gather) are quantized too by default."""
         bits = self.bits or 4
-        ops = self.op_types or (("MatMul", "Gather") if bits == 4 else ("MatMul",))
+        ops = self.op_types or ("MatMul", "Gather")
         given = {"block_size": self.block_size, "algorithm": self.algorithm, "accuracy_level": self.accuracy_level,
                  "symmetric": self.symmetric}
         return weight_only.WeightOnlySpec(bits=bits, op_types=tuple(ops), **{k: v for k, v in given.items() if v is not None})

@@ -44,7 +44,7 @@ AWQ_GRID = tuple(i / 10 for i in range(11))  # alpha candidates: s = mean|x|^alp
 AWQ_SAMPLES = 8  # calibration samples whose activations set and score the AWQ scales
 AWQ_ROWS = 512  # token rows per input tensor used by the AWQ search (memory and time bound)
 SENSITIVITY_SAMPLES = 8  # calibration samples whose activations rank the int4 layers
-AWQ_MUL_SUFFIX = "/awq_scale"  # marks the inserted Mul nodes (and lets the ranking undo their scaling)
+AWQ_MUL_SUFFIX = "/awq_scale"  # names the Mul nodes inserted where 1/s cannot be folded into a norm
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,36 @@ def weight_matmuls(model) -> dict[str, tuple[int, int]]:
     return out
 
 
+def materialize_transposed_weights(model) -> list[str]:
+    """Give MatMuls that read Transpose(initializer) (a tied LM head: the embedding table transposed at
+    run time) their own transposed initializer, so they can be quantized; returns those MatMuls."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    transposed = {}
+    for n in model.graph.node:
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), [1, 0])
+        if n.op_type == "Transpose" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2 and perm == [1, 0]:
+            transposed[n.output[0]] = n.input[0]
+    done = []
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in transposed:
+            name = f"{n.input[1]}/materialized"
+            if name not in inits:
+                w = numpy_helper.to_array(inits[transposed[n.input[1]]]).T.copy()
+                inits[name] = numpy_helper.from_array(w, name)
+                model.graph.initializer.append(inits[name])
+            n.input[1] = name
+            done.append(n.name)
+    if done:
+        used = {t for n in model.graph.node for t in n.input}
+        dead = [n for n in model.graph.node if n.op_type == "Transpose" and n.output[0] in transposed
+                and n.output[0] not in used]
+        for n in dead:
+            model.graph.node.remove(n)
+    return done
+
+
 def embedding_gathers(model) -> dict[str, tuple[int, int]]:
     """Gather node -> (rows, width) of its constant 2-D table (embeddings), gathered along axis 0."""
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
@@ -134,6 +164,7 @@ def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None)
     whatever spec.bits is (the mixed-precision loop's fallback), `exclude` stay float32. `feeds`
     (input dicts) are the calibration data gptq and awq need. Returns (model, notes)."""
     model = copy.deepcopy(model)
+    materialize_transposed_weights(model)
     matmuls = set(weight_matmuls(model)) if "MatMul" in spec.op_types else set()
     exclude = set(exclude)
     int8 = (set(int8_nodes) & matmuls) - exclude if spec.bits == 4 else matmuls - exclude
@@ -157,12 +188,12 @@ def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None)
                 model = _int4(model, spec, int4, feeds)
             gathers = set(embedding_gathers(model)) - exclude if "Gather" in spec.op_types else set()
             if gathers:
-                model = _default(model, 4, spec, only=gathers, op_type="Gather")
+                _quantize_gathers(model, gathers, spec)
     finally:
         ort_log.setLevel(level)
     _set_accuracy_level(model, spec.accuracy_level)
     notes["nodes"] = {"int4_matmul": len(int4), "int8_matmul": len(int8),
-                      "float32_matmul": len(matmuls - int4 - int8), "int4_gather": len(gathers)}
+                      "float32_matmul": len(matmuls - int4 - int8), f"int{spec.bits}_gather": len(gathers)}
     return model, notes
 
 
@@ -178,6 +209,64 @@ def _default(model, bits: int, spec: WeightOnlySpec, only: set[str], op_type: st
                              nodes_to_exclude=others, algo_config=algo)
     q.process()
     return q.model.model
+
+
+def _quantize_gathers(model, names: set[str], spec: WeightOnlySpec) -> None:
+    """Embedding tables to GatherBlockQuantized with `spec.bits` in blocks along the row, stored as
+    packed uint8 (ORT's quantizer writes UINT4 tensors, which ORT-format bundles cannot load, and only
+    4 bits); dequantized value = (q - zero point) * scale, as MatMulNBits."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    for i, node in enumerate(model.graph.node):
+        if node.name not in names:
+            continue
+        table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        codes, scales, zeros = block_codes(table, spec.bits, spec.block_size, spec.symmetric)
+        name = node.input[0]
+        new = [numpy_helper.from_array(_pack(codes, spec.bits), f"{name}_Q{spec.bits}"),
+               numpy_helper.from_array(scales, f"{name}_scales")]
+        if not spec.symmetric:
+            new.append(numpy_helper.from_array(_pack(zeros, spec.bits), f"{name}_zero_points"))
+        model.graph.initializer.extend(new)
+        q = helper.make_node("GatherBlockQuantized", [new[0].name, node.input[1]] + [t.name for t in new[1:]],
+                             list(node.output), name=f"{node.name}_Q{spec.bits}", domain="com.microsoft",
+                             gather_axis=0, quantize_axis=1, block_size=spec.block_size, bits=spec.bits)
+        model.graph.node[i].CopyFrom(q)
+    used = {t for n in model.graph.node for t in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def block_codes(table: np.ndarray, bits: int, block: int, symmetric: bool):
+    """Round-to-nearest codes of a (rows, width) table in blocks of `block` along the width:
+    (codes (rows, width) uint8, scales and zero points (rows, ceil(width / block)))."""
+    rows, width = table.shape
+    blocks = (width + block - 1) // block
+    t = np.pad(table, ((0, 0), (0, blocks * block - width))).reshape(rows, blocks, block)
+    qmax = (1 << bits) - 1
+    if symmetric:
+        scale = np.abs(t).max(axis=2) / ((1 << (bits - 1)) - 1)
+        scale = np.where(scale > 0, scale, 1.0)
+        zero = np.full(scale.shape, 1 << (bits - 1), dtype=np.float32)
+    else:
+        lo, hi = np.minimum(t.min(axis=2), 0.0), np.maximum(t.max(axis=2), 0.0)
+        scale = np.where(hi > lo, (hi - lo) / qmax, 1.0)
+        zero = np.clip(np.round(-lo / scale), 0, qmax)
+    codes = np.clip(np.round(t / scale[..., None]) + zero[..., None], 0, qmax).astype(np.uint8)
+    return codes.reshape(rows, -1)[:, :width], scale.astype(np.float32), zero.astype(np.uint8)
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 values along the last axis, two 4-bit values a byte (low nibble first) when bits is 4."""
+    if bits == 8:
+        return values.astype(np.uint8)
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], axis=-1)
+    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
 def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds):
@@ -347,10 +436,18 @@ def fake_quantize(w: np.ndarray, bits: int, block: int, symmetric: bool) -> np.n
 def awq_scale(model, feeds, int4_nodes: set[str], spec: WeightOnlySpec):
     """Scale the rows of the int4 MatMuls' weights by s = mean|x|^alpha per input channel (alpha from
     AWQ_GRID, best output error on calibration activations) and feed them x / s through one Mul per
-    shared input. Returns (model, notes: alpha per input tensor and the error it saves)."""
+    shared input, or fold 1/s into the norm weight that produces it (RMSNorm's Mul by gamma: no extra op
+    at run time). Returns (model, notes: how many inputs were scaled and folded, the error ratio; under
+    "_row_scales" the s of each scaled MatMul, for the sensitivity ranking)."""
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers[t] = consumers.get(t, 0) + 1
+    outputs = {o.name for o in model.graph.output}
     groups: dict[str, list] = {}
     for n in model.graph.node:
         if n.name in int4_nodes:
@@ -359,7 +456,7 @@ def awq_scale(model, feeds, int4_nodes: set[str], spec: WeightOnlySpec):
         if n.op_type == "MatMul" and n.input[0] in groups and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
             groups[n.input[0]].append(n)
     acts = activations(model, list(groups), feeds[:AWQ_SAMPLES])
-    notes, new_nodes = {}, []
+    notes, new_nodes, row_scales, folded = {}, [], {}, 0
     for tensor, readers in groups.items():
         x = acts[tensor]
         weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in readers}
@@ -370,6 +467,16 @@ def awq_scale(model, feeds, int4_nodes: set[str], spec: WeightOnlySpec):
         for n in readers:
             w = weights[n.name] * s[:, None]
             inits[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+            row_scales[n.name] = s
+        norm = producers.get(tensor)
+        slot = _norm_weight(norm, inits, producers, len(s))
+        if slot is not None and consumers[tensor] == len(readers) and tensor not in outputs:
+            index, gamma = slot  # a new gamma / s for this Mul only: exporters share equal initializers
+            g = numpy_helper.from_array(numpy_helper.to_array(gamma).astype(np.float32) / s, f"{tensor}{AWQ_MUL_SUFFIX}/gamma")
+            model.graph.initializer.append(g)
+            norm.input[index] = g.name
+            folded += 1
+            continue
         inv = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{tensor}{AWQ_MUL_SUFFIX}/inv_s")
         model.graph.initializer.append(inv)
         scaled = f"{tensor}{AWQ_MUL_SUFFIX}/out"
@@ -380,9 +487,24 @@ def awq_scale(model, feeds, int4_nodes: set[str], spec: WeightOnlySpec):
         first = min(i for i, n in enumerate(model.graph.node) if n.name in {r.name for r in readers})
         model.graph.node.insert(first, mul)
     scaled = [v for v in notes.values() if v["alpha"] > 0]
-    return model, {"inputs": len(notes), "scaled_inputs": len(scaled),
+    return model, {"inputs": len(notes), "scaled_inputs": len(scaled), "folded_into_norm": folded,
+                   "_row_scales": row_scales,
                    "mean_alpha": round(float(np.mean([v["alpha"] for v in notes.values()])), 3) if notes else None,
                    "mean_error_ratio": round(float(np.mean([v["error_ratio"] for v in notes.values()])), 4) if notes else None}
+
+
+def _norm_weight(node, inits: dict, producers: dict, k: int):
+    """(input index, initializer) of the constant (K,) factor of a Mul (a norm's gamma), directly or
+    through an Identity; None when the node is not such a Mul."""
+    if node is None or node.op_type != "Mul":
+        return None
+    for i, t in enumerate(node.input):
+        src = producers.get(t)
+        if t not in inits and src is not None and src.op_type == "Identity":
+            t = src.input[0]
+        if t in inits and tuple(inits[t].dims) == (k,):
+            return i, inits[t]
+    return None
 
 
 def _search_alpha(x: np.ndarray, weights: list[np.ndarray], spec: WeightOnlySpec) -> tuple[float, np.ndarray, float]:
@@ -473,10 +595,11 @@ def dequantize(node, inits: dict) -> np.ndarray:
     return w.T.copy()
 
 
-def sensitivity(float_model, quant_model, feeds: list[dict], nodes: set[str] | None = None) -> list[dict]:
+def sensitivity(float_model, quant_model, feeds: list[dict], nodes: set[str] | None = None,
+                row_scales: dict | None = None) -> list[dict]:
     """int4 MatMuls, most damaged first: the SQNR (dB) of each one's output, x W_float vs x W_int4, on
     the quantized model's own activations (so upstream error is included). `nodes` limits the float
-    node names ranked. Each entry {node, sqnr_db, nodes: [node]} is a fallback the loop can take."""
+    node names ranked; `row_scales` are AWQ's s per node (its kernel sees x / s and sW). Each entry {node, sqnr_db, nodes: [node]} is a fallback the loop can take."""
     from onnx import numpy_helper
 
     from .loop import _sqnr
@@ -484,7 +607,7 @@ def sensitivity(float_model, quant_model, feeds: list[dict], nodes: set[str] | N
     f_inits = {t.name: t for t in float_model.graph.initializer}
     f_weight = {n.name: n.input[1] for n in float_model.graph.node if n.op_type == "MatMul"}
     q_inits = {t.name: t for t in quant_model.graph.initializer}
-    producers = {o: n for n in quant_model.graph.node for o in n.output}
+    row_scales = row_scales or {}
     targets = [n for n in quant_model.graph.node if n.op_type == "MatMulNBits"
                and dict((a.name, a.i) for a in n.attribute).get("bits", 4) == 4
                and _float_name(n.name) in f_weight and (nodes is None or _float_name(n.name) in nodes)]
@@ -493,9 +616,8 @@ def sensitivity(float_model, quant_model, feeds: list[dict], nodes: set[str] | N
     for n in targets:
         name = _float_name(n.name)
         w = numpy_helper.to_array(f_inits[f_weight[name]]).astype(np.float32)
-        mul = producers.get(n.input[0])
-        if mul is not None and mul.name.endswith(AWQ_MUL_SUFFIX):  # x/s feeds sW: compare in that space
-            w = w / numpy_helper.to_array(q_inits[mul.input[1]]).astype(np.float32)[:, None]
+        if name in row_scales:  # x/s feeds sW: compare in that space
+            w = w * row_scales[name][:, None]
         x = acts[n.input[0]]
         ranking.append({"node": name, "sqnr_db": round(_sqnr([x @ w], [x @ dequantize(n, q_inits)]), 2),
                         "nodes": [name]})
@@ -519,7 +641,8 @@ def prepare(parent, cfg, work: Path):
     refuse_quantized(parent)
     spec = cfg.weight_only_spec
     job = _Job(parent, cfg, parent.onnx_path, work, resolve_settings(cfg), list(spec.op_types), {})
-    model = onnx.load(str(parent.onnx_path), load_external_data=False)
+    model = onnx.load(str(parent.onnx_path))
+    materialize_transposed_weights(model)
     found = {"MatMul": weight_matmuls(model), "Gather": embedding_gathers(model)}
     candidates = [n for op in spec.op_types for n in found[op]]
     if not candidates:
@@ -549,6 +672,7 @@ def run(job) -> tuple[Path, dict]:
 
     cfg, spec = job.cfg, job.cfg.weight_only_spec
     model = onnx.load(str(job.model))
+    materialize_transposed_weights(model)  # the ranking reads the same float weights the builds quantize
     notes: dict[Path, dict] = {}
 
     def make(int8_nodes: list[str]) -> Path:
@@ -558,19 +682,22 @@ def run(job) -> tuple[Path, dict]:
         notes[path] = why
         return path
 
+    def public(why: dict) -> dict:  # what the manifest records (AWQ's scale vectors stay out)
+        return {k: ({i: j for i, j in v.items() if not i.startswith("_")} if isinstance(v, dict) else v)
+                for k, v in why.items()}
+
     if cfg.budget_limit is None:
         path = make([])
-        job.notes["weight_only"] = notes[path]
+        job.notes["weight_only"] = public(notes[path])
         return path, {}
-    if spec.bits != 4:
-        raise ValueError("the mixed-precision loop moves int4 layers to int8: use --bits 4 with a budget")
     budget, score = _budget(job)
 
     def rank(path: Path) -> list[dict]:
-        return sensitivity(model, onnx.load(str(path)), job.feeds)
+        return sensitivity(model, onnx.load(str(path)), job.feeds,
+                           row_scales=notes[path].get("awq", {}).get("_row_scales"))
 
     result, chosen = loop.accuracy_loop(make, score, budget, rank, cfg.max_iterations)
-    job.notes["weight_only"] = notes[chosen]
+    job.notes["weight_only"] = public(notes[chosen])
     it = result.chosen
     if not it.within_budget:
         _warn(job.warnings, f"perplexity budget not met: best {budget.metric} {it.value:.4g} "
