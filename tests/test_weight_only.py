@@ -267,3 +267,14 @@ def test_a_weight_only_bundle_loads_in_ort_format_and_verifies(int4, tmp_path):
     assert (bundle.path / "model.ort").is_file()
     report = verify(bundle.path, smoke=True)
     assert report.problems == [] and report.smoke
+
+
+def test_gptq_codes_are_reused_between_builds(monkeypatch):
+    model, w, x = _one_matmul()
+    spec = wo.WeightOnlySpec(block_size=16, algorithm="gptq", op_types=("MatMul",))
+    cache = {}
+    first, _ = wo.build(model, spec, feeds=[{"x": x}], cache=cache)
+    assert set(cache) == {"mm"}
+    monkeypatch.setattr(wo, "gptq_codes", lambda *a, **k: pytest.fail("solved again"))
+    second, _ = wo.build(model, spec, feeds=[{"x": x}], cache=cache)
+    assert [t.raw_data for t in first.graph.initializer] == [t.raw_data for t in second.graph.initializer]

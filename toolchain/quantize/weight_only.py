@@ -159,10 +159,13 @@ def match_nodes(names, patterns) -> tuple[list[str], list[str]]:
 
 # --- building a quantized graph ---------------------------------------------------------------------
 
-def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None) -> tuple[object, dict]:
+def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None, cache: dict | None = None
+          ) -> tuple[object, dict]:
     """Quantize a float ModelProto's weights (a copy) as `spec` says; `int8_nodes` get 8-bit blocks
     whatever spec.bits is (the mixed-precision loop's fallback), `exclude` stay float32. `feeds`
-    (input dicts) are the calibration data gptq and awq need. Returns (model, notes)."""
+    (input dicts) are the calibration data gptq and awq need; `cache` (a dict kept between calls) lets
+    the mixed-precision loop reuse each layer's GPTQ codes instead of solving them again. Returns
+    (model, notes)."""
     model = copy.deepcopy(model)
     materialize_transposed_weights(model)
     matmuls = set(weight_matmuls(model)) if "MatMul" in spec.op_types else set()
@@ -185,7 +188,7 @@ def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None)
             if int8:
                 model = _default(model, 8, spec, only=int8, op_type="MatMul")
             if int4:
-                model = _int4(model, spec, int4, feeds)
+                model = _int4(model, spec, int4, feeds, cache)
             gathers = set(embedding_gathers(model)) - exclude if "Gather" in spec.op_types else set()
             if gathers:
                 _quantize_gathers(model, gathers, spec)
@@ -269,7 +272,7 @@ def _pack(values: np.ndarray, bits: int) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds):
+def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict | None = None):
     if spec.algorithm in ("rtn", "awq"):  # awq has already scaled the weights: RTN on the scaled rows
         return _default(model, 4, spec, only=nodes, op_type="MatMul")
     if spec.algorithm == "hqq":
@@ -280,10 +283,10 @@ def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds):
         q = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=algo)
         q.process()
         return q.model.model
-    return _gptq(model, spec, nodes, feeds)
+    return _gptq(model, spec, nodes, feeds, {} if cache is None else cache)
 
 
-def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds):
+def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict):
     """GPTQ on `nodes`: Hessians of their inputs from one probe run per calibration sample, then
     gptq_codes per weight, written as MatMulNBits with GPTQ's own grid.
 
@@ -294,11 +297,14 @@ def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds):
 
     inits = {t.name: t for t in model.graph.initializer}
     readers = [n for n in model.graph.node if n.name in nodes]
-    hessians = _hessians(model, sorted({n.input[0] for n in readers}), feeds)
+    todo = [n for n in readers if n.name not in cache]
+    hessians = _hessians(model, sorted({n.input[0] for n in todo}), feeds) if todo else {}
     replaced = {}
     for node in readers:
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        codes, scales, zeros = gptq_codes(w, hessians[node.input[0]], spec.block_size, spec.symmetric)
+        if node.name not in cache:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            cache[node.name] = gptq_codes(w, hessians[node.input[0]], spec.block_size, spec.symmetric)
+        codes, scales, zeros = cache[node.name]
         replaced[node.name] = _nbits_node(model, node, codes, scales, None if spec.symmetric else zeros, spec.block_size)
     for i, n in enumerate(model.graph.node):
         if n.name in replaced:
@@ -313,14 +319,15 @@ def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds):
 
 
 def _hessians(model, tensors: list[str], feeds) -> dict[str, np.ndarray]:
-    """tensor -> X^T X / rows over every token of `feeds` (float64)."""
+    """tensor -> X^T X / rows over every token of `feeds` (float32 while summing: smollm2's 121 inputs
+    hold ~0.4 GB of them; gptq_codes works in float64)."""
     acc = {t: None for t in tensors}
     rows = 0
     with _probe(model, tensors) as session:
         for feed in feeds:
             for t, v in zip(tensors, session.run(tensors, feed)):
                 x = np.asarray(v, dtype=np.float32).reshape(-1, v.shape[-1])
-                xtx = (x.T @ x).astype(np.float64)
+                xtx = x.T @ x
                 acc[t] = xtx if acc[t] is None else acc[t] + xtx
             rows += x.shape[0]
     return {t: h / max(rows, 1) for t, h in acc.items()}
@@ -332,7 +339,7 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool, percda
     scales and zero points (K / block, N)); weight ~ (codes - zero) * scale, block by block along K.
     Each block's grid is fitted to the rows as GPTQ has already updated them."""
     k, n = w.shape
-    w, h = w.copy(), h.copy()
+    w, h = w.astype(np.float64), h.astype(np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[dead] = 0.0
@@ -674,9 +681,11 @@ def run(job) -> tuple[Path, dict]:
     model = onnx.load(str(job.model))
     materialize_transposed_weights(model)  # the ranking reads the same float weights the builds quantize
     notes: dict[Path, dict] = {}
+    cache: dict = {}  # GPTQ codes per layer: the same in every round (Hessians of the float model's inputs)
 
     def make(int8_nodes: list[str]) -> Path:
-        quantized, why = build(model, spec, int8_nodes=int8_nodes, exclude=set(job.excluded), feeds=job.feeds)
+        quantized, why = build(model, spec, int8_nodes=int8_nodes, exclude=set(job.excluded), feeds=job.feeds,
+                               cache=cache)
         path = job.work / f"weight-only-{len(notes)}.onnx"
         onnx.save(quantized, str(path))
         notes[path] = why
