@@ -44,6 +44,7 @@ AWQ_GRID = tuple(i / 10 for i in range(11))  # alpha candidates: s = mean|x|^alp
 AWQ_SAMPLES = 8  # calibration samples whose activations set and score the AWQ scales
 AWQ_ROWS = 512  # token rows per input tensor used by the AWQ search (memory and time bound)
 SENSITIVITY_SAMPLES = 8  # calibration samples whose activations rank the int4 layers
+TIED_SUFFIX = "/transposed"  # a tied LM head's own (K, N) copy of the embedding table
 AWQ_MUL_SUFFIX = "/awq_scale"  # names the Mul nodes inserted where 1/s cannot be folded into a norm
 
 
@@ -107,7 +108,7 @@ def materialize_transposed_weights(model) -> list[str]:
     done = []
     for n in model.graph.node:
         if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in transposed:
-            name = f"{n.input[1]}/materialized"
+            name = f"{transposed[n.input[1]]}{TIED_SUFFIX}"
             if name not in inits:
                 w = numpy_helper.to_array(inits[transposed[n.input[1]]]).T.copy()
                 inits[name] = numpy_helper.from_array(w, name)
@@ -121,6 +122,69 @@ def materialize_transposed_weights(model) -> list[str]:
         for n in dead:
             model.graph.node.remove(n)
     return done
+
+
+def tied_pairs(model) -> dict[str, str]:
+    """Gather node -> MatMul node of a tied LM head: the MatMul reads the table's transposed copy."""
+    readers = {n.input[1]: n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    return {n.name: readers[n.input[0] + TIED_SUFFIX] for n in model.graph.node
+            if n.op_type == "Gather" and n.input[0] + TIED_SUFFIX in readers}
+
+
+def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None = None) -> list[str]:
+    """Let each tied embedding read its LM head's quantized blocks instead of a second copy (smollm2:
+    -17 MB at int4): the head's MatMulNBits B is (vocab, blocks, bytes), which GatherBlockQuantized
+    reads with quantize_axis 2, and a Reshape restores (..., hidden). Skipped when the head stayed
+    float, has float zero points (HQQ) or AWQ-scaled rows. Returns the Gathers that now share."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {_float_name(n.name): n for n in model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+    shared = []
+    for gather_name, head_name in tied.items():
+        head, old = nodes.get(head_name), nodes.get(gather_name)
+        if head is None or head_name in (row_scales or {}):
+            continue
+        zp = inits.get(head.input[3]) if len(head.input) > 3 and head.input[3] else None
+        if zp is not None and zp.data_type != TensorProto.UINT8:
+            continue
+        attr = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+        bits, vocab, hidden = attr.get("bits", 4), attr["N"], attr["K"]
+        blocks = tuple(inits[head.input[1]].dims)[1]
+        name = head.input[1]
+        scales = numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, blocks, 1)
+        extra = [numpy_helper.from_array(scales, f"{name}/gather_scales"),
+                 numpy_helper.from_array(np.array([hidden], dtype=np.int64), f"{name}/gather_width")]
+        inputs = [name, None, extra[0].name]
+        if zp is not None:
+            zeros = numpy_helper.to_array(zp)
+            if bits == 4:
+                zeros = np.stack([zeros & 0x0F, zeros >> 4], axis=-1).reshape(vocab, -1)[:, :blocks]
+            extra.append(numpy_helper.from_array(_pack(zeros.reshape(vocab, blocks, 1), bits), f"{name}/gather_zero_points"))
+            inputs.append(extra[-1].name)
+        ids = old.input[1] if old is not None else next(n for n in model.graph.node if n.name == gather_name).input[1]
+        target = old if old is not None else next(n for n in model.graph.node if n.name == gather_name)
+        out = target.output[0]
+        inputs[1] = ids
+        new = [helper.make_node("GatherBlockQuantized", inputs, [f"{out}/blocks"], name=f"{gather_name}_shared",
+                                domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=attr["block_size"],
+                                bits=bits),
+               helper.make_node("Shape", [ids], [f"{out}/ids_shape"], name=f"{gather_name}_shared/shape"),
+               helper.make_node("Concat", [f"{out}/ids_shape", extra[1].name], [f"{out}/shape"],
+                                name=f"{gather_name}_shared/concat", axis=0),
+               helper.make_node("Reshape", [f"{out}/blocks", f"{out}/shape"], [out], name=f"{gather_name}_shared/reshape")]
+        model.graph.initializer.extend(extra)
+        at = list(model.graph.node).index(target)
+        model.graph.node.remove(target)
+        for k, n in enumerate(new):
+            model.graph.node.insert(at + k, n)
+        shared.append(gather_name)
+    if shared:
+        used = {t for n in model.graph.node for t in n.input}
+        keep = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return shared
 
 
 def embedding_gathers(model) -> dict[str, tuple[int, int]]:
@@ -168,6 +232,7 @@ def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None,
     (model, notes)."""
     model = copy.deepcopy(model)
     materialize_transposed_weights(model)
+    tied = tied_pairs(model)
     matmuls = set(weight_matmuls(model)) if "MatMul" in spec.op_types else set()
     exclude = set(exclude)
     int8 = (set(int8_nodes) & matmuls) - exclude if spec.bits == 4 else matmuls - exclude
@@ -195,6 +260,7 @@ def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None,
     finally:
         ort_log.setLevel(level)
     _set_accuracy_level(model, spec.accuracy_level)
+    notes["shared_embedding"] = share_tied_embeddings(model, tied, row_scales=notes.get("awq", {}).get("_row_scales", {}))
     notes["nodes"] = {"int4_matmul": len(int4), "int8_matmul": len(int8),
                       "float32_matmul": len(matmuls - int4 - int8), f"int{spec.bits}_gather": len(gathers)}
     return model, notes
