@@ -247,15 +247,24 @@ def test_a_tied_lm_head_reading_the_transposed_embedding_is_quantized(tmp_path):
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 64])],
                               [numpy_helper.from_array(table, "table")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    q, notes = wo.build(model, wo.WeightOnlySpec(block_size=16))
-    assert notes["nodes"] == {"int4_matmul": 1, "int8_matmul": 0, "float32_matmul": 0, "int4_gather": 1}
-    assert not [n for n in q.graph.node if n.op_type == "Transpose"]
-    path = tmp_path / "tied.onnx"
-    onnx.save(q, str(path))
-    ids = np.arange(10, dtype=np.int64)
-    out = make_session(path).run(None, {"ids": ids})[0]
-    ref = table[ids] @ table.T
-    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.2
+    for bits in (4, 8):
+        q, notes = wo.build(model, wo.WeightOnlySpec(bits=bits, block_size=16, accuracy_level=1))  # fp32 compute: exact
+        assert notes["nodes"] == {f"int{bits}_matmul": 1, f"int{bits}_gather": 1, "float32_matmul": 0,
+                                  f"int{12 - bits}_matmul": 0}
+        assert not [n for n in q.graph.node if n.op_type == "Transpose"]
+        # one copy of the table: the embedding reads the head's blocks
+        assert notes["shared_embedding"] == ["embed"]
+        gather = next(n for n in q.graph.node if n.op_type == "GatherBlockQuantized")
+        head = next(n for n in q.graph.node if n.op_type == "MatMulNBits")
+        assert gather.input[0] == head.input[1]
+        path = tmp_path / f"tied{bits}.onnx"
+        onnx.save(q, str(path))
+        ids = np.arange(10, dtype=np.int64)
+        out = make_session(path).run(None, {"ids": ids})[0]
+        ref = table[ids] @ table.T
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < (0.2 if bits == 4 else 0.02)
+        deq = wo.dequantize(head, {t.name: t for t in q.graph.initializer})  # (K, N) = table.T, quantized
+        np.testing.assert_allclose(out, deq.T[ids] @ deq, rtol=1e-3, atol=1e-3)
 
 
 def test_a_weight_only_bundle_loads_in_ort_format_and_verifies(int4, tmp_path):
@@ -267,3 +276,14 @@ def test_a_weight_only_bundle_loads_in_ort_format_and_verifies(int4, tmp_path):
     assert (bundle.path / "model.ort").is_file()
     report = verify(bundle.path, smoke=True)
     assert report.problems == [] and report.smoke
+
+
+def test_gptq_codes_are_reused_between_builds(monkeypatch):
+    model, w, x = _one_matmul()
+    spec = wo.WeightOnlySpec(block_size=16, algorithm="gptq", op_types=("MatMul",))
+    cache = {}
+    first, _ = wo.build(model, spec, feeds=[{"x": x}], cache=cache)
+    assert set(cache) == {"mm"}
+    monkeypatch.setattr(wo, "gptq_codes", lambda *a, **k: pytest.fail("solved again"))
+    second, _ = wo.build(model, spec, feeds=[{"x": x}], cache=cache)
+    assert [t.raw_data for t in first.graph.initializer] == [t.raw_data for t in second.graph.initializer]

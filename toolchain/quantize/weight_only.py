@@ -44,6 +44,7 @@ AWQ_GRID = tuple(i / 10 for i in range(11))  # alpha candidates: s = mean|x|^alp
 AWQ_SAMPLES = 8  # calibration samples whose activations set and score the AWQ scales
 AWQ_ROWS = 512  # token rows per input tensor used by the AWQ search (memory and time bound)
 SENSITIVITY_SAMPLES = 8  # calibration samples whose activations rank the int4 layers
+TIED_SUFFIX = "/transposed"  # a tied LM head's own (K, N) copy of the embedding table
 AWQ_MUL_SUFFIX = "/awq_scale"  # names the Mul nodes inserted where 1/s cannot be folded into a norm
 
 
@@ -107,7 +108,7 @@ def materialize_transposed_weights(model) -> list[str]:
     done = []
     for n in model.graph.node:
         if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in transposed:
-            name = f"{n.input[1]}/materialized"
+            name = f"{transposed[n.input[1]]}{TIED_SUFFIX}"
             if name not in inits:
                 w = numpy_helper.to_array(inits[transposed[n.input[1]]]).T.copy()
                 inits[name] = numpy_helper.from_array(w, name)
@@ -121,6 +122,69 @@ def materialize_transposed_weights(model) -> list[str]:
         for n in dead:
             model.graph.node.remove(n)
     return done
+
+
+def tied_pairs(model) -> dict[str, str]:
+    """Gather node -> MatMul node of a tied LM head: the MatMul reads the table's transposed copy."""
+    readers = {n.input[1]: n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    return {n.name: readers[n.input[0] + TIED_SUFFIX] for n in model.graph.node
+            if n.op_type == "Gather" and n.input[0] + TIED_SUFFIX in readers}
+
+
+def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None = None) -> list[str]:
+    """Let each tied embedding read its LM head's quantized blocks instead of a second copy (smollm2:
+    -17 MB at int4): the head's MatMulNBits B is (vocab, blocks, bytes), which GatherBlockQuantized
+    reads with quantize_axis 2, and a Reshape restores (..., hidden). Skipped when the head stayed
+    float, has float zero points (HQQ) or AWQ-scaled rows. Returns the Gathers that now share."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {_float_name(n.name): n for n in model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+    shared = []
+    for gather_name, head_name in tied.items():
+        head, old = nodes.get(head_name), nodes.get(gather_name)
+        if head is None or head_name in (row_scales or {}):
+            continue
+        zp = inits.get(head.input[3]) if len(head.input) > 3 and head.input[3] else None
+        if zp is not None and zp.data_type != TensorProto.UINT8:
+            continue
+        attr = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+        bits, vocab, hidden = attr.get("bits", 4), attr["N"], attr["K"]
+        blocks = tuple(inits[head.input[1]].dims)[1]
+        name = head.input[1]
+        scales = numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, blocks, 1)
+        extra = [numpy_helper.from_array(scales, f"{name}/gather_scales"),
+                 numpy_helper.from_array(np.array([hidden], dtype=np.int64), f"{name}/gather_width")]
+        inputs = [name, None, extra[0].name]
+        if zp is not None:
+            zeros = numpy_helper.to_array(zp)
+            if bits == 4:
+                zeros = np.stack([zeros & 0x0F, zeros >> 4], axis=-1).reshape(vocab, -1)[:, :blocks]
+            extra.append(numpy_helper.from_array(_pack(zeros.reshape(vocab, blocks, 1), bits), f"{name}/gather_zero_points"))
+            inputs.append(extra[-1].name)
+        ids = old.input[1] if old is not None else next(n for n in model.graph.node if n.name == gather_name).input[1]
+        target = old if old is not None else next(n for n in model.graph.node if n.name == gather_name)
+        out = target.output[0]
+        inputs[1] = ids
+        new = [helper.make_node("GatherBlockQuantized", inputs, [f"{out}/blocks"], name=f"{gather_name}_shared",
+                                domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=attr["block_size"],
+                                bits=bits),
+               helper.make_node("Shape", [ids], [f"{out}/ids_shape"], name=f"{gather_name}_shared/shape"),
+               helper.make_node("Concat", [f"{out}/ids_shape", extra[1].name], [f"{out}/shape"],
+                                name=f"{gather_name}_shared/concat", axis=0),
+               helper.make_node("Reshape", [f"{out}/blocks", f"{out}/shape"], [out], name=f"{gather_name}_shared/reshape")]
+        model.graph.initializer.extend(extra)
+        at = list(model.graph.node).index(target)
+        model.graph.node.remove(target)
+        for k, n in enumerate(new):
+            model.graph.node.insert(at + k, n)
+        shared.append(gather_name)
+    if shared:
+        used = {t for n in model.graph.node for t in n.input}
+        keep = [t for t in model.graph.initializer if t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return shared
 
 
 def embedding_gathers(model) -> dict[str, tuple[int, int]]:
@@ -159,12 +223,16 @@ def match_nodes(names, patterns) -> tuple[list[str], list[str]]:
 
 # --- building a quantized graph ---------------------------------------------------------------------
 
-def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None) -> tuple[object, dict]:
+def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None, cache: dict | None = None
+          ) -> tuple[object, dict]:
     """Quantize a float ModelProto's weights (a copy) as `spec` says; `int8_nodes` get 8-bit blocks
     whatever spec.bits is (the mixed-precision loop's fallback), `exclude` stay float32. `feeds`
-    (input dicts) are the calibration data gptq and awq need. Returns (model, notes)."""
+    (input dicts) are the calibration data gptq and awq need; `cache` (a dict kept between calls) lets
+    the mixed-precision loop reuse each layer's GPTQ codes instead of solving them again. Returns
+    (model, notes)."""
     model = copy.deepcopy(model)
     materialize_transposed_weights(model)
+    tied = tied_pairs(model)
     matmuls = set(weight_matmuls(model)) if "MatMul" in spec.op_types else set()
     exclude = set(exclude)
     int8 = (set(int8_nodes) & matmuls) - exclude if spec.bits == 4 else matmuls - exclude
@@ -185,13 +253,14 @@ def build(model, spec: WeightOnlySpec, *, int8_nodes=(), exclude=(), feeds=None)
             if int8:
                 model = _default(model, 8, spec, only=int8, op_type="MatMul")
             if int4:
-                model = _int4(model, spec, int4, feeds)
+                model = _int4(model, spec, int4, feeds, cache)
             gathers = set(embedding_gathers(model)) - exclude if "Gather" in spec.op_types else set()
             if gathers:
                 _quantize_gathers(model, gathers, spec)
     finally:
         ort_log.setLevel(level)
     _set_accuracy_level(model, spec.accuracy_level)
+    notes["shared_embedding"] = share_tied_embeddings(model, tied, row_scales=notes.get("awq", {}).get("_row_scales", {}))
     notes["nodes"] = {"int4_matmul": len(int4), "int8_matmul": len(int8),
                       "float32_matmul": len(matmuls - int4 - int8), f"int{spec.bits}_gather": len(gathers)}
     return model, notes
@@ -269,7 +338,7 @@ def _pack(values: np.ndarray, bits: int) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds):
+def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict | None = None):
     if spec.algorithm in ("rtn", "awq"):  # awq has already scaled the weights: RTN on the scaled rows
         return _default(model, 4, spec, only=nodes, op_type="MatMul")
     if spec.algorithm == "hqq":
@@ -280,10 +349,10 @@ def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds):
         q = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=algo)
         q.process()
         return q.model.model
-    return _gptq(model, spec, nodes, feeds)
+    return _gptq(model, spec, nodes, feeds, {} if cache is None else cache)
 
 
-def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds):
+def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict):
     """GPTQ on `nodes`: Hessians of their inputs from one probe run per calibration sample, then
     gptq_codes per weight, written as MatMulNBits with GPTQ's own grid.
 
@@ -294,11 +363,14 @@ def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds):
 
     inits = {t.name: t for t in model.graph.initializer}
     readers = [n for n in model.graph.node if n.name in nodes]
-    hessians = _hessians(model, sorted({n.input[0] for n in readers}), feeds)
+    todo = [n for n in readers if n.name not in cache]
+    hessians = _hessians(model, sorted({n.input[0] for n in todo}), feeds) if todo else {}
     replaced = {}
     for node in readers:
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        codes, scales, zeros = gptq_codes(w, hessians[node.input[0]], spec.block_size, spec.symmetric)
+        if node.name not in cache:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            cache[node.name] = gptq_codes(w, hessians[node.input[0]], spec.block_size, spec.symmetric)
+        codes, scales, zeros = cache[node.name]
         replaced[node.name] = _nbits_node(model, node, codes, scales, None if spec.symmetric else zeros, spec.block_size)
     for i, n in enumerate(model.graph.node):
         if n.name in replaced:
@@ -313,14 +385,15 @@ def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds):
 
 
 def _hessians(model, tensors: list[str], feeds) -> dict[str, np.ndarray]:
-    """tensor -> X^T X / rows over every token of `feeds` (float64)."""
+    """tensor -> X^T X / rows over every token of `feeds` (float32 while summing: smollm2's 121 inputs
+    hold ~0.4 GB of them; gptq_codes works in float64)."""
     acc = {t: None for t in tensors}
     rows = 0
     with _probe(model, tensors) as session:
         for feed in feeds:
             for t, v in zip(tensors, session.run(tensors, feed)):
                 x = np.asarray(v, dtype=np.float32).reshape(-1, v.shape[-1])
-                xtx = (x.T @ x).astype(np.float64)
+                xtx = x.T @ x
                 acc[t] = xtx if acc[t] is None else acc[t] + xtx
             rows += x.shape[0]
     return {t: h / max(rows, 1) for t, h in acc.items()}
@@ -332,7 +405,7 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool, percda
     scales and zero points (K / block, N)); weight ~ (codes - zero) * scale, block by block along K.
     Each block's grid is fitted to the rows as GPTQ has already updated them."""
     k, n = w.shape
-    w, h = w.copy(), h.copy()
+    w, h = w.astype(np.float64), h.astype(np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[dead] = 0.0
@@ -674,9 +747,11 @@ def run(job) -> tuple[Path, dict]:
     model = onnx.load(str(job.model))
     materialize_transposed_weights(model)  # the ranking reads the same float weights the builds quantize
     notes: dict[Path, dict] = {}
+    cache: dict = {}  # GPTQ codes per layer: the same in every round (Hessians of the float model's inputs)
 
     def make(int8_nodes: list[str]) -> Path:
-        quantized, why = build(model, spec, int8_nodes=int8_nodes, exclude=set(job.excluded), feeds=job.feeds)
+        quantized, why = build(model, spec, int8_nodes=int8_nodes, exclude=set(job.excluded), feeds=job.feeds,
+                               cache=cache)
         path = job.work / f"weight-only-{len(notes)}.onnx"
         onnx.save(quantized, str(path))
         notes[path] = why
