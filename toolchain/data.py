@@ -168,6 +168,12 @@ def _json_line(line: str, path: Path, number: int):
 
 
 def _from_rows(spec: DataSpec, name: str, rows: list[dict]) -> ClassificationData:
+    texts, pairs, labels = _columns(spec, name, rows)
+    return _split(name, texts, pairs, labels, label_names(labels))
+
+
+def _columns(spec: DataSpec, name: str, rows: list[dict]) -> tuple[list[str], list[str] | None, list]:
+    """(texts, pairs, labels) of `rows`: the named columns present, texts non-empty, labels of one kind."""
     columns = [spec.text_column, spec.label_column] + ([spec.pair_column] if spec.pair_column else [])
     missing = [c for c in columns if c not in rows[0]]
     if missing:
@@ -178,7 +184,7 @@ def _from_rows(spec: DataSpec, name: str, rows: list[dict]) -> ClassificationDat
     texts = [_text(r.get(spec.text_column), name, i) for i, r in enumerate(rows)]
     pairs = [_text(r.get(spec.pair_column), name, i) for i, r in enumerate(rows)] if spec.pair_column else None
     labels = checked_labels([r.get(spec.label_column) for r in rows], name, spec.label_column)
-    return _split(name, texts, pairs, labels, label_names(labels))
+    return texts, pairs, labels
 
 
 LABEL_KINDS = {bool: "true/false", int: "a number", float: "a number", str: "text"}
@@ -283,21 +289,7 @@ def _file_split(spec: DataSpec, source: str) -> tuple[list[str], list[str] | Non
     path = Path(source).expanduser()
     if not path.is_file():
         raise InputNotFound(f"{source} does not exist", "check the path")
-    rows = read_rows(path)
-    _check_columns(spec, source, rows)
-    texts = [_text(r[spec.text_column], source, i) for i, r in enumerate(rows)]
-    pairs = [_text(r[spec.pair_column], source, i) for i, r in enumerate(rows)] if spec.pair_column else None
-    return texts, pairs, [r[spec.label_column] for r in rows]
-
-
-def _check_columns(spec: DataSpec, name: str, rows: list[dict]) -> None:
-    columns = [spec.text_column, spec.label_column] + ([spec.pair_column] if spec.pair_column else [])
-    missing = [c for c in columns if c not in rows[0]]
-    if missing:
-        raise DataError(
-            f"{name} has no column {missing[0]!r} (columns: {', '.join(map(str, rows[0]))})",
-            "name the right columns with --text-column / --label-column / --pair-column",
-        )
+    return _columns(spec, source, read_rows(path))
 
 
 def load_user_splits(spec: DataSpec, *, whole: bool = False) -> ClassificationData:
@@ -336,7 +328,7 @@ def load_user_splits(spec: DataSpec, *, whole: bool = False) -> ClassificationDa
 
 def _by_split_column(spec: DataSpec) -> dict[str, tuple]:
     rows = read_rows(Path(spec.source).expanduser())
-    _check_columns(spec, spec.source, rows)
+    _columns(spec, spec.source, rows)  # every row checked once, whatever its split
     grouped: dict[str, list[dict]] = {}
     for i, row in enumerate(rows):
         value = str(row.get(spec.split_column) or "").strip().lower()
@@ -347,12 +339,7 @@ def _by_split_column(spec: DataSpec) -> dict[str, tuple]:
     if "train" not in grouped and "test" not in grouped:
         raise DataError(f"{spec.source}: the {spec.split_column!r} column names no train or test rows",
                         "mark rows as train, validation or test")
-    def columns(rows: list[dict]) -> tuple:
-        texts = [_text(r[spec.text_column], spec.source, i) for i, r in enumerate(rows)]
-        pairs = [_text(r[spec.pair_column], spec.source, i) for i, r in enumerate(rows)] if spec.pair_column else None
-        return texts, pairs, [r[spec.label_column] for r in rows]
-
-    return {split: columns(rows) for split, rows in grouped.items()}
+    return {split: _columns(spec, f"{spec.source} ({split})", rows) for split, rows in grouped.items()}
 
 
 def _cut_missing(data: ClassificationData) -> None:
