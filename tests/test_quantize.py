@@ -390,7 +390,7 @@ def test_embedding_bits_4_stores_the_embedding_tables_as_4bit_blocks_and_matmuls
     tables = {t.name: t for t in onnx.load(q4.onnx_path).graph.initializer}
     word = tables["bert.embeddings.word_embeddings.weight_Q4"]
     rows = json.loads((fused.path / "config.json").read_text())["vocab_size"]
-    assert word.data_type == onnx.TensorProto.UINT4 and list(word.dims) == [rows, 32]  # a 4-bit code per weight
+    assert word.data_type == onnx.TensorProto.UINT8 and list(word.dims) == [rows, 16]  # two 4-bit codes a byte
     assert list(tables["bert.embeddings.word_embeddings.weight_scales"].dims) == [rows, 1]  # one block (32) a row
 
 

@@ -39,7 +39,7 @@ def test_int4_replaces_every_weight_matmul_and_the_embedding(int4):
     assert len(_nodes(int4, "GatherBlockQuantized")) == 1
     assert wo.weight_matmuls(onnx.load(str(int4.onnx_path))) == {}  # no float weight left in a MatMul
     m = int4.manifest.lineage[-1].metrics
-    assert m["settings"] == {"mode": "weight-only", "bits": 4, "block_size": 32, "algorithm": "rtn",
+    assert m["settings"] == {"mode": "weight-only", "target": "host", "bits": 4, "block_size": 32, "algorithm": "rtn",
                              "accuracy_level": 4, "symmetric": False, "op_types": ["MatMul", "Gather"]}
     assert m["weight_only"]["nodes"] == {"int4_matmul": LAYERS, "int8_matmul": 0, "float32_matmul": 0, "int4_gather": 1}
     assert m["size_bytes_after"] < m["size_bytes_before"]
