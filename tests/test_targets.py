@@ -215,7 +215,7 @@ def test_recipe_target_reaches_every_step_and_the_bundle_ships_what_the_ep_runs(
     assert bundle.manifest.lineage[-1].input_hash == Artifact.load(out / "int8-static").content_hash
     info = json.loads((out / "bundle" / BUNDLE_FILE).read_text())
     assert info["target"]["readiness"]["share"] >= 0.9 and info["onnx"]["inputs"][0]["shape"] == [1, 32]
-    assert "target: android-nnapi" in output and "int8 int8-static: static int8, preset nnapi" in output
+    assert "target: android-nnapi" in output and "quantized int8-static: static int8, preset nnapi" in output
     assert "NNAPI runs" in output  # the summary names the EP's share of the shipped model
     report = (out / "report.md").read_text()
     assert "android-nnapi EP nodes" in report and "Target: `android-nnapi`" in report

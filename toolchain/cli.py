@@ -923,7 +923,7 @@ def _where(report) -> str:
     from .report import _machine_line
 
     lines = [f"target: {report.target}"]
-    lines += [f"int8 {r.name}: {r.int8}" for r in report.rows if r.int8]
+    lines += [f"quantized {r.name}: {r.int8}" for r in report.rows if r.int8]
     lines += [f"machine {label}: {_machine_line(m)}" for label, m in report.machines.items() if m]
     lines += [f"report: {report.folder / 'report.html'} (and report.md)"]
     lines += [f"bundle: {b} (check it: toolchain verify {b})" for b in report.bundles]

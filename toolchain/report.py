@@ -222,7 +222,11 @@ def _row(name: str, art: Artifact, key: str | None) -> Row:
     last = art.manifest.lineage[-1].metrics if art.manifest.lineage else {}
     row.readiness = last.get("readiness")
     settings = last.get("settings") or {}
-    if row.stage == "quantize" and settings:
+    if row.stage == "quantize" and settings.get("mode") == "weight-only":
+        row.int8 = (f"weight-only int{settings.get('bits')} ({settings.get('algorithm')}, blocks of "
+                    f"{settings.get('block_size')}, accuracy level {settings.get('accuracy_level')}), "
+                    f"target {settings.get('target', 'host')}")
+    elif row.stage == "quantize" and settings:
         row.int8 = (f"{settings.get('mode')} int8, preset {settings.get('preset')} ({settings.get('activation_type')} "
                     f"activations, {settings.get('weight_type')} weights, reduce_range {settings.get('reduce_range')})"
                     f", target {settings.get('target', 'host')}")
