@@ -187,6 +187,22 @@ def _from_made(key: str, made: Path | str, name: str, how: str) -> Variant:
     return Variant(key, name, how, path=made)
 
 
+def _quantized(v: Variant, parent: Artifact, cfg, out: Path, message: str, echo) -> Variant:
+    """`v` pointing at `parent` quantized with `cfg` into `out` (reused when unchanged), or carrying the error."""
+    from toolchain.config import config_to_dict
+    from toolchain.quantize import quantize
+
+    try:
+        if not _reusable(out, "quantize", config_to_dict(cfg), parent):
+            echo(message)
+            quantize(parent, cfg, out, force=Artifact.is_artifact(out))
+    except ToolchainError as exc:
+        v.error = exc.problem
+        return v
+    v.path = out
+    return v
+
+
 def _reusable(out: Path, stage: str, config: dict, parent: Artifact | None) -> bool:
     """An artifact at `out` made by `stage` with `config` from this `parent`, unchanged since: skip rebuilding it."""
     if not Artifact.is_artifact(out):
@@ -355,8 +371,7 @@ WEIGHT_ONLY = {"lm-wo-int8": {"mode": "weight-only", "bits": 8},
 
 def weight_only_variant(base: Variant, key: str, settings: dict, out: Path, echo) -> Variant:
     """toolchain quantize --mode weight-only on GenAI's fp32 graph (reused when built with this config)."""
-    from toolchain.config import config_to_dict
-    from toolchain.quantize import QuantizeConfig, quantize
+    from toolchain.quantize import QuantizeConfig
 
     bits, algo = settings["bits"], settings.get("algorithm", "rtn")
     v = Variant(key, f"toolchain weight-only int{bits}",
@@ -365,17 +380,7 @@ def weight_only_variant(base: Variant, key: str, settings: dict, out: Path, echo
     if base.path is None:
         v.error = f"no GenAI fp32 graph to quantize ({base.error})"
         return v
-    cfg = QuantizeConfig(**settings)
-    parent = Artifact.load(base.path)
-    try:
-        if not _reusable(out, "quantize", config_to_dict(cfg), parent):
-            echo(f"build {v.name}")
-            quantize(parent, cfg, out, force=Artifact.is_artifact(out))
-    except ToolchainError as exc:
-        v.error = exc.problem
-        return v
-    v.path = out
-    return v
+    return _quantized(v, Artifact.load(base.path), QuantizeConfig(**settings), out, f"build {v.name}", echo)
 
 
 GENAI_PRECISIONS = ("fp32", "int8", "int4")
@@ -409,20 +414,9 @@ LOOSE_RTOL = 2.0  # the quantize stage's parity tolerance is relative L2 error 0
 
 def _loosened_int8(onnx: Path, out: Path, quick: bool, echo) -> Variant:
     """The recipe's int8 step with its parity tolerance at LOOSE_RTOL, to measure what it would cost."""
-    from toolchain.config import config_to_dict
-    from toolchain.quantize import quantize
-
     v = Variant("lm-int8-loose", f"toolchain int8, parity check at {LOOSE_RTOL:g}",
                 f"the same quantize step with rtol {LOOSE_RTOL:g}: failed the default check, not shippable")
     _, (step,) = recipe_steps(LM_RECIPE, ("int8",), quick)
     cfg = dataclasses.replace(step.config, rtol=LOOSE_RTOL)
-    parent = Artifact.load(onnx)
-    try:
-        if not _reusable(out, "quantize", config_to_dict(cfg), parent):
-            echo(f"int8 failed its parity check: building it again with rtol {LOOSE_RTOL:g} to measure it")
-            quantize(parent, cfg, out, force=Artifact.is_artifact(out))
-    except ToolchainError as exc:
-        v.error = exc.problem
-        return v
-    v.path = out
-    return v
+    return _quantized(v, Artifact.load(onnx), cfg, out,
+                      f"int8 failed its parity check: building it again with rtol {LOOSE_RTOL:g} to measure it", echo)
