@@ -51,6 +51,21 @@ def test_package_writes_the_whole_edge_bundle(tiny_run):
     assert any(line.startswith("ai.onnx;") and "MatMul" in line for line in ops.splitlines())
 
 
+def test_model_ort_is_optimized_as_predict_py_runs_model_onnx(tiny_onnx, tmp_path):
+    """onnxruntime's converter would fuse SkipLayerNormalization, which the runtime disables (slower kernel,
+    other rounding): model.ort keeps Add + LayerNormalization like model.onnx in predict.py."""
+    from toolchain.optimize import OptimizeConfig, optimize
+    from toolchain.runtime import CPU_DISABLED_OPTIMIZERS
+
+    assert CPU_DISABLED_OPTIMIZERS == ("SkipLayerNormFusion",)
+    fused = optimize(tiny_onnx("bert").path, OptimizeConfig(), tmp_path / "fused")
+    art = package(fused.path, PackageConfig(mobile_check=False), tmp_path / "bundle")
+    ops = (art.path / "required_operators.config").read_text()
+    assert "SkipLayerNormalization" not in ops
+    assert any("LayerNormalization" in line for line in ops.splitlines() if line.startswith("ai.onnx;"))
+    assert art.manifest.lineage[-1].metrics["smoke"]["models"]["model.ort"] <= 1e-5
+
+
 def test_verify_accepts_the_bundle_and_runs_a_smoke_inference(bundle, tiny_run):
     r = cli("verify", bundle)
     assert r.exit_code == 0, r.output

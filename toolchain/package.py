@@ -263,25 +263,49 @@ def measured(art: Artifact) -> dict:
 
 
 def convert_to_ort(onnx_path: Path, folder: Path, target_platform: str) -> None:
-    """model.ort and required_operators.config, by onnxruntime's own converter (run as a separate process)."""
+    """model.ort and required_operators.config, optimized as predict.py runs model.onnx (in a separate process).
+
+    onnxruntime's own converter (onnxruntime.tools.convert_onnx_models_to_ort) cannot disable an optimizer: it
+    fused SkipLayerNormalization, whose CPU kernel predict.py avoids as 5-8x slower than Add + LayerNorm, and the
+    changed rounding moved a static-int8 student's logits by 0.0046 past the smoke test's atol (1e-3). This does
+    what it does (level ALL, NCHWc only for amd64, int8 QDQ fused only for arm) with runtime.CPU_DISABLED_OPTIMIZERS.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        # The converter writes scratch files beside its input: give it a copy, not the bundle's folder.
+        # Saving writes scratch files beside the input: give it a copy, not the bundle's folder.
         src = Path(tmp) / "in" / "model.onnx"
         src.parent.mkdir()
         for data in [onnx_path, *onnx_path.parent.glob("model.onnx.*")]:  # the graph and its external data
             shutil.copy2(data, src.parent / data.name)
-        cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src), "--output_dir",
-               str(Path(tmp) / "out"), "--optimization_style", "Fixed", "--target_platform", target_platform]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        produced = Path(tmp) / "out" / "model.ort"
+        produced = Path(tmp) / "model.ort"
+        code = f"from toolchain.package import _save_ort; _save_ort({str(src)!r}, {str(produced)!r}, {target_platform!r})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if done.returncode != 0 or not produced.is_file():
             last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1][:300]
             raise CheckFailed(f"onnxruntime could not convert the model to ORT format: {last}",
                               "package with ort_format: false (the bundle keeps model.onnx)")
         shutil.copy2(produced, folder / "model.ort")
-        config = (Path(tmp) / "out" / "model.required_operators.config").read_text()
+        config = produced.with_suffix(".required_operators.config").read_text()
         # Its header names the scratch path it was converted at: name the bundle's file instead.
         (folder / "required_operators.config").write_text(config.replace(str(produced), "model.ort"))
+
+
+def _save_ort(src: str, dst: str, target_platform: str) -> None:
+    """Save `src` as an ORT-format model at `dst` (and dst's required_operators.config); run by convert_to_ort."""
+    import onnxruntime as ort
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    from .runtime import CPU_DISABLED_OPTIMIZERS
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = dst
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    # As the converter: ARM kernels run int8 QDQ units as int8; x86 ones want uint8 activations.
+    opts.add_session_config_entry("session.qdqisint8allowed", "1" if target_platform == "arm" else "0")
+    # NCHWc layouts are x86-only: an ARM model.ort must not hold them.
+    disabled = [*CPU_DISABLED_OPTIMIZERS, *(["NchwcTransformer"] if target_platform != "amd64" else [])]
+    ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    create_config_from_models([Path(dst)], Path(dst).with_suffix(".required_operators.config"), False)
 
 
 EPS = {"NNAPI": None, "CoreML NeuralNetwork": "coreml_supported_neuralnetwork_ops.md",
