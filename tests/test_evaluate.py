@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from toolchain.errors import DataError
-from toolchain.evaluate import EvaluateConfig, Runner, classification_metrics, evaluate, predict, strided_nll
+from toolchain.evaluate import EvaluateConfig, Runner, evaluate, predict, strided_nll
+from toolchain.metrics import classification_metrics
 from toolchain.data import load_classification
 
 

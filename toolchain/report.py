@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifact import Artifact
+from .artifact import PLAN_FILE, Artifact
 from .errors import CheckFailed, DataError, InputNotFound, IntegrityError, OutputExists
 
 LOCAL = "local"  # the machine label of results stored in the manifests here
@@ -154,8 +154,6 @@ def _baseline_notes(report: Report) -> list[str]:
 
 
 def _plan(folder: Path) -> dict | None:
-    from .recipe import PLAN_FILE
-
     path = folder / PLAN_FILE
     if not path.is_file():
         return None
