@@ -6,7 +6,8 @@ from click.testing import CliRunner
 
 from toolchain.artifact import Artifact
 from toolchain.cli import main
-from toolchain.report import LOCAL, ReportConfig, collect, recommend, write_report
+from toolchain.render import write_report
+from toolchain.report import LOCAL, ReportConfig, collect, recommend
 
 MACHINE = {"cpu_model": "Test CPU", "cores_usable": 2, "threads_used": 2, "isa": {"avx2": True},
            "onnxruntime": {"version": "1.32.0"}}
@@ -85,8 +86,8 @@ def test_report_files_are_written_and_the_html_is_self_contained(tiny_onnx, tmp_
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(svg|png|css|js))""", page)
     md = (run / "report.md").read_text()
     row_b = next(line for line in md.splitlines() if "| b |" in line)
-    assert row_b.startswith("| ★ |") and "2.00x" in row_b  # twice as fast as a
-    assert "Ship **b**" in md
+    assert row_b.startswith("| ★ |") and "2.0x faster" in row_b  # twice as fast as a
+    assert "**Recommended:** Ship b" in md
     data = json.loads(CliRunner().invoke(main, ["report", str(run), "--json"]).output)
     assert data["recommended"] == report.recommended.name
 
