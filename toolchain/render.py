@@ -47,7 +47,7 @@ def document(report: Report, plot_titles: dict[str, tuple[str, str]]) -> list[tu
     rows, headers = table(report)
     blocks = [("h1", f"Report: {report.folder.name}")]
     blocks += [("p", report.description)] if report.description else []
-    blocks += [("summary", [Strong("Recommended: "), summary(report)] if report.recommended else summary(report))]
+    blocks += [("summary", [Strong("Recommended:"), " " + summary(report)] if report.recommended else summary(report))]
     blocks += [("table", headers, rows), ("ul", _legend(report))]
     blocks += [("h2", "How it was measured"), ("ul", _measured(report))]
     if plot_titles:
@@ -116,7 +116,7 @@ def _use_bundle(report: Report) -> list[tuple]:
         blocks += [("p", [Strong(b.path.name), f" ({b.task}{source}) needs only ",
                           Code("pip install onnxruntime tokenizers numpy"), ". In its folder:"]),
                    ("pre", _bundle_commands(b, report.folder)),
-                   ("ul", [[Code(name), f" {mb:.2f} MB" + (f": {FILES[name]}" if name in FILES else "")]
+                   ("ul", [[Code(name), f" {file_size(mb)}" + (f": {FILES[name]}" if name in FILES else "")]
                            for name, mb in b.files])]
     return blocks
 
@@ -129,6 +129,10 @@ FILES = {
     "labels.json": "label id -> name", "tokenizer.json": "the tokenizer", "README.md": "how to run and check it",
     "mobile_readiness.md": "what NNAPI / CoreML would run", "manifest.json": "lineage: how it was made",
 }
+
+
+def file_size(mb: float) -> str:
+    return f"{mb:.3g} MB" if mb >= 0.1 else f"{mb * 1000:.3g} KB" if mb >= 0.001 else "under 1 KB"
 
 
 def _bundle_commands(b, folder: Path) -> str:
@@ -192,7 +196,7 @@ def html(report: Report, plot_svgs: dict[str, str]) -> str:
 <style>
 body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }} td {{ white-space: nowrap; }}
 th {{ background: #f3f3f3; }} td:nth-child(2), td:nth-child(3), td:nth-child(4) {{ text-align: left; }}
 tr.rec td {{ background: #fff3e0; font-weight: 600; }}
 .summary {{ font-size: 16px; padding: .8em 1em; background: #fff3e0; border-left: 4px solid #ff7f0e; }}
@@ -334,7 +338,7 @@ def _plot_sizes(report: Report):
             color=[_color(report, r) for r in report.rows])
     for i, r in enumerate(report.rows):
         ratio = "original" if r is o else times(o.size_mb if o else None, r.size_mb, "smaller", "larger")
-        ax.text(r.size_mb, i, f" {r.size_mb:.1f} MB" + (f", {ratio}" if ratio else ""), va="center", fontsize=8)
+        ax.text(r.size_mb, i, f" {file_size(r.size_mb)}" + (f", {ratio}" if ratio else ""), va="center", fontsize=8)
     ax.set_xlim(0, max(r.size_mb for r in report.rows) * 1.45 or 1)  # room for the text after the longest bar
     ax.invert_yaxis()
     ax.set_xlabel("model size, MB")

@@ -550,7 +550,11 @@ def vs_original_text(r: Row, report: Report) -> str:
     if v["p"] is None:
         return f"{diff} (not paired)"
     verdict = "within noise" if v["within_noise"] else ("worse" if v["diff"] < 0 else "better")
-    return f"{diff}, {verdict} (p {v['p']:.2g})"
+    return f"{diff}, {verdict} ({p_text(v['p'])})"
+
+
+def p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p {p:.3f}" if p < 0.01 else f"p {p:.2f}"
 
 
 def summary(report: Report) -> str:
@@ -558,7 +562,8 @@ def summary(report: Report) -> str:
     r, o = report.recommended, report.original
     if r is None:
         return "No artifact can be recommended: " + ("; ".join(report.notes) or "none is within the budget")
-    budget = (f"budget {report.cfg.accuracy_budget * 100:g} point(s)" if report.metric == "accuracy"
+    points = report.cfg.accuracy_budget * 100
+    budget = (f"budget {points:g} point{'' if points == 1 else 's'}" if report.metric == "accuracy"
               else f"budget +{report.cfg.perplexity_budget:.0%}")
     ci = f" (95% interval {interval_text(r.ci95)})" if r.ci95 else ""
     parts = [f"Ship {r.name} ({r.stage}, {r.format}): {report.metric} {_num(r.quality)}{ci}"]
@@ -567,11 +572,12 @@ def summary(report: Report) -> str:
         if r.vs_original:
             parts[0] += f", {vs_original_text(r, report)}"
         parts[0] += f"; {budget}"
-        parts.append(f"{r.size_mb:.1f} MB, {times(o.size_mb, r.size_mb, 'smaller', 'larger')}" if r.size_mb else "")
+        smaller = times(o.size_mb, r.size_mb, "smaller", "larger")
+        parts.append(f"{r.size_mb:.3g} MB, {'the same size' if smaller == 'same' else smaller}" if r.size_mb else "")
         g = report.primary
         if g in r.speed and g in o.speed and r.speed[g].p50_ms and o.speed[g].p50_ms:
             parts.append(f"p50 {r.speed[g].p50_ms:.2f} ms at batch {report.cfg.batch} on {g[1]}, "
-                         + times(o.speed[g].p50_ms, r.speed[g].p50_ms, "faster", "slower"))
+                         + times(o.speed[g].p50_ms, r.speed[g].p50_ms, "faster", "slower").replace("same", "as fast"))
     elif o is r:
         parts.append("no smaller or faster artifact stayed within the budget")
     if report.target != "host" or r.int8:
