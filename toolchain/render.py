@@ -196,7 +196,7 @@ def html(report: Report, plot_svgs: dict[str, str]) -> str:
 <style>
 body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }} td {{ white-space: nowrap; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }} td {{ white-space: nowrap; }} td:nth-child(2) {{ white-space: normal; }}
 th {{ background: #f3f3f3; }} td:nth-child(2), td:nth-child(3), td:nth-child(4) {{ text-align: left; }}
 tr.rec td {{ background: #fff3e0; font-weight: 600; }}
 .summary {{ font-size: 16px; padding: .8em 1em; background: #fff3e0; border-left: 4px solid #ff7f0e; }}

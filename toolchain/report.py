@@ -495,7 +495,7 @@ def table(report: Report) -> tuple[list[list], list[str]]:
     out = []
     for r in report.rows:
         mark = "★" if r is report.recommended else ("front" if r.pareto else "")
-        cells = [mark, r.name, r.stage, r.format, _num(r.quality)]
+        cells = [mark, r.name, r.stage, r.format, _quality(r.quality, report.metric)]
         cells += [interval_text(r.ci95), vs_original_text(r, report)] if accuracy else []
         cells += [_num(r.size_mb), times(orig.size_mb if orig else None, r.size_mb, "smaller", "larger")
                   if r is not orig else "original"]
@@ -514,7 +514,7 @@ def table(report: Report) -> tuple[list[list], list[str]]:
     if report.baseline is not None and accuracy:
         b = report.baseline
         ci = wilson(round(b["accuracy"] * b["n"]), b["n"]) if isinstance(b.get("n"), int) and b["n"] > 0 else None
-        out.append(["", f"baseline ({b['model']}, C={b['C']:g})", "baseline", "sklearn", _num(b["accuracy"]),
+        out.append(["", f"baseline ({b['model']}, C={b['C']:g})", "baseline", "sklearn", _quality(b["accuracy"]),
                     interval_text(ci)] + [""] * (len(headers) - 6))
     return out, headers
 
@@ -523,6 +523,11 @@ def _num(v) -> str:
     if v is None:
         return ""
     return f"{v:.4f}" if abs(v) < 1 else f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def _quality(v, metric: str = "accuracy") -> str:
+    """Accuracy always with four decimals (1.0000, not 1), so a column of them lines up."""
+    return f"{v:.4f}" if v is not None and metric == "accuracy" else _num(v)
 
 
 def times(before, after, fewer: str, more: str) -> str:
@@ -566,9 +571,9 @@ def summary(report: Report) -> str:
     budget = (f"budget {points:g} point{'' if points == 1 else 's'}" if report.metric == "accuracy"
               else f"budget +{report.cfg.perplexity_budget:.0%}")
     ci = f" (95% interval {interval_text(r.ci95)})" if r.ci95 else ""
-    parts = [f"Ship {r.name} ({r.stage}, {r.format}): {report.metric} {_num(r.quality)}{ci}"]
+    parts = [f"Ship {r.name} ({r.stage}, {r.format}): {report.metric} {_quality(r.quality, report.metric)}{ci}"]
     if o is not None and o is not r:
-        parts[0] += f" vs {_num(o.quality)} for the original {o.name}"
+        parts[0] += f" vs {_quality(o.quality, report.metric)} for the original {o.name}"
         if r.vs_original:
             parts[0] += f", {vs_original_text(r, report)}"
         parts[0] += f"; {budget}"
