@@ -224,7 +224,7 @@ def test_use_this_bundle_says_how_to_run_the_packaged_bundle(tiny_run):
     assert "python predict.py &quot;A charming, moving film.&quot;" in use and "python predict.py --smoke" in use
     assert f"toolchain verify {run / 'bundle'}" in use
     assert "<li><code>predict.py</code>" in use and "<li><code>model.onnx</code>" in use
-    assert "packaged from onnx" in use
+    assert "<strong>bundle</strong> (packaged from onnx): a text-classification bundle" in use
 
 
 def test_trade_off_plot_names_each_artifact_once_in_its_legend_not_beside_its_point(tiny_onnx, tmp_path):

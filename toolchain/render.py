@@ -98,8 +98,8 @@ def _target_line(report: Report) -> list:
 
     t = TARGETS.get(report.target)
     if t is None:
-        return ["Target ", Code(report.target), "."]
-    return ["Target ", Code(t.name), f": {t.runs_on}; fusions {t.fusions}, "
+        return ["Target: ", Code(report.target), "."]
+    return ["Target: ", Code(t.name), f", {t.runs_on}; fusions {t.fusions}, "
             f"{'inputs fixed to [1, max_length]' if t.fixed_shapes else 'dynamic shapes'}, .ort for {t.ort_platform}, "
             f"providers {', '.join(t.providers)}."]
 
@@ -112,8 +112,8 @@ def _use_bundle(report: Report) -> list[tuple]:
                        Code(f"toolchain package {report.folder}/{name} BUNDLE"), "."])]
     blocks = []
     for b in report.bundle_info:
-        source = f", packaged from {b.source}" if b.source else ""
-        blocks += [("p", [Strong(b.path.name), f" ({b.task}{source}) needs only ",
+        source = f" (packaged from {b.source})" if b.source else ""
+        blocks += [("p", [Strong(b.path.name), f"{source}: a {b.task} bundle that needs only ",
                           Code("pip install onnxruntime tokenizers numpy"), ". In its folder:"]),
                    ("pre", _bundle_commands(b, report.folder)),
                    ("ul", [[Code(name), f" {file_size(mb)}" + (f": {FILES[name]}" if name in FILES else "")]
