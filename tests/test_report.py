@@ -178,7 +178,8 @@ def test_accuracy_has_its_interval_and_a_paired_verdict_against_the_original(tin
     assert rows["d"][headers.index("vs original")] == "+0.0 pt (not paired)"
     assert rows["a"][headers.index("95% interval")] == "0.774-0.824"
     assert report.recommended.name == "b"  # within the budget; c is 3 points below it
-    assert "95% interval 0.771-0.821) vs 0.8000 for the original a, -0.3 pt, within noise (p 0.51)" in summary_of(report)
+    text = summary_of(report)
+    assert "95% interval 0.771-0.821) vs 0.8000 for the original a, -0.3 pt, within noise (p 0.51)" in text
 
 
 def collect_table(report):

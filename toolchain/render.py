@@ -164,7 +164,7 @@ def _md_inline(text) -> str:
     def one(s):
         if isinstance(s, Code):
             return f"`{s.text}`"
-        return f"**{s.text}**" if isinstance(s, Strong) else s.replace("|", "/")
+        return f"**{s.text}**" if isinstance(s, Strong) else s
 
     return "".join(one(s) for s in _spans(text))
 
@@ -182,7 +182,7 @@ def _md_block(block: tuple) -> list[str]:
     if kind == "table":
         _, headers, rows = block
         return (["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-                + ["| " + " | ".join(_md_inline(str(c)) for c in r) + " |" for r in rows])
+                + ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows])  # | splits cells
     _, name, title, caption = block
     return [f"![{title}]({plot_file(name)})", "", f"*{caption}*"]
 
@@ -196,7 +196,8 @@ def html(report: Report, plot_svgs: dict[str, str]) -> str:
 <style>
 body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }} td {{ white-space: nowrap; }} td:nth-child(2) {{ white-space: normal; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+td {{ white-space: nowrap; }} td:nth-child(2) {{ white-space: normal; }}
 th {{ background: #f3f3f3; }} td:nth-child(2), td:nth-child(3), td:nth-child(4) {{ text-align: left; }}
 tr.rec td {{ background: #fff3e0; font-weight: 600; }}
 .summary {{ font-size: 16px; padding: .8em 1em; background: #fff3e0; border-left: 4px solid #ff7f0e; }}
