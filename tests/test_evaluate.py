@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from toolchain.errors import DataError
-from toolchain.evaluate import EvaluateConfig, Runner, classification_metrics, evaluate, predict, strided_nll
+from toolchain.evaluate import EvaluateConfig, Runner, evaluate, predict, strided_nll
+from toolchain.metrics import classification_metrics
 from toolchain.data import load_classification
 
 
@@ -39,6 +40,12 @@ def test_evaluate_records_the_result_and_agreement_in_the_manifest(tiny, tiny_on
 
     stored = Artifact.load(art.path).manifest.results["evaluate/d.csv/test"]
     assert stored["accuracy"] == result["accuracy"] and stored["format"] == "onnx"
+    # Per-example correctness and the 95% interval, for the report's paired tests and error bars.
+    from toolchain.metrics import unpack_correct, wilson
+
+    correct = unpack_correct(stored["correct"], stored["n"])
+    assert correct.mean() == pytest.approx(result["accuracy"])
+    assert stored["accuracy_ci95"] == pytest.approx(list(wilson(int(correct.sum()), len(correct))))
 
 
 def test_label_the_model_never_saw_is_an_error(tiny):

@@ -2,14 +2,18 @@ import json
 import re
 import shutil
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from toolchain.artifact import Artifact
 from toolchain.cli import main
-from toolchain.report import LOCAL, ReportConfig, collect, recommend, write_report
+from toolchain.render import write_report
+from toolchain.report import LOCAL, ReportConfig, collect, recommend
 
 MACHINE = {"cpu_model": "Test CPU", "cores_usable": 2, "threads_used": 2, "isa": {"avx2": True},
            "onnxruntime": {"version": "1.32.0"}}
+BUSY = MACHINE | {"threads_used": 1, "threads_why": "1 thread per model: the machine was busy (load 5.1 on 2 cores)"}
 
 
 def bench_rows(label: str, p50_by_batch: dict, provider: str = "cpu", task: str = "text-classification") -> list:
@@ -85,8 +89,8 @@ def test_report_files_are_written_and_the_html_is_self_contained(tiny_onnx, tmp_
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(svg|png|css|js))""", page)
     md = (run / "report.md").read_text()
     row_b = next(line for line in md.splitlines() if "| b |" in line)
-    assert row_b.startswith("| ★ |") and "2.00x" in row_b  # twice as fast as a
-    assert "Ship **b**" in md
+    assert row_b.startswith("| ★ |") and "2.0x faster" in row_b  # twice as fast as a
+    assert "**Recommended:** Ship b" in md
     data = json.loads(CliRunner().invoke(main, ["report", str(run), "--json"]).output)
     assert data["recommended"] == report.recommended.name
 
@@ -132,3 +136,103 @@ def test_report_rewrites_its_own_files_but_never_a_users(tiny_onnx, tmp_path):
     r = CliRunner().invoke(main, ["report", str(run)], catch_exceptions=False)
     assert r.exit_code == 6 and "was not written by toolchain report" in r.output
     assert (run / "report.html").read_text() == "<p>my page</p>"
+
+
+def score(run, name: str, correct: np.ndarray) -> None:
+    """Give artifact `name` an evaluation with per-example correctness (what evaluate stores)."""
+    from toolchain.metrics import pack_correct, wilson
+
+    art = Artifact.load(run / name)
+    art.record_result("evaluate/rotten-tomatoes/test", {
+        "accuracy": float(correct.mean()), "n": len(correct), "correct": pack_correct(correct),
+        "accuracy_ci95": list(wilson(int(correct.sum()), len(correct))), "split": "test", "data": "rotten-tomatoes",
+        "batch_size": 1})
+
+
+def swapped(correct: np.ndarray, lose: int, win: int) -> np.ndarray:
+    """`correct` with its first `lose` right answers made wrong and its first `win` wrong ones made right."""
+    out = correct.copy()
+    out[np.flatnonzero(correct)[:lose]] = False
+    out[np.flatnonzero(~correct)[:win]] = True
+    return out
+
+
+def test_accuracy_has_its_interval_and_a_paired_verdict_against_the_original(tiny_onnx, tmp_path):
+    from toolchain.metrics import mcnemar_exact, wilson
+
+    run = make_run(tiny_onnx, tmp_path / "run", {"a": (0.8, 10.0), "b": (0.8, 5.0), "c": (0.8, 4.0), "d": (0.8, 20.0)})
+    orig = np.arange(1000) % 5 != 0  # 800 of 1,000 right
+    score(run, "a", orig)
+    score(run, "b", swapped(orig, 6, 3))  # -0.3 points: 9 examples differ, 6 against b: chance
+    score(run, "c", swapped(orig, 40, 10))  # -3 points, 40 against 10: not chance
+    report = collect(run, cfg=ReportConfig(original="a", accuracy_budget=0.01))  # d keeps make_run's n=100 result
+    by = {r.name: r for r in report.rows}
+    assert by["a"].ci95 == pytest.approx(wilson(800, 1000))
+    assert by["b"].vs_original["p"] == pytest.approx(mcnemar_exact(3, 6)) and by["b"].vs_original["within_noise"]
+    assert by["c"].vs_original["p"] < 0.001 and not by["c"].vs_original["within_noise"]
+    assert by["d"].vs_original["p"] is None  # scored on other examples: no paired test
+    assert by["d"].ci95 == pytest.approx(wilson(80, 100))  # the interval from accuracy and n alone
+    rows, headers = collect_table(report)
+    assert rows["b"][headers.index("vs original")] == "-0.3 pt, within noise (p 0.51)"
+    assert rows["c"][headers.index("vs original")] == "-3.0 pt, worse (p < 0.001)"
+    assert rows["d"][headers.index("vs original")] == "+0.0 pt (not paired)"
+    assert rows["a"][headers.index("95% interval")] == "0.774-0.824"
+    assert report.recommended.name == "b"  # within the budget; c is 3 points below it
+    text = summary_of(report)
+    assert "95% interval 0.771-0.821) vs 0.8000 for the original a, -0.3 pt, within noise (p 0.51)" in text
+
+
+def collect_table(report):
+    from toolchain.report import table
+
+    rows, headers = table(report)
+    return {r[1]: r for r in rows}, headers
+
+
+def summary_of(report):
+    from toolchain.report import summary
+
+    return summary(report)
+
+
+def test_the_page_is_real_html_with_the_machine_and_one_way_to_say_size(tiny_onnx, tmp_path):
+    run = make_run(tiny_onnx, tmp_path / "run", {"a": (0.85, 10.0), "b": (0.845, 5.0)})
+    art = Artifact.load(run / "b")
+    art.record_result("bench/cpu/data-rotten-tomatoes", {"machine": BUSY, "created": 1764748800.0,  # 2025-12-03
+                                                        "rows": bench_rows("b", {1: 5.0, 8: 20.0})})
+    write_report(run, cfg=ReportConfig(original="a"))
+    page, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    body = page.split("<body>")[1]
+    assert "<table>" in body and "<ul>" in body and "<li>" in body and "<code>" in body
+    assert "`" not in body and "**" not in body and not re.search(r"(^|>)- ", body, re.M)  # no Markdown leaks
+    assert "Ship b" in body and "<strong>Recommended:</strong> Ship b" in body
+    # The machine, how many threads and why (the load), and the day it was measured, in words.
+    assert "1 thread per model: the machine was busy (load 5.1 on 2 cores)" in body
+    assert "measured 2025-12-03 (UTC)" in body and "Test CPU" in body
+    # One way to say size and speed: "N.Nx smaller/faster", never a bare fraction such as 0.16x.
+    for text in (body, md):
+        assert not re.search(r"\b0\.\d+x\b", text)
+    assert "1.0x" not in body and "same" in body and "2.0x faster" in body
+    # Plot titles in words, not code names; the bundle section says how to make one when the run has none.
+    assert "Accuracy against p50 latency (batch 1, cpu)" in body and ">quality-vs-speed<" not in body
+    assert "Use this bundle" in body and f"toolchain package {run}/b BUNDLE" in body
+
+
+def test_use_this_bundle_says_how_to_run_the_packaged_bundle(tiny_run):
+    run, _, _ = tiny_run
+    page = (run / "report.html").read_text()
+    use = page.split("<h2>Use this bundle</h2>")[1]
+    assert "python predict.py &quot;A charming, moving film.&quot;" in use and "python predict.py --smoke" in use
+    assert f"toolchain verify {run / 'bundle'}" in use
+    assert "<li><code>predict.py</code>" in use and "<li><code>model.onnx</code>" in use
+    assert "<strong>bundle</strong> (packaged from onnx): a text-classification bundle" in use
+
+
+def test_trade_off_plot_names_each_artifact_once_in_its_legend_not_beside_its_point(tiny_onnx, tmp_path):
+    from toolchain.render import plots
+
+    run = make_run(tiny_onnx, tmp_path / "run", {"fused": (0.816, 5.0), "fusedonnx": (0.815, 5.1)})
+    svg = plots(collect(run))["quality-vs-speed"]
+    # matplotlib writes each text as a comment before its glyphs: one legend entry per artifact, nothing more.
+    assert len(re.findall(r"<!-- fusedonnx: ", svg)) == 1 and len(re.findall(r"<!-- fused: ", svg)) == 1
+    assert "<!-- fusedonnx -->" not in svg and "<!-- fused -->" not in svg

@@ -28,6 +28,8 @@ from .errors import BadModel, InputNotFound, IntegrityError, OutputExists, Write
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# A run folder's resolved recipe (toolchain/recipe.py writes it): the report reads step order and settings from it.
+PLAN_FILE = "recipe.json"
 PARTIAL_PREFIX = ".partial-"
 MAX_MANIFEST_BYTES = 64 << 20  # hashes, lineage and results of a few hundred files are kilobytes
 Format = Literal["torch", "onnx"]

@@ -38,7 +38,7 @@ def _fit_and_score(spec: DataSpec, split: str, max_samples: int | None, seed: in
         from sklearn.linear_model import LogisticRegression
     except ImportError:
         raise MissingPackage("the TF-IDF baseline needs scikit-learn", "pip install scikit-learn") from None
-    from .evaluate import classification_metrics
+    from .metrics import classification_metrics
 
     if split == ALL:
         raise DataError("the baseline trains on a train split, and split 'all' has none",

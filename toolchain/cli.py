@@ -894,7 +894,8 @@ def run_recipe(recipe, out, dry_run, force, quick, target, as_json):
     """
     from .guard import output_lock
     from .recipe import check_run_folder, load_recipe, plan, run
-    from .report import as_dict, summary, table, write_report
+    from .render import write_report
+    from .report import as_dict, summary, table
 
     r = load_recipe(recipe, quick=quick, target=target)
     if dry_run:
@@ -938,7 +939,8 @@ def _where(report) -> str:
 @reports_errors
 def report_cmd(folder, other, as_json):
     """Write FOLDER/report.md and report.html: every artifact's accuracy, size and speed, and which to ship."""
-    from .report import as_dict, summary, table, write_report
+    from .render import write_report
+    from .report import as_dict, summary, table
 
     report = write_report(folder, list(other))
     rows, headers = table(report)

@@ -42,7 +42,7 @@ from .artifact import Artifact, prepare_output, write_artifact
 from .config import config_to_dict
 from .errors import BadModel, CheckFailed, DataError, Unsupported
 from .guard import writes_output
-from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
+from .modeling import ModelSource, infer_task, load_model, load_tokenizer, model_inputs, resolve_model, source_hash
 from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE, best_epoch_callback
 
 LM_VALIDATION_FRACTION = 0.1  # the last tenth of a plain text's windows is held out for perplexity
@@ -456,14 +456,6 @@ def weights_hash(model) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def model_inputs(model, batch: dict) -> dict:
-    """The input tensors a model's forward accepts (Llama takes no token_type_ids)."""
-    import inspect
-
-    accepted = inspect.signature(model.forward).parameters
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch and k in accepted}
 
 
 def teacher_rows(teacher, collate: Collator, examples: list[dict], top_k: int | None, device) -> list[tuple]:

@@ -19,6 +19,7 @@ from .artifact import Artifact
 from .config import config_to_dict
 from .data import ALL, SPLITS, DataSpec, Split, batches, data_spec, load_classification, load_text
 from .errors import DataError, Unsupported
+from .metrics import classification_metrics, pack_correct, wilson
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
 
 
@@ -157,6 +158,10 @@ def _classification(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
     labels = map_labels(data.label_names, runner.config)[split.labels]
     pred = predict(runner, split, cfg).argmax(-1)
     result = classification_metrics(labels, pred, runner.config.num_labels)
+    # Per-example correctness, so the report can test two artifacts on the same examples (McNemar), and the
+    # interval that says how far this n lets the accuracy be trusted.
+    correct = labels == pred
+    result |= {"correct": pack_correct(correct), "accuracy_ci95": list(wilson(int(correct.sum()), len(correct)))}
     result |= split_facts(data, cfg.split)
     result["labels"] = [runner.config.id2label[i] for i in range(runner.config.num_labels)]
     if reference is not None:
@@ -202,18 +207,6 @@ def map_labels(names: list[str], config) -> np.ndarray:
         raise DataError(f"label {unseen[0]!r} in the data is not one the model knows ({', '.join(model_names)})",
                         "evaluate on data with the model's labels, or fine-tune on this data")
     return np.array([model_names.index(n) for n in names])
-
-
-def classification_metrics(labels: np.ndarray, pred: np.ndarray, num_labels: int) -> dict:
-    """Accuracy, macro F1 and the confusion matrix (rows: true label, columns: prediction)."""
-    cm = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    f1 = []
-    for k in range(num_labels):
-        tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": float((labels == pred).mean()), "macro_f1": float(np.mean(f1)),
-            "confusion_matrix": cm.tolist(), "n": int(len(labels))}
 
 
 MIN_PERPLEXITY_TOKENS = 16

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from . import kd_losses
-from .distill import model_inputs
+from .modeling import model_inputs
 
 
 @dataclass

@@ -410,3 +410,11 @@ def _shape_fix(exc: Exception) -> str:
 
 def read_config_json(folder: Path) -> dict:
     return json.loads((Path(folder) / "config.json").read_text())
+
+
+def model_inputs(model, batch: dict) -> dict:
+    """The input tensors a model's forward accepts (Llama takes no token_type_ids)."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch and k in accepted}

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .artifact import Artifact, atomic_write_text
+from .artifact import PLAN_FILE, Artifact, atomic_write_text
 from .config import config_from_dict, config_to_dict
 from .errors import CheckFailed, IntegrityError, OutputExists, RecipeError
 from .guard import output_lock, refuse_overlap, regular_file
 from .report import ReportConfig
 from .stages import MEASURE, STAGES, TRANSFORM, stage
 
-PLAN_FILE = "recipe.json"  # the resolved recipe, written into DIR: the report reads order and settings from it
 TOP_KEYS = ("model", "data", "target", "description", "report", "quick", "steps")
 STEP_KEYS = ("name", "stage", "input", "config")
 # `data:` as a mapping: its key -> the config field it fills in every step that has that field.

@@ -5,7 +5,8 @@ latency from `bench/<provider>/<workload>` results (the layout of toolchain.benc
 `machine`, `config` and `rows`, each row with artifact, provider, mode, workload, batch, p50_ms,
 p90_ms, throughput, throughput_unit, status). Benchmark files made on other machines (`bench --json`)
 join as one column group per machine and provider, matched to artifacts by their label (the folder
-name). Writes report.md (plots beside it as SVG) and a self-contained report.html.
+name). This module is the data: rows, intervals, paired tests, the recommendation; toolchain/render.py
+turns a Report into report.md (plots beside it as SVG) and a self-contained report.html.
 
 The recommended artifact: on the Pareto front of quality against latency (or file size where no
 latency was measured), within the accuracy budget of the original, the one with the lowest latency.
@@ -13,15 +14,17 @@ latency was measured), within the accuracy budget of the original, the one with 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html as html_lib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifact import Artifact
-from .errors import CheckFailed, DataError, InputNotFound, IntegrityError, OutputExists
+import numpy as np
+
+from .artifact import PLAN_FILE, Artifact
+from .errors import CheckFailed, DataError, InputNotFound, IntegrityError
+from .metrics import paired, unpack_correct, wilson
 
 LOCAL = "local"  # the machine label of results stored in the manifests here
 # A mobile target's bundle must run on its EP: at least this share of nodes (the issue's bar), in at most
@@ -68,6 +71,12 @@ class Row:
     size_mb: float
     quality: float | None = None  # accuracy, or perplexity for causal LMs
     quality_note: str = ""  # split, examples and batch size it was measured at
+    n: int | None = None  # examples (or tokens) the quality was measured on
+    ci95: tuple[float, float] | None = None  # accuracy: the Wilson 95% interval over those n examples
+    correct: np.ndarray | None = field(default=None, repr=False)  # accuracy: per-example correctness, when stored
+    # Against the original: diff (accuracy points as a fraction), and on the same examples the McNemar p and
+    # within_noise; p is None when the two were not scored example by example on the same rows.
+    vs_original: dict | None = None
     speed: dict[tuple[str, str], Speed] = field(default_factory=dict)  # (machine, provider) -> Speed
     pareto: bool = False
     within_budget: bool = False
@@ -78,6 +87,16 @@ class Row:
     def ready(self) -> bool:
         r = self.readiness
         return bool(r) and r["share"] >= READY_SHARE and 0 < r["partitions"] <= MAX_PARTITIONS
+
+
+@dataclass
+class Bundle:
+    """A package step's output, as the report's "Use this bundle" section describes it."""
+
+    path: Path
+    task: str
+    source: str | None  # the artifact it packaged
+    files: list[tuple[str, float]]  # (file name, MB)
 
 
 @dataclass
@@ -97,6 +116,7 @@ class Report:
     description: str = ""
     target: str = "host"  # the recipe's deployment target (toolchain/targets.py)
     baseline: dict | None = None  # the TF-IDF + logistic-regression result on the compared split (classifiers)
+    bundle_info: list[Bundle] = field(default_factory=list)
 
     @property
     def primary(self) -> tuple[str, str]:
@@ -132,8 +152,30 @@ def collect(folder: str | Path, others: list[str | Path] = (), cfg: ReportConfig
                     (plan or {}).get("target") or "host")
     report.baseline = _baseline(arts, key)
     report.notes += _baseline_notes(report)
+    report.bundle_info = [_bundle(path, report.bundle_sources.get(path.name)) for path in report.bundles]
+    _compare(report)
     _rank(report)
     return report
+
+
+def _compare(report: Report) -> None:
+    """Each row's accuracy against the original's: paired on the same examples when both stored them."""
+    o = report.original
+    if report.metric != "accuracy" or o is None or o.quality is None:
+        return
+    for r in report.rows:
+        if r is o or r.quality is None:
+            continue
+        if r.correct is not None and o.correct is not None and len(r.correct) == len(o.correct):
+            r.vs_original = paired(r.correct, o.correct)
+        else:
+            r.vs_original = {"diff": r.quality - o.quality, "p": None, "within_noise": None}
+
+
+def _bundle(path: Path, source: str | None) -> Bundle:
+    art = Artifact.load(path)
+    files = [(f, (path / f).stat().st_size / 1e6) for f in sorted(art.manifest.files) if (path / f).is_file()]
+    return Bundle(path, art.task, source, files)
 
 
 def _baseline(arts: list[tuple[str, Artifact]], key: str | None) -> dict | None:
@@ -154,8 +196,6 @@ def _baseline_notes(report: Report) -> list[str]:
 
 
 def _plan(folder: Path) -> dict | None:
-    from .recipe import PLAN_FILE
-
     path = folder / PLAN_FILE
     if not path.is_file():
         return None
@@ -234,16 +274,43 @@ def _row(name: str, art: Artifact, key: str | None) -> Row:
     value = r.get("perplexity" if art.task == "text-generation" else "accuracy") if isinstance(r, dict) else None
     if value is not None:
         row.quality = float(value)
-        row.quality_note = (f"{r.get('data')} {r.get('split')}, n={r.get('n', r.get('tokens'))}, "
-                            f"batch {r.get('batch_size')}")
+        n = r.get("n", r.get("tokens"))
+        row.n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+        row.quality_note = f"{r.get('data')} {r.get('split')}, n={n}, batch {r.get('batch_size')}"
+        if art.task != "text-generation" and row.n:
+            row.ci95, row.correct = _interval(r, row.quality, row.n), _correct(r, row.n)
     return row
+
+
+def _interval(result: dict, accuracy: float, n: int) -> tuple[float, float]:
+    """The stored 95% interval, or the Wilson interval of a result evaluated before evaluate stored one."""
+    ci = result.get("accuracy_ci95")
+    if isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return float(ci[0]), float(ci[1])
+    return wilson(round(accuracy * n), n)
+
+
+def _correct(result: dict, n: int) -> np.ndarray | None:
+    """Per-example correctness, if the result holds it (evaluations since issue 18) and it is intact."""
+    try:
+        return unpack_correct(result["correct"], n)
+    except (KeyError, TypeError, ValueError):  # absent, not a string, or not n bits (binascii.Error is a ValueError)
+        return None
 
 
 def _local_speed(row: Row, art: Artifact, cfg: ReportConfig, machines: dict) -> None:
     for key, result in art.manifest.results.items():
         if key.startswith("bench/") and isinstance(result, dict):
-            machines.setdefault(LOCAL, result.get("machine") or {})
+            machines.setdefault(LOCAL, dict(result.get("machine") or {}))
+            _add_date(machines[LOCAL], result.get("created"))
             _add_speed(row, LOCAL, result.get("rows") or [], cfg)
+
+
+def _add_date(machine: dict, created) -> None:
+    """Note the UTC day a benchmark on `machine` was made (its result's `created` time), once per day."""
+    if machine and isinstance(created, (int, float)) and not isinstance(created, bool):
+        day = time.strftime("%Y-%m-%d", time.gmtime(created))
+        machine["measured"] = sorted(set(machine.get("measured", [])) | {day})
 
 
 def _add_speed(row: Row, machine: str, rows: list[dict], cfg: ReportConfig) -> None:
@@ -291,7 +358,8 @@ def _merge_other(path: Path, rows: list[Row], bundles: list[tuple[str, Path]], c
     if result.get("machine") is not None and not isinstance(result["machine"], dict):
         raise DataError(f"{path}: its machine record is not a mapping", "pass the unedited output of `toolchain bench --json`")
     machine = safe_name(path.stem)
-    machines[machine] = result.get("machine") or {}
+    machines[machine] = dict(result.get("machine") or {})
+    _add_date(machines[machine], result.get("created"))
     alias = _bundle_aliases(bundles, rows)
     by_name = {r.name: r for r in rows}
     notes = []
@@ -407,24 +475,30 @@ def recommend(folder: str | Path, cfg: ReportConfig | None = None) -> str:
     return report.recommended.name
 
 
-# ---------------------------------------------------------------- tables
+# ---------------------------------------------------------------- table and summary (plain text: the terminal,
+# report.md and report.html all show these cells; toolchain/render.py lays them out)
 
 
 def table(report: Report) -> tuple[list[list], list[str]]:
-    """Rows and headers of the artifact table (the terminal and the Markdown share them)."""
-    headers = ["", "artifact", "stage", "format", report.metric, "size MB", "size vs orig"]
+    """Rows and headers of the artifact table."""
+    accuracy = report.metric == "accuracy"
+    headers = ["", "artifact", "stage", "format", report.metric]
+    headers += ["95% interval", "vs original"] if accuracy else []
+    headers += ["size MB", "size vs original"]
     mobile = _mobile(report)
     if mobile:
         headers.append(f"{report.target} EP nodes")
     for i, (machine, provider) in enumerate(report.groups):
         g = f"{machine}/{provider}"
-        headers += [f"{g} p50 ms", f"{g} p90 ms", f"{g} throughput"] + (["speedup"] if i == 0 else [])
+        headers += [f"{g} p50 ms", f"{g} p90 ms", f"{g} throughput"] + (["speed vs original"] if i == 0 else [])
     orig = report.original
     out = []
     for r in report.rows:
         mark = "★" if r is report.recommended else ("front" if r.pareto else "")
-        cells = [mark, r.name, r.stage, r.format, _num(r.quality), _num(r.size_mb),
-                 _ratio(r.size_mb, orig.size_mb if orig else None)]
+        cells = [mark, r.name, r.stage, r.format, _quality(r.quality, report.metric)]
+        cells += [interval_text(r.ci95), vs_original_text(r, report)] if accuracy else []
+        cells += [_num(r.size_mb), times(orig.size_mb if orig else None, r.size_mb, "smaller", "larger")
+                  if r is not orig else "original"]
         if mobile:
             x = r.readiness
             cells.append(f"{x['share']:.0%} ({x['partitions']} part.)" if x else "")
@@ -434,12 +508,14 @@ def table(report: Report) -> tuple[list[list], list[str]]:
                       f"{_num(s.throughput)} {s.unit}" if s and s.throughput else ""]
             if i == 0:
                 base = orig.speed.get(g) if orig else None
-                cells.append(_ratio(base.p50_ms if base else None, s.p50_ms if s else None))
+                cells.append("original" if r is orig else
+                             times(base.p50_ms if base else None, s.p50_ms if s else None, "faster", "slower"))
         out.append(cells)
-    if report.baseline is not None and report.metric == "accuracy":
+    if report.baseline is not None and accuracy:
         b = report.baseline
-        out.append(["", f"baseline ({b['model']}, C={b['C']:g})", "baseline", "sklearn", _num(b["accuracy"])]
-                   + [""] * (len(headers) - 5))
+        ci = wilson(round(b["accuracy"] * b["n"]), b["n"]) if isinstance(b.get("n"), int) and b["n"] > 0 else None
+        out.append(["", f"baseline ({b['model']}, C={b['C']:g})", "baseline", "sklearn", _quality(b["accuracy"]),
+                    interval_text(ci)] + [""] * (len(headers) - 6))
     return out, headers
 
 
@@ -449,8 +525,41 @@ def _num(v) -> str:
     return f"{v:.4f}" if abs(v) < 1 else f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
 
 
-def _ratio(a, b) -> str:
-    return f"{a / b:.2f}x" if a and b else ""
+def _quality(v, metric: str = "accuracy") -> str:
+    """Accuracy always with four decimals (1.0000, not 1), so a column of them lines up."""
+    return f"{v:.4f}" if v is not None and metric == "accuracy" else _num(v)
+
+
+def times(before, after, fewer: str, more: str) -> str:
+    """One way to say a ratio of sizes or latencies: '6.1x smaller', '1.3x slower', 'same'."""
+    if not before or not after:
+        return ""
+    ratio = before / after
+    if round(ratio, 1) == 1.0:
+        return "same"
+    return f"{ratio:.1f}x {fewer}" if ratio > 1 else f"{1 / ratio:.1f}x {more}"
+
+
+def interval_text(ci: tuple[float, float] | None) -> str:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+
+
+def vs_original_text(r: Row, report: Report) -> str:
+    """'-0.4 pt, within noise (p 0.52)': the difference in points, and what the paired test says of it."""
+    if r is report.original:
+        return "original"
+    v = r.vs_original
+    if not v:
+        return ""
+    diff = f"{v['diff'] * 100:+.1f} pt"
+    if v["p"] is None:
+        return f"{diff} (not paired)"
+    verdict = "within noise" if v["within_noise"] else ("worse" if v["diff"] < 0 else "better")
+    return f"{diff}, {verdict} ({p_text(v['p'])})"
+
+
+def p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p {p:.3f}" if p < 0.01 else f"p {p:.2f}"
 
 
 def summary(report: Report) -> str:
@@ -458,19 +567,22 @@ def summary(report: Report) -> str:
     r, o = report.recommended, report.original
     if r is None:
         return "No artifact can be recommended: " + ("; ".join(report.notes) or "none is within the budget")
-    budget = (f"accuracy budget {report.cfg.accuracy_budget:g}" if report.metric == "accuracy"
-              else f"perplexity budget +{report.cfg.perplexity_budget:.0%}")
-    parts = [f"Ship **{r.name}** ({r.stage}, {r.format}): {report.metric} {_num(r.quality)}"]
+    points = report.cfg.accuracy_budget * 100
+    budget = (f"budget {points:g} point{'' if points == 1 else 's'}" if report.metric == "accuracy"
+              else f"budget +{report.cfg.perplexity_budget:.0%}")
+    ci = f" (95% interval {interval_text(r.ci95)})" if r.ci95 else ""
+    parts = [f"Ship {r.name} ({r.stage}, {r.format}): {report.metric} {_quality(r.quality, report.metric)}{ci}"]
     if o is not None and o is not r:
-        parts[0] += f" vs {_num(o.quality)} for the original {o.name} ({budget})"
-        if r.size_mb and o.size_mb:
-            ratio = o.size_mb / r.size_mb
-            smaller = f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
-            parts.append(f"{r.size_mb:.1f} MB, {smaller}")
+        parts[0] += f" vs {_quality(o.quality, report.metric)} for the original {o.name}"
+        if r.vs_original:
+            parts[0] += f", {vs_original_text(r, report)}"
+        parts[0] += f"; {budget}"
+        smaller = times(o.size_mb, r.size_mb, "smaller", "larger")
+        parts.append(f"{r.size_mb:.3g} MB, {'the same size' if smaller == 'same' else smaller}" if r.size_mb else "")
         g = report.primary
         if g in r.speed and g in o.speed and r.speed[g].p50_ms and o.speed[g].p50_ms:
             parts.append(f"p50 {r.speed[g].p50_ms:.2f} ms at batch {report.cfg.batch} on {g[1]}, "
-                         f"{o.speed[g].p50_ms / r.speed[g].p50_ms:.1f}x faster")
+                         + times(o.speed[g].p50_ms, r.speed[g].p50_ms, "faster", "slower").replace("same", "as fast"))
     elif o is r:
         parts.append("no smaller or faster artifact stayed within the budget")
     if report.target != "host" or r.int8:
@@ -481,253 +593,14 @@ def summary(report: Report) -> str:
     return "; ".join(p for p in parts if p) + "."
 
 
-def markdown(report: Report, plots: dict[str, str]) -> str:
-    rows, headers = table(report)
-    lines = [f"# Report: {report.folder.name}", ""] + ([report.description, ""] if report.description else [])
-    lines += [summary(report), ""]
-    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    lines += ["", _legend(report), ""]
-    lines += _detail_lines(report)
-    for name, _ in plots.items():
-        lines += [f"![{name}]({_plot_file(name)})", ""]
-    return "\n".join(lines) + "\n"
-
-
-def _legend(report: Report) -> str:
-    cost = "p50 latency" if report.cost == "latency" else "model size"
-    return (f"★ recommended: on the Pareto front of {report.metric} against {cost}, within the budget of the "
-            f"original ({report.original.name if report.original else '?'}), lowest {cost}, ONNX (what a bundle "
-            f"holds). `front`: on the "
-            f"Pareto front. Latency at batch {report.cfg.batch} (nearest measured); throughput is the best over "
-            "batch sizes; size is the weights file.")
-
-
-def _detail_lines(report: Report) -> list[str]:
-    out = []
-    if report.bundles:
-        src = report.bundle_sources
-        out += ["Bundles: " + ", ".join(f"`{b}`" + (f" (packaged from {src[b.name]})" if b.name in src else "")
-                                        for b in report.bundles), ""]
-    notes = [f"- {r.name}: {report.metric} on {r.quality_note}"
-             for r in report.rows if r.quality_note]
-    if notes:
-        out += ["Measured on:", *notes, ""]
-    from .targets import TARGETS
-
-    if report.target in TARGETS:
-        t = TARGETS[report.target]
-        out += [f"Target: `{t.name}`, {t.runs_on}; fusions {t.fusions}, "
-                f"{'inputs fixed to [1, max_length]' if t.fixed_shapes else 'dynamic shapes'}, .ort for {t.ort_platform}, "
-                f"promises {', '.join(t.providers)}.", ""]
-    int8 = [f"- {r.name}: {r.int8}" for r in report.rows if r.int8]
-    if int8:
-        out += ["int8 formats (the preset follows the target; `host` detects it from the building CPU):", *int8, ""]
-    for label, m in report.machines.items():
-        if m:
-            out.append(f"- machine `{label}`: {_machine_line(m)}")
-    if report.machines:
-        out.append("")
-    out += [f"> note: {n}" for n in report.notes]
-    return out + ([""] if report.notes else [])
-
-
 def _machine_line(m: dict) -> str:
+    """CPU, cores, threads and why that many (the load it saw), ISA, onnxruntime, the day(s) measured."""
     isa = " ".join(k for k, v in (m.get("isa") or {}).items() if v)
     ort = (m.get("onnxruntime") or {}).get("version", "?")
-    busy = m.get("threads_why", "") if "busy" in m.get("threads_why", "") else ""
-    return (f"{m.get('cpu_model', '?')}, {m.get('cores_usable', '?')} usable cores, {m.get('threads_used', '?')} "
-            f"threads, {isa or 'no ISA flags'}, onnxruntime {ort}" + (f"; {busy}" if busy else ""))
-
-
-# ---------------------------------------------------------------- plots and HTML
-
-
-def plots(report: Report) -> dict[str, str]:
-    """name -> SVG text of each plot (matplotlib, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out = {}
-    for name, fn in (("quality-vs-speed", _plot_tradeoff), ("size-by-stage", _plot_sizes),
-                     ("latency-by-batch", _plot_batches)):
-        fig = fn(report)
-        if fig is not None:
-            out[name] = _svg(fig)
-    return out
-
-
-def _svg(fig) -> str:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _plot_tradeoff(report: Report):
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in report.rows if r.quality is not None]
-    if not rows:
-        return None
-    g = report.primary
-    x = (lambda r: r.speed[g].p50_ms) if report.cost == "latency" else (lambda r: r.size_mb)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([x(r) for r in rows], [r.quality for r in rows], color="#888", zorder=2)
-    front = sorted((r for r in rows if r.pareto), key=x)
-    ax.plot([x(r) for r in front], [r.quality for r in front], "-o", color="#1f77b4", label="Pareto front", zorder=3)
-    for r in rows:
-        ax.annotate(r.name, (x(r), r.quality), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    if report.original and report.original.quality is not None:
-        o = report.original.quality
-        limit = (o * (1 + report.cfg.perplexity_budget) if report.metric == "perplexity"
-                 else o - report.cfg.accuracy_budget)
-        ax.axhline(limit, ls="--", color="#d62728", lw=1, label="budget")
-    if report.recommended:
-        r = report.recommended
-        ax.scatter([x(r)], [r.quality], marker="*", s=300, color="#ff7f0e", zorder=4, label=f"recommended: {r.name}")
-    ax.set_xlabel(f"p50 latency, ms (batch {report.cfg.batch}, {g[1]})" if report.cost == "latency"
-                  else "model size, MB")
-    ax.set_ylabel(report.metric)
-    _log_axis(ax.xaxis, ax.set_xscale)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{report.metric} against {'latency' if report.cost == 'latency' else 'size'}")
-    return fig
-
-
-def _plot_sizes(report: Report):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(report.rows) + 1))
-    names = [f"{r.name} ({r.stage})" for r in report.rows]
-    colors = ["#ff7f0e" if r is report.recommended else "#1f77b4" for r in report.rows]
-    ax.barh(names, [r.size_mb for r in report.rows], color=colors)
-    for i, r in enumerate(report.rows):
-        ax.text(r.size_mb, i, f" {r.size_mb:.1f}", va="center", fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("model size, MB")
-    ax.set_title("size by stage")
-    return fig
-
-
-def _plot_batches(report: Report):
-    import matplotlib.pyplot as plt
-
-    if not report.groups:
-        return None
-    fig, axes = plt.subplots(1, len(report.groups), figsize=(5 * len(report.groups), 4), squeeze=False)
-    for ax, g in zip(axes[0], report.groups):
-        for r in report.rows:
-            s = r.speed.get(g)
-            if s and s.by_batch:
-                batches = sorted(s.by_batch)
-                ax.plot(batches, [s.by_batch[b] for b in batches], "-o", label=r.name)
-        _log_axis(ax.xaxis, ax.set_xscale, base=2)
-        _log_axis(ax.yaxis, ax.set_yscale)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("p50 latency per call, ms")
-        ax.set_title(f"{g[0]} / {g[1]}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return fig
-
-
-def _log_axis(axis, set_scale, base: int = 10) -> None:
-    """A log scale labelled with plain numbers (2, 5, 10), not powers (2x10^0)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    set_scale("log", base=base)
-    axis.set_major_locator(LogLocator(base=base, subs=(1.0, 2.0, 5.0) if base == 10 else (1.0,)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _plot_file(name: str) -> str:
-    return f"report-{name}.svg"
-
-
-def html(report: Report, plot_svgs: dict[str, str]) -> str:
-    """One self-contained page: the table, the plots inline (base64 SVG images), no external assets."""
-    rows, headers = table(report)
-    esc = html_lib.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        f"<tr class='{'rec' if r[0] == '★' else ''}'>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>"
-        for r in rows)
-    imgs = "".join(
-        f"<figure><img alt='{esc(n)}' src='data:image/svg+xml;base64,{base64.b64encode(s.encode()).decode()}'>"
-        f"<figcaption>{esc(n)}</figcaption></figure>" for n, s in plot_svgs.items())
-    details = "".join(f"<p>{esc(line)}</p>" for line in _detail_lines(report) if line)
-    summ = esc(summary(report)).replace("**", "")
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>toolchain report: {esc(report.folder.name)}</title>
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }} td:nth-child(2), td:nth-child(3), td:nth-child(4) {{ text-align: left; }}
-tr.rec td {{ background: #fff3e0; font-weight: 600; }}
-.summary {{ font-size: 16px; padding: .8em 1em; background: #fff3e0; border-left: 4px solid #ff7f0e; }}
-figure {{ display: inline-block; margin: 1em; }} img {{ max-width: 100%; }}
-</style></head><body>
-<h1>toolchain report: {esc(report.folder.name)}</h1>
-<p>{esc(report.description)}</p>
-<p class="summary">{summ}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-<p>{esc(_legend(report))}</p>
-{imgs}
-{details}
-</body></html>
-"""
-
-
-def write_report(folder: str | Path, others: list[str | Path] = (), cfg: ReportConfig | None = None) -> Report:
-    """Write report.md (with its SVG plots) and report.html into `folder`; returns the Report."""
-    from .artifact import atomic_write_text
-
-    report = collect(folder, others, cfg)
-    svgs = plots(report)
-    files = {_plot_file(name): _marked_svg(svg) for name, svg in svgs.items()}
-    files |= {"report.md": markdown(report, svgs) + MARK + "\n",
-              "report.html": html(report, svgs).replace("<!doctype html>\n", f"<!doctype html>\n{MARK}\n", 1)}
-    from .guard import output_lock
-    from .recipe import is_run_folder
-
-    run_folder = is_run_folder(report.folder)  # reports written before the mark existed are the run's own
-    with output_lock(report.folder):  # a `run` writing this folder holds it too (and re-enters it here)
-        for name in files:
-            _refuse_foreign(report.folder / name, run_folder)
-        for name, text in files.items():
-            atomic_write_text(report.folder / name, text)
-    return report
-
-
-# The mark of a file `report` wrote: one without it is the user's, and never replaced.
-MARK = "<!-- written by toolchain report; replaced on every run -->"
-
-
-def _marked_svg(svg: str) -> str:
-    head, sep, rest = svg.partition("\n")
-    return f"{head}\n{MARK}\n{rest}" if head.startswith("<?xml") else f"{MARK}\n{svg}"
-
-
-def _refuse_foreign(path: Path, run_folder: bool) -> None:
-    """Refuse to replace a file that is not a report this command wrote (a user's report.md, a link, a folder)."""
-    if not path.exists() and not path.is_symlink():
-        return
-    try:
-        ours = path.is_file() and not path.is_symlink() and (
-            run_folder or MARK in path.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        ours = False
-    if not ours:
-        raise OutputExists(f"{path} exists and was not written by toolchain report",
-                           "move or rename that file, then run the report again")
+    threads = m.get("threads_why") or f"{m.get('threads_used', '?')} thread(s) per model"
+    days = ", ".join(m.get("measured") or [])
+    return (f"{m.get('cpu_model', '?')}, {m.get('cores_usable', '?')} usable cores; {threads}; "
+            f"{isa or 'no ISA flags'}; onnxruntime {ort}" + (f"; measured {days} (UTC)" if days else ""))
 
 
 def as_dict(report: Report) -> dict:
@@ -736,10 +609,12 @@ def as_dict(report: Report) -> dict:
         "folder": str(report.folder), "metric": report.metric, "ranked_by": report.cost,
         "original": report.original.name if report.original else None,
         "recommended": report.recommended.name if report.recommended else None,
-        "summary": summary(report).replace("**", ""), "config": dataclasses.asdict(report.cfg),
+        "summary": summary(report), "config": dataclasses.asdict(report.cfg),
         "target": report.target,
         "rows": [{"name": r.name, "stage": r.stage, "format": r.format, "task": r.task, "path": str(r.path),
-                  report.metric: r.quality, "measured_on": r.quality_note, "size_mb": r.size_mb, "pareto": r.pareto,
+                  report.metric: r.quality, "measured_on": r.quality_note, "n": r.n,
+                  "ci95": list(r.ci95) if r.ci95 else None, "vs_original": r.vs_original,
+                  "size_mb": r.size_mb, "pareto": r.pareto,
                   "within_budget": r.within_budget, "int8": r.int8, "readiness": r.readiness,
                   "speed": {f"{m}/{p}": dataclasses.asdict(s) for (m, p), s in r.speed.items()}} for r in report.rows],
         "machines": report.machines, "bundles": [str(b) for b in report.bundles], "notes": report.notes,

@@ -461,7 +461,8 @@ class _InMemory:
 
 def _score(model, tokenizer, text: TaskText, task: str, cfg: TrimVocabConfig) -> dict | None:
     """Held-out accuracy (classifiers) or perplexity (causal LMs); None for a model without a task head."""
-    from .evaluate import EvaluateConfig, classification_metrics, map_labels, predict, strided_nll
+    from .evaluate import EvaluateConfig, map_labels, predict, strided_nll
+    from .metrics import classification_metrics
 
     runner = _InMemory(model, tokenizer)
     if task == "text-classification":
