@@ -31,7 +31,7 @@ TARGETS = (
 
 
 # The interleaved batch-1 p50 and the same model's p50 timed alone may differ by this much before the table
-# warns: runs on this machine differ by up to ~15% from one to the next (DESIGN.md).
+# warns: runs on this machine differ by up to ~15% from one to the next.
 SELF_CHECK = 0.15
 
 
