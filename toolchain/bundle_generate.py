@@ -125,6 +125,7 @@ def read_prompt(words: list[str], stdin=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """generate.py's command line; returns the exit code (errors are reported, never raised)."""
     try:
         info, problem = read_info(HERE), None
     except BundleError as e:

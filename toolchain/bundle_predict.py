@@ -356,6 +356,7 @@ def run_task(p: Predictor, texts: list[str], tokens: int) -> tuple[list, list[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    """predict.py's command line; returns the exit code (errors are reported, never raised)."""
     try:
         info, problem = read_info(HERE), None
     except BundleError as e:
