@@ -2,7 +2,7 @@
 
     python benchmarks/compare.py                          # 3-4 min on 2 cores when runs/minilm exists; writes benchmarks/results/
     python benchmarks/compare.py --quick                  # smoke test: subsets, few runs, a few minutes
-    python benchmarks/compare.py --run runs/minilm --readme README.md   # and put the table in the README
+    python benchmarks/compare.py --run runs/minilm --publish   # and the tables in docs/results.md and README.md
 
 From the fine-tuned teacher of a `toolchain run models/minilm-rotten-tomatoes.yaml` run folder (or
 --teacher), it builds what a user would pick instead (PyTorch eager, torch.ao dynamic int8, Optimum's
@@ -299,14 +299,15 @@ def default_run(run: str | None) -> Path | None:
 @click.option("--lm-run", help="run folder of models/smollm2-hamlet.yaml to reuse (its onnx and int8 steps)")
 @click.option("--work", default="runs/compare", show_default=True, help="where built variants go (reused)")
 @click.option("--out", default=str(ROOT / "benchmarks" / "results"), show_default=True, help="JSON, Markdown, PNG")
-@click.option("--readme", type=click.Path(dir_okay=False), help="replace the table between the README's markers")
+@click.option("--publish", is_flag=True,
+              help="put the full table in docs/results.md and the short one in README.md (between their markers)")
 @click.option("--quick", is_flag=True, help="subsets and few runs: a smoke test, not a measurement")
 @click.option("--eval-samples", type=int, help="test sentences per classifier (default: all; --quick: 100)")
 @click.option("--skip", default="", help="comma-separated parts to leave out: classifier (an LM-only run), scaling, "
               "lm, genai (the GenAI builder rows and the weight-only rows of its graph), llamacpp")
 @click.option("--threads", type=click.IntRange(min=1), help="threads per timed model [all cores; 1 on a busy machine]")
 @reports_errors
-def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_samples, skip, threads):
+def main(run_dir, teacher, final, lm, lm_run, work, out, publish, quick, eval_samples, skip, threads):
     """Measure the toolchain's artifacts against PyTorch, torch.ao, Optimum and naive ORT static int8."""
     import compare_report as report
     import compare_variants as vs
@@ -318,15 +319,15 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
     skipped = {s.strip() for s in skip.split(",") if s.strip()}
     if skipped - set(PARTS):
         raise RecipeError(f"--skip {skip!r}: unknown part", f"use some of {', '.join(PARTS)}")
-    if quick and readme:
-        raise RecipeError("--quick results are a smoke test, not a measurement: they never go in the README",
-                          "drop --readme, or run without --quick")
+    if quick and publish:
+        raise RecipeError("--quick results are a smoke test, not a measurement: they are never published",
+                          "drop --publish, or run without --quick")
     plan = QUICK if quick else FULL
     if eval_samples:
         plan = replace(plan, eval_samples=eval_samples)
-    if "classifier" in skipped and (readme or "lm" in skipped):
+    if "classifier" in skipped and (publish or "lm" in skipped):
         raise RecipeError("--skip classifier measures the causal LM alone: it needs the lm part and writes no "
-                          "README table", "drop --readme (and lm from --skip)")
+                          "README table", "drop --publish (and lm from --skip)")
     run = default_run(run_dir)
     teacher_dir = None if "classifier" in skipped else vs.teacher_path(teacher, run)
     work = Path(work)
@@ -356,7 +357,7 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, readme, quick, eval_sam
                              quick=quick, phases=phases.seconds, wall_s=phases.total,
                              load=[load_start, os.getloadavg()], eval_config=asdict(cfg), openmp=openmp,
                              threads=threads_why)
-    written = report.write(result, Path(out) / ("quick" if quick else ""), readme=Path(readme) if readme else None)
+    written = report.write(result, Path(out) / ("quick" if quick else ""), root=ROOT if publish else None)
     click.echo(report.console_table(result))
     click.echo("\n".join(f"wrote {p}" for p in written) + f"\nwall time {result['wall_s'] / 60:.1f} min")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 BASELINE, OPTIMUM, FINAL, UNTRIMMED = "teacher", "optimum", "final", "untrimmed"
 README_BEGIN, README_END = "<!-- compare:begin -->", "<!-- compare:end -->"
+RESULTS_PAGE = "docs/results.md"  # the full table; the README gets short_markdown's
 # The issue's bar for the final artifact: (what, ratio key, against, at least).
 TARGETS = (
     ("batch-1 latency, x faster than the Optimum pipeline", "b1_speedup", "vs_optimum", 3.0),
@@ -30,7 +31,7 @@ TARGETS = (
 
 
 # The interleaved batch-1 p50 and the same model's p50 timed alone may differ by this much before the table
-# warns: runs on this machine differ by up to ~15% from one to the next (DESIGN.md).
+# warns: runs on this machine differ by up to ~15% from one to the next.
 SELF_CHECK = 0.15
 
 
@@ -384,6 +385,22 @@ def markdown(result: dict, image: str = "scaling.png") -> str:
     return "\n".join(parts) + "\n"
 
 
+def short_markdown(result: dict, full: str = "docs/results.md") -> str:
+    """The README's table: where and when, then per model accuracy, size, batch-1 latency and the ratios to the
+    teacher, and how many targets were met; the full page (`full`) holds the rest."""
+    lines = [when_where(result), "", "| model | test acc. | file MB | b1 p50 ms | b32 items/s | b1 speed-up vs teacher "
+             "| smaller than teacher |", "|" + "---|" * 7]
+    for r in result["classifier"]:
+        t = r["vs_teacher"] or {}
+        name = f"**{r['name']}**" if r["key"] == FINAL else r["name"]
+        lines.append(f"| {name} | {_f(r['accuracy'], '{:.3f}')} | {_f(r['file_mb'], '{:.1f}')} | {_ms(r['b1_p50_ms'])} "
+                     f"| {_f(r['b32_items_s'], '{:.0f}')} | {_x(t.get('b1_speedup'))} | {_x(t.get('smaller'))} |")
+    met = [t for t in result["targets"] if t["met"]]
+    lines += ["", f"Targets met: {len(met)} of {len(result['targets'])}. How each model was made, the targets, the "
+              f"causal LM rows and the notes: [{full}]({full})."]
+    return "\n".join(lines) + "\n"
+
+
 def console_table(result: dict) -> str:
     from toolchain.cli import format_table
 
@@ -448,8 +465,9 @@ def update_readme(readme: Path, block: str) -> None:
     readme.write_text(f"{head}{README_BEGIN}\n{block}{README_END}{tail}")
 
 
-def write(result: dict, out: Path, readme: Path | None = None) -> list[Path]:
-    """compare.json, compare.md and scaling.png into `out`; the table into the README when asked."""
+def write(result: dict, out: Path, root: Path | None = None) -> list[Path]:
+    """compare.json, compare.md and scaling.png into `out`; with `root` (the repository), the full table into
+    root/docs/results.md and the short one into root/README.md, each between its compare markers."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "compare.json", out / "compare.md"]
     (out / "compare.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
@@ -458,8 +476,10 @@ def write(result: dict, out: Path, readme: Path | None = None) -> list[Path]:
         plot_scaling(result["scaling"], names, out / "scaling.png")
         written.append(out / "scaling.png")
     (out / "compare.md").write_text("# The toolchain against the alternatives\n\n" + markdown(result))
-    if readme is not None:
-        image = Path(os.path.relpath(out.resolve(), readme.resolve().parent)) / "scaling.png"
-        update_readme(readme, markdown(result, image=str(image)))
-        written.append(readme)
+    if root is not None:
+        page, readme = root / RESULTS_PAGE, root / "README.md"
+        image = Path(os.path.relpath(out.resolve(), page.resolve().parent)) / "scaling.png"
+        update_readme(page, markdown(result, image=str(image)))
+        update_readme(readme, short_markdown(result, RESULTS_PAGE))
+        written += [page, readme]
     return written

@@ -174,6 +174,19 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
         report.update_readme(readme, "x")
 
 
+def test_publish_puts_the_full_table_in_the_results_page_and_the_short_one_in_the_readme(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for page in ("README.md", report.RESULTS_PAGE):
+        (tmp_path / page).write_text(f"# {page}\n{report.README_BEGIN}\nold\n{report.README_END}\nafter\n")
+    written = report.write(assembled(), tmp_path / "benchmarks" / "results", root=tmp_path)
+    assert {tmp_path / "README.md", tmp_path / report.RESULTS_PAGE} <= set(written)
+    full, short = (tmp_path / report.RESULTS_PAGE).read_text(), (tmp_path / "README.md").read_text()
+    assert "not measured: quantize_static failed" in full and "Where the run's time went" in full
+    assert "Test CPU" in short and "| **toolchain final** |" in short and "| 10x |" in short  # the machine, named
+    assert "how it was made" not in short and "[docs/results.md](docs/results.md)" in short
+    assert short.endswith(f"{report.README_END}\nafter\n") and "old" not in short + full
+
+
 @pytest.mark.parametrize("isa,arch,want", [
     ({"avx2": True}, "x86_64", "avx2"), ({"avx2": True, "avx512": True}, "x86_64", "avx512"),
     ({"avx512": True, "vnni": True}, "x86_64", "avx512_vnni"), ({"neon": True}, "aarch64", "arm64"),

@@ -1,24 +1,36 @@
 """Run this bundle's model with onnxruntime, tokenizers and numpy only (no torch, no transformers).
 
     python predict.py "A charming, moving film." "A waste of two hours."   # classifier: label + probabilities
+    cat reviews.txt | python predict.py -          # one text per line from stdin (or --file reviews.txt)
     python predict.py --tokens 20 "To be, or not to be"                     # causal LM: greedy continuation
     python predict.py --model model.ort --json "..."                        # the ORT-format model, JSON out
     python predict.py --smoke                  # this machine gives the outputs stored in bundle.json (exit 1 if not)
+    python predict.py --help                   # this bundle's task, labels and options, read from bundle.json
 
 Everything it needs to know about the model is in bundle.json beside it. `toolchain package` copies
 this file into every bundle as predict.py; `toolchain verify` runs the same code as its smoke test.
+A problem (a missing file, empty text, a model onnxruntime cannot load) is one `error:` line and one
+`fix:` line on stderr with a non-zero exit code (EXIT_CODES); TOOLCHAIN_DEBUG=1 adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
-import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
+try:
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+except ImportError as missing:  # run as a script where its three packages are not installed: one line, not a traceback
+    if __name__ != "__main__":
+        raise
+    sys.stderr.write(f"error: predict.py needs the Python package {missing.name}, which is not installed\n"
+                     "  fix: pip install onnxruntime tokenizers numpy\n")
+    sys.exit(11)
 
 HERE = pathlib.Path(__file__).resolve().parent
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -176,36 +188,209 @@ def smoke_check(folder: str | pathlib.Path = HERE, threads: int | None = 1) -> d
     return {"ok": not bad, "problem": problem, "models": models, "atol": smoke["atol"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run this bundle's model on text.")
-    parser.add_argument("texts", nargs="*", help="sentences to classify, or the prompt to continue")
-    parser.add_argument("--tokens", type=int, default=20, help="causal LM: new tokens to generate")
-    parser.add_argument("--model", default="model.onnx", help="model.onnx, or model.ort (ORT format)")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+# The toolchain's exit codes for the same kinds of problem, so scripts can tell them apart.
+EXIT_CODES = {"usage": 2, "not found": 3, "not a usable model": 4, "bad input": 5, "missing package": 11,
+              "bug": 70}
+TASK_WORDS = {"text-classification": "classify", "text-generation": "continue", "feature-extraction": "embed"}
+
+
+class BundleError(Exception):
+    """A problem the user can fix: printed as `error: problem` and `  fix: fix`, exit code by kind."""
+
+    def __init__(self, problem: str, fix: str, kind: str):
+        super().__init__(problem)
+        self.problem, self.fix, self.code = problem, fix, EXIT_CODES[kind]
+
+
+def report(err: BundleError) -> int:
+    """Print `err` as the toolchain does (two short lines on stderr) and return its exit code."""
+    sys.stderr.write(f"error: {err.problem}\n  fix: {err.fix}\n")
+    return err.code
+
+
+def read_info(folder: pathlib.Path = HERE) -> dict:
+    """bundle.json, or a BundleError saying the bundle is incomplete."""
+    path = folder / "bundle.json"
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: this script runs only beside its bundle's files",
+                          "run the predict.py of a complete bundle (toolchain package ARTIFACT OUT writes one)",
+                          "not found")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path} cannot be read ({e})", "toolchain verify BUNDLE says what changed; "
+                          "re-package it", "not a usable model") from None
+    if not isinstance(info, dict) or not isinstance(info.get("task"), str):
+        raise BundleError(f"{path} has no task: not a toolchain bundle.json", "re-package the bundle",
+                          "not a usable model")
+    return info
+
+
+def require_files(folder: pathlib.Path, model: str) -> None:
+    """A BundleError naming the first of `model` and tokenizer.json that is not in `folder`, with the fix."""
+    for name in (model, "tokenizer.json"):
+        if not (folder / name).is_file():
+            have = sorted(p.name for p in folder.glob("*.onnx")) + sorted(p.name for p in folder.glob("*.ort"))
+            fix = (f"use --model with one of {', '.join(have)}" if name == model and have else
+                   "copy the whole bundle folder (toolchain verify BUNDLE lists what is missing)")
+            raise BundleError(f"{name} not found in {folder}", fix, "not found")
+
+
+def open_predictor(folder: pathlib.Path, model: str, threads: int | None) -> Predictor:
+    """A Predictor on `model`, or a BundleError naming the missing or unloadable file."""
+    require_files(folder, model)
+    try:
+        return Predictor(folder, model, threads)
+    except Exception as e:  # onnxruntime and tokenizers raise their own types; all mean "this file does not load"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise BundleError(f"{model} does not load in onnxruntime {ort.__version__}: {first}",
+                          "toolchain verify BUNDLE checks every file's hash; a newer onnxruntime may be needed "
+                          "(bundle.json: min_onnxruntime)", "not a usable model") from None
+
+
+def read_texts(texts: list[str], file: str | None, stdin=None) -> list[str]:
+    """The texts to run: the arguments, `-` for one text per line of stdin, or one per line of `file`.
+
+    Refuses empty text (an argument, a blank line, an empty stream): a model answers anything, so a
+    blank line would come back as a confident label for nothing.
+    """
+    if file is not None and texts:
+        raise BundleError("give texts or --file, not both", "drop the texts, or drop --file", "usage")
+    if "-" in texts and len(texts) > 1:
+        raise BundleError("- (read stdin) given with other texts", "give - alone, or texts alone", "usage")
+    if file is not None:
+        source, lines = file, _lines_of(file)
+    elif texts == ["-"]:
+        source, lines = "stdin", _decode((stdin or sys.stdin.buffer).read(), "stdin").splitlines()
+    else:
+        for i, t in enumerate(texts, 1):
+            if not t.strip():
+                raise BundleError(f"text {i} is empty", "give non-empty text (or - to read stdin)", "bad input")
+        return texts
+    if not lines:
+        raise BundleError(f"no text in {source}", "give one text per line", "bad input")
+    for i, t in enumerate(lines, 1):
+        if not t.strip():
+            raise BundleError(f"line {i} of {source} is empty", "remove blank lines: one text per line", "bad input")
+    return lines
+
+
+def _lines_of(file: str) -> list[str]:
+    path = pathlib.Path(file)
+    if not path.is_file():
+        raise BundleError(f"--file {file}: no such file", "give the path of a text file, one text per line",
+                          "not found")
+    try:
+        return _decode(path.read_bytes(), f"--file {file}").splitlines()
+    except OSError as e:
+        raise BundleError(f"--file {file} cannot be read ({e.strerror})", "check its permissions",
+                          "not found") from None
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark is not part of the first text
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{source} is not UTF-8 text (byte {e.start})", "convert it to UTF-8", "bad input") from None
+
+
+def describe(info: dict) -> str:
+    """What --help says about this bundle: task, model, labels, token limit."""
+    task = info.get("task", "?")
+    lines = [f"Run this bundle's model ({info.get('model_type') or 'model'}, {task}) on text: "
+             f"{TASK_WORDS.get(task, 'run')} it with onnxruntime, tokenizers and numpy only."]
+    if info.get("labels"):
+        lines.append(f"Labels: {', '.join(map(str, info['labels']))}.")
+    if info.get("max_length"):
+        lines.append(f"Each text is cut to {info['max_length']} tokens.")
+    target = (info.get("target") or {}).get("target")
+    if target:
+        lines.append(f"Built for {target}.")
+    return " ".join(lines)
+
+
+def build_parser(info: dict | None) -> argparse.ArgumentParser:
+    """The options that apply to this bundle's task (bundle.json's `task`); all of them when it is unreadable."""
+    task = (info or {}).get("task")
+    epilog = ("exit codes: 0 ok, 1 --smoke found a difference, "
+              + ", ".join(f"{c} {k}" for k, c in EXIT_CODES.items()))
+    parser = argparse.ArgumentParser(prog="predict.py", epilog=epilog, description=describe(info) if info else
+                                     "Run this bundle's model on text (bundle.json is missing or unreadable).")
+    what = {"text-classification": "texts to classify", "text-generation": "the prompt to continue (the "
+            "words are joined)", "feature-extraction": "texts to embed"}.get(task, "texts to run")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help=f"{what}; - reads one text per line from stdin")
+    parser.add_argument("--file", metavar="F", help="read one text per line from F (UTF-8)")
+    if task in (None, "text-generation"):
+        parser.add_argument("--tokens", type=_positive, default=20, help="new tokens to generate (default 20)")
+    parser.add_argument("--model", default="model.onnx", help=f"the model file: {' or '.join(model_files(info))}")
+    parser.add_argument("--threads", type=_positive, help="intra-op threads (default: onnxruntime's)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--smoke", action="store_true", help="check this machine against bundle.json's stored outputs")
+    return parser
+
+
+def model_files(info: dict | None) -> list[str]:
+    """The model files bundle.json lists (model.onnx, and model.ort when the bundle has one)."""
+    listed = [name for name in (info or {}).get("min_onnxruntime") or {} if name.endswith((".onnx", ".ort"))]
+    return listed or ["model.onnx"]
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return int(value)
+
+
+def run_task(p: Predictor, texts: list[str], tokens: int) -> tuple[list, list[str]]:
+    """(JSON-able results, text lines) of this bundle's task on `texts`."""
+    task = p.info["task"]
+    if task == "text-classification":
+        out = p.classify(texts)
+        return out, [f"{r['label']}\t{r['probabilities'][r['label']]:.3f}\t{r['text']}" for r in out]
+    if task == "text-generation":
+        out = [p.generate(t, tokens) for t in texts]
+        return out, [r["prompt"] + r["text"] for r in out]
+    vectors = p.embed(texts)
+    return ([{"text": t, "embedding": v.tolist()} for t, v in zip(texts, vectors)],
+            [f"{t}\t[{', '.join(f'{x:.4f}' for x in v[:4])}, ...] ({len(v)} dims)" for t, v in zip(texts, vectors)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """predict.py's command line; returns the exit code (errors are reported, never raised)."""
+    try:
+        info, problem = read_info(HERE), None
+    except BundleError as e:
+        info, problem = None, e
+    parser = build_parser(info)
     args = parser.parse_args(argv)
+    try:
+        if problem:
+            raise problem
+        return _main(args, info)
+    except BundleError as e:
+        return report(e)
+    except Exception as e:  # a bug, not the user's input: one line too, the traceback on request
+        if os.environ.get("TOOLCHAIN_DEBUG"):
+            raise
+        return report(BundleError(f"predict.py failed: {type(e).__name__}: {e}",
+                                  "TOOLCHAIN_DEBUG=1 shows the traceback to report", "bug"))
+
+
+def _main(args: argparse.Namespace, info: dict) -> int:
     if args.smoke:
+        require_files(HERE, "model.onnx")  # the same clean error as a normal run when a file is missing
         result = smoke_check(HERE, args.threads or 1)
         diffs = ", ".join(f"{m} max abs diff {d:.2g}" for m, d in result["models"].items())
         verdict = "ok: " if result["ok"] else f"FAILED: {result['problem']}: "
         print(json.dumps(result, indent=2) if args.json else f"{verdict}{diffs} (atol {result['atol']:g})")
         return 0 if result["ok"] else 1
-    if not args.texts:
-        parser.error("give at least one text (or --smoke)")
-    p = Predictor(HERE, args.model, args.threads)
-    task = p.info["task"]
-    if task == "text-classification":
-        out = p.classify(args.texts)
-        lines = [f"{r['label']}\t{r['probabilities'][r['label']]:.3f}\t{r['text']}" for r in out]
-    elif task == "text-generation":
-        out = [p.generate(" ".join(args.texts), args.tokens)]
-        lines = [out[0]["prompt"] + out[0]["text"]]
-    else:
-        vectors = p.embed(args.texts)
-        out = [{"text": t, "embedding": v.tolist()} for t, v in zip(args.texts, vectors)]
-        lines = [f"{t}\t[{', '.join(f'{x:.4f}' for x in v[:4])}, ...] ({len(v)} dims)"
-                 for t, v in zip(args.texts, vectors)]
+    if not args.texts and args.file is None:
+        raise BundleError("no text given", "give texts, - to read stdin, or --file F (or --smoke)", "usage")
+    texts = read_texts(args.texts, args.file)
+    if info["task"] == "text-generation" and args.texts and args.texts != ["-"]:
+        texts = [" ".join(texts)]  # the words of one prompt, as a shell splits them
+    p = open_predictor(HERE, args.model, args.threads)
+    out, lines = run_task(p, texts, getattr(args, "tokens", 20))
     print(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0
 

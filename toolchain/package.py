@@ -569,6 +569,8 @@ def _readme(info: dict, name: str) -> str:
     example = ('python predict.py "A charming, moving film." "A waste of two hours."' if task == "text-classification"
                else 'python predict.py --tokens 20 "To be, or not to be"' if task == "text-generation"
                else 'python predict.py "some text"')
+    example += ("\n    python predict.py --file texts.txt   # one text per line; - reads them from stdin"
+                "\n    python predict.py --help             # this bundle's labels and options")
     ort_line = ("- `model.ort` + `required_operators.config`: ORT format for a reduced build "
                 "(`--include_ops_by_config required_operators.config`), onnxruntime >= "
                 f"{info['min_onnxruntime'].get('model.ort')}\n" if "model.ort" in info["min_onnxruntime"] else "")
