@@ -18,28 +18,29 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact, atomic_write_text, check_output, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt
 from .data import data_fingerprint, data_spec, load_classification, tokenize_split
 from .evaluate import Runner, eval_config, evaluate, result_key
 from .guard import writes_output
 from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, source_hash
 from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE
+from .search import SPACES
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    data: str = "rotten-tomatoes"  # built-in name, CSV/JSONL/Parquet path, or hub dataset id
+    data: str = "rotten-tomatoes"
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
-    validation_data: str | None = None  # the validation split's own file (then `data` is the train file)
-    test_data: str | None = None  # the test split's own file, scored whole
-    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
+    validation_data: str | None = None
+    test_data: str | None = None
+    split_column: str | None = "split"
     epochs: float = 3.0  # minilm on rotten-tomatoes: test 0.816-0.832 over seeds (README, "Measured")
     # Small data: epochs are raised until this many optimizer steps (toolchain/schedule.py); 0 keeps `epochs`.
     min_steps: int = MIN_STEPS
-    max_epochs: float = MAX_EPOCHS  # the ceiling when min_steps raises the epochs
-    patience: int = PATIENCE  # stop after this many epochs without a validation gain (the best epoch is kept)
+    max_epochs: float = MAX_EPOCHS
+    patience: int = PATIENCE
     learning_rate: float = 5e-5
     batch_size: int = 32
     max_length: int = 64  # rotten-tomatoes reviews average ~27 tokens; 64 truncates almost none
@@ -48,10 +49,10 @@ class FinetuneConfig:
     seed: int = 42
     # Batches of similar-length reviews pad less: 0.62 vs 1.17 s a step on 1 CPU thread here, and validation
     # accuracy the same within a review (benchmarks/results/finetune_seeds.md).
-    group_by_length: bool = True
-    # Opt-in search (toolchain/search.py): names from search.SPACES["finetune"] (lr, epochs, batch_size, warmup,
-    # weight_decay), `trials` runs chosen by validation accuracy with Optuna's seeded TPE sampler.
-    search: tuple[str, ...] = ()
+    group_by_length: bool = opt(True, "Batch examples of similar length: less padding, ~1.9x faster on CPU.")
+    # Opt-in search (toolchain/search.py), `trials` runs chosen by validation accuracy with Optuna's seeded TPE.
+    search: tuple[str, ...] = opt((), "Search these by validation accuracy (Optuna): "
+                                      f"{','.join(SPACES['finetune'])}.")
     trials: int = 6
     max_train_samples: int | None = None  # a subset for quick runs and tests
     max_eval_samples: int | None = None
@@ -114,7 +115,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
         # Scored before the rename, so the artifact appears with its results or not at all.
         runner = Runner(o.folder)
         for split in ("validation", "test"):
-            ecfg = eval_config(cfg, split, max_length=cfg.max_length, max_samples=cfg.max_eval_samples)
+            ecfg = eval_config(cfg, split, max_length=cfg.max_length, max_eval_samples=cfg.max_eval_samples)
             o.results[result_key(ecfg)] = evaluate(o.folder, ecfg, runner=runner, record=False)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the artifact is complete: nothing left to resume
     return Artifact.load(out)
