@@ -222,11 +222,13 @@ def _click_option(click, f: dataclasses.Field, hint: Any):
     flag = flag_name(f)
     names = [flag] + ([meta["short"]] if meta.get("short") else [])
     help_text = field_help(f)
-    if f.default is not dataclasses.MISSING and f.default is not None and not (meta.get("multiple") and not f.default):
+    if f.default not in (dataclasses.MISSING, None, False) and not meta.get("multiple"):
         help_text += f" (default: {_show(f.default)})"
     kind, args = _kind(hint)
     extra: dict[str, Any] = {"default": None}
-    if kind is bool:
+    if kind is bool and f.default is False:  # off unless asked: a plain flag
+        extra["is_flag"] = True
+    elif kind is bool:
         names[0] = f"{flag}/--{meta.get('off') or 'no-' + flag[2:]}"
     elif kind is typing.Literal or meta.get("choices"):
         values = meta.get("choices") or args

@@ -35,11 +35,11 @@ from typing import Literal
 import numpy as np
 
 from .artifact import Artifact, sha256_file, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt
 from .errors import BadModel, CheckFailed, IntegrityError, Unsupported
 from .guard import writes_output
 from .runtime import check_onnx_file
-from .targets import HOST, Target, check_target, target as get_target
+from .targets import HOST, TARGETS, Target, check_target, target as get_target
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_SCHEMA = 1
@@ -59,24 +59,28 @@ SAMPLES = (
 
 @dataclass(frozen=True)
 class PackageConfig:
-    ort_format: bool = True  # also write model.ort + required_operators.config (for a reduced onnxruntime build)
-    # model.ort bakes in platform-specific graph optimizations; None: the target's (host: arm, as phones and
-    # boards are ARM).
-    target_platform: Literal["arm", "amd64"] | None = None
-    mobile_check: bool = True  # run ONNX Runtime's NNAPI / CoreML usability check
+    ort_format: bool = opt(True, "Also write model.ort and required_operators.config (for a reduced onnxruntime "
+                                 "build).")
+    # model.ort bakes in platform-specific graph optimizations; phones and boards are ARM.
+    target_platform: Literal["arm", "amd64"] | None = opt(None, "What model.ort is optimized for; when unset, the "
+                                                                "--target's (host: arm).")
+    mobile_check: bool = opt(True, "Run ONNX Runtime's NNAPI / CoreML usability check.")
     max_length: int = 128  # predict.py truncates each text to this many tokens
-    samples: tuple[str, ...] = SAMPLES  # smoke-test texts (causal LM: the first is the prompt)
-    generate_tokens: int = 8  # causal LM smoke test: greedy tokens compared with the toolchain's own decoding
+    smoke_texts: tuple[str, ...] = opt(SAMPLES, "A smoke-test text, run by the bundle and compared with the "
+                                                "toolchain's own run (repeatable; causal LMs: the first is the "
+                                                "prompt); when unset, a few built-in sentences.",
+                                       flag="smoke_text", multiple=True)
+    generate_tokens: int = opt(8, "Causal LM smoke test: greedy tokens compared with the toolchain's own decoding.")
     # predict.py and model.ort against the toolchain's ONNX run of the source artifact: same graph, same
     # tokens, so only kernel-order noise (int8 graphs with other fusions move by a quantization step at most).
-    atol: float = 1e-3
-    # Where the bundle will run (toolchain/targets.py): its providers, .ort platform, fixed shapes, readiness.
-    target: str = HOST
+    atol: float = opt(1e-3, "Smoke test: max abs diff of the bundle's outputs vs the toolchain's run of the "
+                            "source artifact.")
+    target: str = opt(HOST, choices=tuple(TARGETS))
 
     def __post_init__(self):
         check_target(self.target)
-        if not self.samples or not all(isinstance(s, str) and s.strip() for s in self.samples):
-            raise ValueError("samples must be non-empty texts")
+        if not self.smoke_texts or not all(isinstance(s, str) and s.strip() for s in self.smoke_texts):
+            raise ValueError("smoke_texts must be non-empty texts")
         if self.max_length < 2 or self.generate_tokens < 1 or not self.atol > 0:
             raise ValueError("max_length must be >= 2, generate_tokens >= 1 and atol > 0")
 
@@ -442,10 +446,10 @@ def reference_outputs(art: Artifact, cfg: PackageConfig, info: dict) -> dict:
 
     runner = Runner(art.path)
     runner.tokenizer.model_max_length = cfg.max_length
-    smoke = {"atol": cfg.atol, "texts": list(cfg.samples)}
+    smoke = {"atol": cfg.atol, "texts": list(cfg.smoke_texts)}
     if art.task == "text-generation":
-        return smoke | reference_generation(runner, cfg.samples[0], cfg.generate_tokens, info["eos_token_id"])
-    enc = runner.tokenizer(list(cfg.samples), padding=True, truncation=True, max_length=cfg.max_length,
+        return smoke | reference_generation(runner, cfg.smoke_texts[0], cfg.generate_tokens, info["eos_token_id"])
+    enc = runner.tokenizer(list(cfg.smoke_texts), padding=True, truncation=True, max_length=cfg.max_length,
                            return_tensors="np")
     batch = {k: v.astype(np.int64) for k, v in enc.items()}
     if art.task == "text-classification":

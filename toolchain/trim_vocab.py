@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import TASKS, Artifact, check_output, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt
 from .errors import CheckFailed, RecipeError, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
@@ -39,18 +39,19 @@ CONFIG_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "c
 
 @dataclass(frozen=True)
 class TrimVocabConfig:
-    data: str | None = None  # the task's text: rotten-tomatoes, or hamlet for LMs, when None; a file or hub id
+    data: str | None = None  # the task's text
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
-    max_vocab: int | None = None  # at most N rows: specials and coverage first, then the most frequent tokens
-    min_count: int = 1  # times a token must occur in the training text to be kept for itself
+    max_vocab: int | None = opt(None, "Keep at most N rows: specials and characters/bytes first, then the most "
+                                      "frequent tokens of the training text.")
+    min_count: int = opt(1, "Times a token must occur in the training text to be kept for itself.")
     max_length: int = 64  # tokens per example when measuring accuracy before and after
-    eval_batch_size: int = 32
-    max_eval_samples: int | None = None  # held-out examples (or LM tokens) scored; None: the whole split
-    task: str | None = None  # inferred from the model's architecture when None
-    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
-    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
+    eval_batch_size: int = opt(32, "Batch size when scoring before and after.")
+    max_eval_samples: int | None = opt(None, "Score only the first N held-out examples (causal LMs: tokens).")
+    task: str | None = opt(None, choices=TASKS)
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self):
         if self.max_vocab is not None and self.max_vocab < 2:
