@@ -161,6 +161,7 @@ RENAMED = {
     "max_tokens": "max_eval_tokens",
     "eval_max_tokens": "max_eval_tokens",
     "samples": ("calibration_samples", "smoke_texts"),  # prune's calibration examples, package's smoke texts
+    "baseline": "speedup_baseline",  # bench's; evaluate's `baseline` is the TF-IDF baseline
 }
 
 
@@ -188,6 +189,12 @@ def cli_fields(cls) -> list[dataclasses.Field]:
 
 def flag_name(f: dataclasses.Field) -> str:
     return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+
+
+def shows_default(f: dataclasses.Field) -> bool:
+    """Whether help ends with "(default: X)": not for unset (None), off flags, empty lists or repeatables."""
+    return not (f.default is dataclasses.MISSING or f.default is None or f.default is False or f.default == ()
+                or f.metadata.get("multiple"))
 
 
 def _show(value: Any) -> str:
@@ -222,7 +229,7 @@ def _click_option(click, f: dataclasses.Field, hint: Any):
     flag = flag_name(f)
     names = [flag] + ([meta["short"]] if meta.get("short") else [])
     help_text = field_help(f)
-    if f.default not in (dataclasses.MISSING, None, False) and not meta.get("multiple"):
+    if shows_default(f):
         help_text += f" (default: {_show(f.default)})"
     kind, args = _kind(hint)
     extra: dict[str, Any] = {"default": None}

@@ -46,8 +46,8 @@ class BenchConfig:
     runs: int = opt(50, "Timed calls per artifact and configuration.")
     warmup: int = opt(5, "Untimed calls first (allocations, caches, lazy init, compilation).")
     block: int = opt(5, "Calls per artifact before the next one's turn: small blocks cancel drift better.")
-    baseline: str | None = opt(None, "Artifact the speedup column is relative to (label or path); when unset, the "
-                                     "first.")
+    speedup_baseline: str | None = opt(None, "Artifact the speedup column is relative to (label or path); when "
+                                             "unset, the first.")
     torch_compile: bool = opt(False, "Run torch artifacts through torch.compile instead of eager.")
     decode_tokens: int = opt(16, "Causal LMs: greedy decode steps with the KV cache after each prefill.")
     trt_fp16: bool = opt(False, "TensorRT: allow fp16 kernels.")
@@ -92,7 +92,7 @@ def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int
     targets = [s if isinstance(s, Target) else resolve_target(s) for s in specs]
     unique_labels(targets)
     check_lengths(targets, cfg)
-    baseline = pick_baseline(targets, specs, cfg.baseline)
+    baseline = pick_baseline(targets, specs, cfg.speedup_baseline)
     # On a busy machine: 1 thread and sleeping OpenMP barriers, or the figures measure the contention.
     threads, threads_why = pick_threads(cfg.threads, usable_cores())
     policy, openmp_why = openmp_wait_policy(usable_cores())
