@@ -158,3 +158,37 @@ def test_list_options_parse_from_the_command_line():
 
 def test_cli_doc_is_generated_from_the_commands():
     assert gen_cli_doc.DOC.read_text() == gen_cli_doc.render(), "run: python tests/gen_cli_doc.py"
+
+
+def _trained_at(art, length: int, tmp_path):
+    """A copy of `art` whose lineage says it was fine-tuned at `length` tokens."""
+    import shutil
+
+    from toolchain.artifact import MANIFEST, Artifact, StageRecord
+
+    folder = tmp_path / "trained"
+    shutil.copytree(art.path, folder)
+    copy = Artifact.load(folder)
+    copy.manifest.lineage.insert(0, StageRecord("finetune", {"max_length": None}, None, 0.0, 1.0,
+                                                {"max_length": length}))
+    (folder / MANIFEST).write_text(copy.manifest.to_json())
+    return Artifact.load(folder)
+
+
+def test_unset_max_length_is_the_length_the_input_was_made_at(tiny_onnx, tmp_path):
+    from toolchain.config import resolve_max_length
+    from toolchain.evaluate import EvaluateConfig, evaluate
+
+    assert tiny_onnx("bert").max_length is None  # exported from a plain folder: nothing recorded
+    art = _trained_at(tiny_onnx("bert"), 64, tmp_path)
+    assert art.max_length == 64
+    for name, (cls, *_) in STAGES.items():
+        for f in dataclasses.fields(cls):
+            assert f.name != "max_length" or f.default is None, f"{name}: max_length has one default, resolved late"
+    assert resolve_max_length(EvaluateConfig(), art).max_length == 64
+    assert resolve_max_length(EvaluateConfig(max_length=32), art).max_length == 32
+    assert resolve_max_length(EvaluateConfig(), None).max_length == 128
+    rows = "\n".join(f"the film is {'good' if i % 2 else 'bad'} {i},{'positive' if i % 2 else 'negative'}" for i in range(20))
+    (tmp_path / "d.csv").write_text("text,label\n" + rows + "\n")  # the tiny model's labels
+    result = evaluate(art.path, EvaluateConfig(data=str(tmp_path / "d.csv")), record=False)
+    assert result["max_length"] == 64 and result["config"]["max_length"] is None  # as asked: a recipe compares it

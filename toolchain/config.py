@@ -69,6 +69,21 @@ def _keyed(exc: RecipeError, key: str) -> RecipeError:
     return exc
 
 
+DEFAULT_MAX_LENGTH = 128  # tokens per example when neither the config nor the input artifact says
+
+
+def resolve_max_length(cfg: C, source: Any = None) -> C:
+    """`cfg` with max_length set: as given, else the length the input artifact `source` was made at, else 128.
+
+    So a model trained at 64 tokens is calibrated, scored, timed and bundled at 64 unless told otherwise.
+    A stage records the config as asked (a recipe compares it) and the length it used in its metrics.
+    """
+    if cfg.max_length is not None:
+        return cfg
+    recorded = getattr(source, "max_length", None)
+    return dataclasses.replace(cfg, max_length=recorded or DEFAULT_MAX_LENGTH)
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The JSON-ready dict of a config, as stored in the manifest's lineage."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
@@ -127,8 +142,8 @@ COMMON_HELP = {
     "validation_data": "The validation split in a file of its own (--data is then train).",
     "test_data": "The test split in a file of its own, scored whole.",
     "split_column": "Column naming each row's split: train / validation (dev, val) / test; used when the file has it.",
-    "max_length": "Tokens per example; when unset, the length the input artifact was trained or evaluated at "
-                  "(its manifest), else 128.",
+    "max_length": "Tokens per example; when unset, the length the input artifact was made at (its lineage), "
+                  "else 128.",
     "max_train_samples": "Train on the first N examples only.",
     "max_eval_samples": "Score only the first N held-out examples.",
     "max_eval_tokens": "Causal LMs: score only the first N tokens.",

@@ -39,7 +39,7 @@ from typing import Literal
 
 from . import students
 from .artifact import Artifact, prepare_output, write_artifact
-from .config import config_to_dict, opt
+from .config import config_to_dict, opt, resolve_max_length
 from .errors import BadModel, CheckFailed, DataError, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
@@ -71,7 +71,7 @@ class DistillConfig:
     validation_data: str | None = None
     test_data: str | None = None
     split_column: str | None = "split"
-    max_length: int = 128  # tokens per example (classifier) or per text window (causal LM)
+    max_length: int | None = None  # tokens per example (classifier) or per text window (causal LM)
     max_train_samples: int | None = None  # cap for quick runs; None trains on the whole train split
     max_eval_samples: int | None = None  # cap on validation examples; None uses them all
     # Optimization (Hugging Face Trainer).
@@ -116,7 +116,7 @@ class DistillConfig:
 
     def __post_init__(self):
         self._check_student()
-        positive = {"max_length": self.max_length, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+        positive = {"max_length": self.max_length or 1, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                     "temperature": self.temperature, "learning_rate": self.learning_rate}
         for name, value in positive.items():
             if not value > 0:
@@ -192,6 +192,8 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     task = teacher_task(source)
     if cfg.search:
         return _search(source, cfg, out, force, task)
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, source.artifact)
     mode = cfg.mode_for(task)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer, source.config, task)
@@ -213,9 +215,10 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
         teacher = None  # not in memory while the student trains
         gc.collect()
     train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args)
-    metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics}
+    metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics,
+               "max_length": cfg.max_length}
     if args.process_index == 0:
-        write_student(source, cfg, out, force, task, student, tokenizer, data, metrics, started=started)
+        write_student(source, cfg, asked, out, force, task, student, tokenizer, data, metrics, started=started)
     if args.world_size > 1:
         torch.distributed.barrier()  # the other processes return the artifact process 0 wrote
     return Artifact.load(out)
@@ -231,7 +234,7 @@ def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str
         raise Unsupported("--search chooses by validation accuracy: it is for classifiers",
                           "distill a causal LM without --search")
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-    data = prepare_data(cfg, tokenizer, source.config, task)
+    data = prepare_data(resolve_max_length(cfg, source.artifact), tokenizer, source.config, task)  # trials resolve it too
     teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     student, _ = make_student(teacher, cfg, task, tokenizer)
     del teacher
@@ -606,13 +609,13 @@ def validation_accuracy(student, tokenizer, task: str, data: DistillData, batch_
     return right / len(data.validation)
 
 
-def write_student(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str, student, tokenizer,
-                  data: DistillData, metrics: dict, *, started: float) -> None:
+def write_student(source: ModelSource, cfg: DistillConfig, asked: dict, out, force: bool, task: str, student,
+                  tokenizer, data: DistillData, metrics: dict, *, started: float) -> None:
     """Save the student (HF folder + tokenizer) as a torch artifact, reloaded and scored on validation data."""
     from .evaluate import Runner
 
     student = student.float().eval()
-    with write_artifact(out, stage="distill", config=config_to_dict(cfg) | {"teacher": source.spec}, format="torch",
+    with write_artifact(out, stage="distill", config=asked | {"teacher": source.spec}, format="torch",
                         task=task, model_type=student.config.model_type, parent=source.artifact, force=force) as o:
         o.record.input_hash = source_hash(source)
         o.record.started = started  # the lineage times the whole stage, training included

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact
-from .config import config_to_dict, opt
+from .config import config_to_dict, opt, resolve_max_length
 from .data import ALL, SPLITS, DataSpec, Split, batches, data_spec, load_classification, load_text
 from .errors import DataError, Unsupported
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model
@@ -36,7 +36,7 @@ class EvaluateConfig:
     # Dynamic int8 computes activation scales per batch, so the batch size changes int8 accuracy:
     # evaluate the way the model will be deployed (1 for per-request serving).
     batch_size: int = opt(32, "Evaluation batch size (dynamic int8 accuracy depends on it).")
-    max_length: int = 128
+    max_length: int | None = None
     max_eval_samples: int | None = None  # first N examples of the split, for quick checks
     window: int = opt(512, "Causal LMs: tokens per perplexity window (capped at the model's context).")
     stride: int = opt(256, "Causal LMs: new tokens scored per window; the rest is context.")
@@ -46,7 +46,7 @@ class EvaluateConfig:
     baseline: bool = opt(True, "Classifiers: also score TF-IDF + logistic regression on the same split.")
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_length < 2:
+        if self.batch_size < 1 or (self.max_length or 2) < 2:
             raise ValueError("batch_size must be >= 1 and max_length >= 2")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be in (0, window]")
@@ -106,15 +106,16 @@ def evaluate(path: str | Path, cfg: EvaluateConfig, *, reference: str | Path | N
              record: bool = True, runner: Runner | None = None) -> dict:
     """Evaluate the model at `path` on `cfg.data`; store the result in its manifest when it is an artifact."""
     runner = runner or Runner(path)
+    used = resolve_max_length(cfg, runner.artifact)  # the result keeps the config as asked: a recipe compares it
     if runner.task == "text-classification":
-        result = _classification(runner, cfg, reference)
+        result = _classification(runner, used, reference)
     elif runner.task == "text-generation":
-        result = _perplexity(runner, cfg, reference)
+        result = _perplexity(runner, used, reference)
     else:
         raise Unsupported(f"{path} is a {runner.task} model; evaluation needs a classifier or a causal LM",
                           "fine-tune a classification head first (toolchain finetune)")
     # The config it ran under, so a recipe can tell this measurement is already done.
-    result |= {"data": cfg.data, "split": cfg.split, "batch_size": cfg.batch_size,
+    result |= {"data": cfg.data, "split": cfg.split, "batch_size": cfg.batch_size, "max_length": used.max_length,
                "format": runner.artifact.format if runner.artifact else "torch", "config": config_to_dict(cfg)}
     if record and runner.artifact is not None:
         runner.artifact.record_result(result_key(cfg), result)
@@ -146,7 +147,8 @@ def predict(runner: Runner, split: Split, cfg: EvaluateConfig, progress: bool = 
 
     out = []
     total = math.ceil(len(split) / cfg.batch_size)
-    for batch, _ in tqdm(batches(runner.tokenizer, split, cfg.batch_size, cfg.max_length), total=total,
+    max_length = resolve_max_length(cfg, getattr(runner, "artifact", None)).max_length
+    for batch, _ in tqdm(batches(runner.tokenizer, split, cfg.batch_size, max_length), total=total,
                          desc="evaluate", disable=not progress, leave=False):
         out.append(runner.logits(batch))
     return np.concatenate(out)

@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 
 from .artifact import Artifact, sha256_file, write_artifact
-from .config import config_to_dict, opt
+from .config import config_to_dict, opt, resolve_max_length
 from .errors import BadModel, CheckFailed, IntegrityError, Unsupported
 from .guard import writes_output
 from .runtime import check_onnx_file
@@ -65,7 +65,7 @@ class PackageConfig:
     target_platform: Literal["arm", "amd64"] | None = opt(None, "What model.ort is optimized for; when unset, the "
                                                                 "--target's (host: arm).")
     mobile_check: bool = opt(True, "Run ONNX Runtime's NNAPI / CoreML usability check.")
-    max_length: int = 128  # predict.py truncates each text to this many tokens
+    max_length: int | None = None  # predict.py truncates each text to this many tokens
     smoke_texts: tuple[str, ...] = opt(SAMPLES, "A smoke-test text, run by the bundle and compared with the "
                                                 "toolchain's own run (repeatable; causal LMs: the first is the "
                                                 "prompt); when unset, a few built-in sentences.",
@@ -81,7 +81,7 @@ class PackageConfig:
         check_target(self.target)
         if not self.smoke_texts or not all(isinstance(s, str) and s.strip() for s in self.smoke_texts):
             raise ValueError("smoke_texts must be non-empty texts")
-        if self.max_length < 2 or self.generate_tokens < 1 or not self.atol > 0:
+        if (self.max_length or 2) < 2 or self.generate_tokens < 1 or not self.atol > 0:
             raise ValueError("max_length must be >= 2, generate_tokens >= 1 and atol > 0")
 
 
@@ -92,10 +92,12 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
     >>> package("runs/minilm/int8", PackageConfig(), "runs/minilm/bundle")  # doctest: +SKIP
     """
     art = _checked_input(src.path if isinstance(src, Artifact) else src)
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, art)
     if get_target(cfg.target).fixed_shapes and art.task == "text-generation":
         raise Unsupported(f"target {cfg.target} fixes inputs to [1, max_length]; a causal LM decodes one token at "
                           "a time with a growing cache", "package causal LMs for a CPU target (arm64, x86-*)")
-    with write_artifact(out, stage="package", config=config_to_dict(cfg) | {"source": str(src)}, format="onnx",
+    with write_artifact(out, stage="package", config=asked | {"source": str(src)}, format="onnx",
                         task=art.task, model_type=art.manifest.model_type, parent=art, force=force) as o:
         tgt = get_target(cfg.target)
         for name in art.manifest.files:
@@ -122,8 +124,8 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         checks = smoke_test(o.folder, verify_hashes=False)
         size = sum(p.stat().st_size for p in o.folder.rglob("*") if p.is_file())
-        o.record.metrics |= {"smoke": checks, "files": len(list(o.folder.iterdir())), "bundle_mb": round(size / 1e6, 2),
-                             "target": info["target"]}
+        o.record.metrics |= {"max_length": cfg.max_length, "smoke": checks, "files": len(list(o.folder.iterdir())),
+                             "bundle_mb": round(size / 1e6, 2), "target": info["target"]}
         (o.folder / "README.md").write_text(_readme(info, Path(out).name))
         info["files"] = _file_hashes(o.folder)
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")

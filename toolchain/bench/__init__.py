@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import config_to_dict, opt
+from ..config import config_to_dict, opt, resolve_max_length
 from ..errors import RecipeError
 from ..runtime import PROVIDERS
 from .results import RESULT_KEYS, ROW_KEYS, SCHEMA_VERSION, stored_results
@@ -40,7 +40,7 @@ class BenchConfig:
     validation_data: str | None = None
     test_data: str | None = opt(None, "The test split's own file: its texts are the ones timed.")
     split_column: str | None = "split"
-    max_length: int = 128  # truncation of real texts, as deployment would truncate
+    max_length: int | None = None  # truncation of real texts, as deployment would truncate
     threads: int | None = opt(None, "Intra-op threads for torch and onnxruntime alike; when unset, all usable cores "
                                     "(1 if the machine is busy).")
     runs: int = opt(50, "Timed calls per artifact and configuration.")
@@ -70,7 +70,7 @@ class BenchConfig:
             if not values or any(not 1 <= v <= most for v in values):
                 raise ValueError(f"{name} needs values from 1 to {most}; got {list(values)}")
         for name, low in (("runs", 1), ("warmup", 0), ("block", 1), ("decode_tokens", 1), ("max_length", 2)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1")
@@ -148,6 +148,13 @@ def pick_baseline(targets, specs: list[str], wanted: str | None):
                       f"use one of: {', '.join(t.label for t in targets)}")
 
 
+def _max_length(cfg: BenchConfig, path: Path) -> int:
+    """Real texts are cut where the model was trained / packaged to cut them (resolve_max_length)."""
+    from ..artifact import Artifact
+
+    return resolve_max_length(cfg, Artifact.load(path) if Artifact.is_artifact(path) else None).max_length
+
+
 def build_workloads(targets, cfg: BenchConfig) -> dict:
     """label -> one Workload per configuration, in the same order for every target (batch, then length)."""
     from .workload import TokenizerJson, data_texts, data_workload, synthetic_workload
@@ -157,11 +164,12 @@ def build_workloads(targets, cfg: BenchConfig) -> dict:
     out = {}
     for t in targets:
         left = t.task == "text-generation"
-        key = ((t.path / "tokenizer.json").read_bytes(), left) if (t.path / "tokenizer.json").is_file() else (t.path, left)
+        length = _max_length(cfg, t.path) if texts is not None else None
+        key = ((t.path / "tokenizer.json").read_bytes() if (t.path / "tokenizer.json").is_file() else t.path, left, length)
         if key not in made:
             tok = TokenizerJson(t.path, left_pad=left)
             if texts is not None:
-                made[key] = [data_workload(tok, texts, cfg.data, b, cfg.max_length, cfg.runs + cfg.warmup)
+                made[key] = [data_workload(tok, texts, cfg.data, b, length, cfg.runs + cfg.warmup)
                              for b in cfg.batch]
             else:
                 made[key] = [synthetic_workload(tok, b, s) for b in cfg.batch for s in cfg.seq]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..artifact import MANIFEST, TASKS, Artifact, atomic_write_text, write_artifact
-from ..config import config_to_dict, opt
+from ..config import config_to_dict, opt, resolve_max_length
 from ..errors import CheckFailed, DataError, Unsupported
 from ..guard import writes_output
 from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
@@ -67,7 +67,7 @@ class PruneConfig:
     split_column: str | None = "split"
     # A few batches suffice for a ranking.
     calibration_samples: int = opt(32, "Calibration examples for taylor / activation importance.")
-    max_length: int = 128  # tokens per calibration example
+    max_length: int | None = None  # tokens per calibration example (and recovery)
     recover: bool = opt(False, "Then distil from the unpruned model to win back accuracy; the pruned model stays "
                                "at OUT-pruned.")
     recover_epochs: int = opt(1, "Epochs of recovery distillation (the student starts from the teacher's weights).")
@@ -94,7 +94,7 @@ class PruneConfig:
         if bad or not (self.scope or self.modules):
             raise ValueError(f"scope {bad[0] if bad else '()'!r} is not one of {', '.join(SCOPES)}")
         self._check_structured()
-        if not 1 <= self.calibration_samples <= 10_000 or not 8 <= self.max_length <= 8192:
+        if not 1 <= self.calibration_samples <= 10_000 or not 8 <= (self.max_length or 128) <= 8192:
             raise ValueError("calibration_samples must be in 1..10000 and max_length in 8..8192")
         if self.recover_epochs < 1:
             raise ValueError("recover_epochs must be at least 1")
@@ -132,15 +132,17 @@ def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, f
     if cfg.recover and importlib.util.find_spec("toolchain.distill") is None:
         raise Unsupported("--recover needs the distillation stage (toolchain.distill), which this build lacks",
                           "drop --recover, or update the toolchain")
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, source.artifact)
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     out = Path(out)
     target = out.with_name(f"{out.name}-pruned") if cfg.recover else out
-    with write_artifact(target, stage="prune", config=config_to_dict(cfg) | {"source": source.spec}, format="torch",
+    with write_artifact(target, stage="prune", config=asked | {"source": source.spec}, format="torch",
                         task=task, model_type=config.model_type, parent=source.artifact, force=force) as o:
         o.record.input_hash = source_hash(source)
         run = _unstructured if cfg.kind == "unstructured" else _structured
-        o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder))
+        o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder), max_length=cfg.max_length)
     pruned = Artifact.load(target)
     return _recover(source, pruned, cfg, out, force) if cfg.recover else pruned
 
@@ -294,7 +296,8 @@ def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path,
     from ..evaluate import DATA_FIELDS
 
     dcfg = DistillConfig(student=str(pruned.path), data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs,
-                         min_steps=cfg.recover_min_steps, **{k: getattr(cfg, k) for k in DATA_FIELDS})
+                         min_steps=cfg.recover_min_steps, max_length=cfg.max_length,
+                         **{k: getattr(cfg, k) for k in DATA_FIELDS})
     recovered = distill(teacher, dcfg, out, force=force)
     # One stage, one record: the artifact's lineage is the pruned model's, ending in this prune (so a recipe
     # sees the step it ran and resumes it), with the recovery distillation inside that record.

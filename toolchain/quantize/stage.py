@@ -15,7 +15,7 @@ from typing import Literal
 
 from .. import parity
 from ..artifact import Artifact, check_output, write_artifact
-from ..config import config_to_dict, opt
+from ..config import config_to_dict, opt, resolve_max_length
 from ..errors import CheckFailed, Unsupported
 from ..guard import writes_output
 from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
@@ -82,7 +82,7 @@ class QuantizeConfig:
     validation_data: str | None = None  # the loop's validation split, in a file of its own
     test_data: str | None = None
     split_column: str | None = "split"
-    max_length: int = 128  # tokens per calibration / evaluation example
+    max_length: int | None = None  # tokens per calibration / evaluation example
     max_accuracy_drop: float | None = opt(None, "Classifiers: accuracy budget vs float32, absolute (0.01 = 1 point); "
                                                 "turns on the mixed-precision loop.")
     max_perplexity_increase: float | None = opt(None, "Causal LMs: relative perplexity budget (0.05 = +5%); turns "
@@ -123,7 +123,7 @@ class QuantizeConfig:
         if self.mode == "dynamic" and (self.activation_type is not None or self.symmetric_activations):
             raise ValueError("dynamic mode quantizes activations to uint8 at run time; "
                              "activation_type and symmetric_activations apply to --mode static")
-        if self.calibration_samples < 1 or self.max_length < 8 or self.eval_batch_size < 1:
+        if self.calibration_samples < 1 or (self.max_length or 8) < 8 or self.eval_batch_size < 1:
             raise ValueError("calibration_samples and eval_batch_size must be >= 1, max_length >= 8")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError("percentile must be in (50, 100]")
@@ -201,7 +201,9 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
     out = Path(out)
     check_output(out, force)  # fail now, not after calibrating
     parent = onnx_parent(src, "quantize")
-    with write_artifact(out, stage="quantize", config=config_to_dict(cfg), format="onnx", task=parent.task,
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, parent)
+    with write_artifact(out, stage="quantize", config=asked, format="onnx", task=parent.task,
                         model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
         started = time.perf_counter()
@@ -217,6 +219,7 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
         copy_sidecar_files(parent.path, o.folder)
         m = o.record.metrics
         m.update(job.notes, settings=job.settings, quantize_seconds=round(time.perf_counter() - started, 1),
+                 max_length=cfg.max_length,
                  **loop_metrics, **_model_metrics(parent.onnx_path, o.folder / "model.onnx"))
         m["fp32_nodes"] = sorted(set(job.excluded) | set(loop_metrics.get("fallback_nodes", []))
                                  | set(job.notes.get("no_calibrated_range", [])))
