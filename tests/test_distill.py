@@ -298,7 +298,8 @@ def test_tiny_distillation_lowers_the_kd_loss(sharp_teacher, reviews, tmp_path):
     # A narrower student cut from the trained teacher, with every loss on: KD, hidden states through
     # a learned projection (width 16 -> 32), attention maps, and boundary weighting.
     cfg = DistillConfig(student_layers=1, student_hidden_size=16, data=str(reviews), max_length=16, epochs=3,
-                        batch_size=8, learning_rate=3e-3, warmup_ratio=0.0, alpha=0.1, hidden_weight=0.1, attention_weight=0.1,
+                        batch_size=8, learning_rate=3e-3, warmup_ratio=0.0, alpha=0.1, hidden_weight=0.1,
+                        attention_weight=0.1,
                         boundary_weight=1.0, min_steps=0)  # the three epochs as configured
     m = _metrics(distill(str(sharp_teacher), cfg, tmp_path / "s", progress=False))
     epochs = m["train"]["losses_by_epoch"]

@@ -188,7 +188,8 @@ def test_unset_max_length_is_the_length_the_input_was_made_at(tiny_onnx, tmp_pat
     assert resolve_max_length(EvaluateConfig(), art).max_length == 64
     assert resolve_max_length(EvaluateConfig(max_length=32), art).max_length == 32
     assert resolve_max_length(EvaluateConfig(), None).max_length == 128
-    rows = "\n".join(f"the film is {'good' if i % 2 else 'bad'} {i},{'positive' if i % 2 else 'negative'}" for i in range(20))
+    rows = "\n".join(f"the film is {'good' if i % 2 else 'bad'} {i},{'positive' if i % 2 else 'negative'}"
+                     for i in range(20))
     (tmp_path / "d.csv").write_text("text,label\n" + rows + "\n")  # the tiny model's labels
     result = evaluate(art.path, EvaluateConfig(data=str(tmp_path / "d.csv")), record=False)
     assert result["max_length"] == 64 and result["config"]["max_length"] is None  # as asked: a recipe compares it

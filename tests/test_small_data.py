@@ -109,7 +109,8 @@ def test_report_carries_a_baseline_row_and_the_verdict(tiny_run):
 
 def test_search_runs_seeded_trials_chosen_by_validation_and_records_them(tiny, tmp_path):
     args = ["finetune", str(tiny("bert")), str(tmp_path / "out"), "--data", str(_reviews(tmp_path)), "--epochs", "1",
-            "--batch-size", "16", "--max-length", "16", "--search", "learning_rate,batch_size", "--trials", "2", "--json"]
+            "--batch-size", "16", "--max-length", "16", "--search", "learning_rate,batch_size", "--trials", "2",
+            "--json"]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "search: 2 trials over learning_rate, batch_size" in r.stderr and "min in all" in r.stderr

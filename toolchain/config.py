@@ -134,8 +134,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 # Help for fields many stages share, so it is written once (a field's own `opt(help=...)` wins).
 COMMON_HELP = {
-    "data": "Built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id (glue/sst2); when unset, "
-            "rotten-tomatoes for classifiers and hamlet for causal LMs.",
+    "data": "Built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id (glue/sst2).",
     "text_column": "Column holding the text.",
     "label_column": "Column holding the label.",
     "pair_column": "Second text column of sentence-pair tasks.",
@@ -166,6 +165,9 @@ COMMON_HELP = {
     "atol": "Parity tolerance (max abs diff) vs the source.",
 }
 
+# What a shared field left unset (None) means, where the stage decides.
+COMMON_UNSET = {"data": "When unset, the task's: rotten-tomatoes for classifiers, hamlet for causal LMs."}
+
 # Old option names -> the one name used now (Hugging Face's where it has one).
 RENAMED = {
     "lr": "learning_rate",
@@ -194,7 +196,10 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None 
 
 
 def field_help(f: dataclasses.Field) -> str:
-    return f.metadata.get("help") or COMMON_HELP.get(f.name, "")
+    if f.metadata.get("help"):
+        return f.metadata["help"]
+    unset = COMMON_UNSET.get(f.name) if f.default is None else None
+    return COMMON_HELP.get(f.name, "") + (f" {unset}" if unset else "")
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:

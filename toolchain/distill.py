@@ -234,7 +234,8 @@ def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str
         raise Unsupported("--search chooses by validation accuracy: it is for classifiers",
                           "distill a causal LM without --search")
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-    data = prepare_data(resolve_max_length(cfg, source.artifact), tokenizer, source.config, task)  # trials resolve it too
+    # Timed at the length the trials will use (each resolves it again: its record keeps what was asked).
+    data = prepare_data(resolve_max_length(cfg, source.artifact), tokenizer, source.config, task)
     teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     student, _ = make_student(teacher, cfg, task, tokenizer)
     del teacher

@@ -57,7 +57,8 @@ class BenchConfig:
     store: bool = opt(True, "Write the results into the artifacts' manifests.")
     # "spin" is onnxruntime's default; "stop" stops when a run ends, so an idle worker leaves the cores to the
     # one being timed (runtime.SPIN).
-    ort_spin: str = opt("spin", "How onnxruntime's intra-op threads wait between runs.", choices=("spin", "stop", "off"))
+    ort_spin: str = opt("spin", "How onnxruntime's intra-op threads wait between runs.",
+                        choices=("spin", "stop", "off"))
 
     def __post_init__(self):
         unknown = [p for p in self.providers if p not in PROVIDERS]
@@ -165,7 +166,8 @@ def build_workloads(targets, cfg: BenchConfig) -> dict:
     for t in targets:
         left = t.task == "text-generation"
         length = _max_length(cfg, t.path) if texts is not None else None
-        key = ((t.path / "tokenizer.json").read_bytes() if (t.path / "tokenizer.json").is_file() else t.path, left, length)
+        tokenizer = (t.path / "tokenizer.json").read_bytes() if (t.path / "tokenizer.json").is_file() else t.path
+        key = (tokenizer, left, length)
         if key not in made:
             tok = TokenizerJson(t.path, left_pad=left)
             if texts is not None:

@@ -174,7 +174,8 @@ def _structured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: s
         "surgery_check": surgery, "reload_check": reload, "file_bytes": _weights_bytes(folder),
     }
     if cfg.importance != "magnitude":
-        metrics["calibration"] = {"data": _data_name(cfg, task), "samples": cfg.calibration_samples, "max_length": cfg.max_length}
+        metrics["calibration"] = {"data": _data_name(cfg, task), "samples": cfg.calibration_samples,
+                                  "max_length": cfg.max_length}
     return metrics
 
 

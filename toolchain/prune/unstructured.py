@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from . import SCOPES  # declared beside PruneConfig, which checks it
 from .families import Family, family_of
 
 NO_SPEEDUP = ("unstructured sparsity leaves every tensor dense: PyTorch and ONNX Runtime do the same work, so it "
