@@ -44,6 +44,15 @@ def test_every_config_field_has_exactly_one_option(name):
     assert not extra, f"{name}: options that are no config field: {extra}"
 
 
+def test_verify_has_an_option_for_every_emulation_setting():
+    from toolchain.emulate import EmulateConfig
+
+    params = [p.name for p in _options("verify")]
+    assert params.count("emulate") == 1  # --emulate ARCH, the field `arch`, turns emulation on
+    for f in dataclasses.fields(EmulateConfig):
+        assert f.name == "arch" or params.count(f"emulate_{f.name}") == 1, f.name
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_option_flag_is_the_field_name(name):
     for p in _options(name):

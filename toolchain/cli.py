@@ -11,6 +11,7 @@ import signal
 import os
 import sys
 import threading
+import typing
 
 import click
 
@@ -105,6 +106,18 @@ def target_option(fn):
                              ".ort platform (default: each recipe's, else host).")(fn)
 
 
+def emulate_options(fn):
+    """verify's --emulate ARCH, and an --emulate-* option for each other field of EmulateConfig."""
+    from .config import config_options
+    from .emulate import EmulateConfig
+
+    fn = config_options(EmulateConfig, prefix="emulate_", skip=("arch",))(fn)
+    arches = typing.get_args(typing.get_type_hints(EmulateConfig)["arch"])
+    return click.option("--emulate", type=click.Choice(arches),
+                        help="Also run the bundle on this CPU under qemu: its predict.py and smoke test, compared "
+                             "with x86.")(fn)
+
+
 def stage_options(name: str, *, output: bool = True):
     """A stage's options, one per field of its config (toolchain/stages.py), then --force and --json."""
     from .config import config_options
@@ -163,12 +176,9 @@ def info(artifact, as_json, verify):
 @click.argument("path", type=click.Path())
 @click.option("--smoke", is_flag=True, help="Also run one inference on sample text (ONNX artifacts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--emulate", type=click.Choice(["arm64"]),
-              help="Also run the bundle on this CPU under qemu: its predict.py and smoke test, compared with x86.")
-@click.option("--emulate-cpu", default="neoverse-n1", show_default=True,
-              type=click.Choice(["neoverse-n1", "cortex-a53"]), help="The Arm core qemu emulates.")
+@emulate_options
 @reports_errors
-def verify(path, smoke, as_json, emulate, emulate_cpu):
+def verify(path, smoke, as_json, emulate, **emulation):
     """Check every file of the artifact or edge bundle at PATH against its manifest.
 
     Changed, missing or extra files exit 9. A bundle is also run once (model.onnx and model.ort) and
@@ -183,7 +193,7 @@ def verify(path, smoke, as_json, emulate, emulate_cpu):
     report = run_verify(path, smoke=smoke)
     if emulate:
         _raise_problems(report.path, report.problems)
-        _verify_emulated(report, path, emulate, emulate_cpu)
+        _verify_emulated(report, path, emulate, emulation)
     head = (f"{report.path}: {report.kind}, {report.files} files, "
             + (f"{len(report.problems)} problem(s)" if report.problems else "every hash matches"))
     if report.smoke and "models" in report.smoke:  # a bundle: diffs against the packaged outputs
@@ -197,13 +207,14 @@ def verify(path, smoke, as_json, emulate, emulate_cpu):
     _raise_problems(report.path, report.problems)
 
 
-def _verify_emulated(report, path, arch: str, cpu: str) -> None:
+def _verify_emulated(report, path, arch: str, emulation: dict) -> None:
     """Run the bundle under emulation; the verdict goes into the report's smoke record and bundle.json."""
     from .emulate import EmulateConfig, emulate, root_dir
 
+    cfg = _config(EmulateConfig, arch=arch, **{k.removeprefix("emulate_"): v for k, v in emulation.items()})
     first = "" if (root_dir() / "ready.json").is_file() else "; setting up the arm64 Python first (once, minutes)"
-    click.echo(f"running {path} on emulated {arch} ({cpu}){first}...", err=True)
-    result = emulate(path, EmulateConfig(arch=arch, cpu=cpu))
+    click.echo(f"running {path} on emulated {cfg.arch} ({cfg.cpu}){first}...", err=True)
+    result = emulate(path, cfg)
     report.smoke = (report.smoke or {}) | {"emulated": result}
 
 

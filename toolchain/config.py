@@ -225,16 +225,17 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def config_options(cls, *, skip: tuple[str, ...] = ()):
+def config_options(cls, *, skip: tuple[str, ...] = (), prefix: str = ""):
     """Decorator: one click option per field of `cls` (those not in `skip`), typed from the field's hint.
 
     Every option defaults to None, so a value the user did not give is left to the config's own default,
-    which the help shows once as "(default: X)".
+    which the help shows once as "(default: X)". A `prefix` ("emulate_") names the options of a config a
+    command uses beside its main one: --emulate-cpu, passed as emulate_cpu.
     """
     import click
 
     hints = typing.get_type_hints(cls)
-    options = [_click_option(click, f, hints[f.name]) for f in cli_fields(cls) if f.name not in skip]
+    options = [_click_option(click, f, hints[f.name], prefix) for f in cli_fields(cls) if f.name not in skip]
 
     def decorate(fn):
         for option in reversed(options):
@@ -244,9 +245,9 @@ def config_options(cls, *, skip: tuple[str, ...] = ()):
     return decorate
 
 
-def _click_option(click, f: dataclasses.Field, hint: Any):
+def _click_option(click, f: dataclasses.Field, hint: Any, prefix: str = ""):
     meta = f.metadata
-    flag = flag_name(f)
+    flag = "--" + prefix.replace("_", "-") + flag_name(f)[2:]
     names = [flag] + ([meta["short"]] if meta.get("short") else [])
     help_text = field_help(f)
     if shows_default(f):
@@ -270,7 +271,7 @@ def _click_option(click, f: dataclasses.Field, hint: Any):
         extra["callback"] = functools.partial(_parse_list, int_or_list=kind == "int_or_list",
                                               item=int if args and args[0] is int else str)
         extra["metavar"] = "N,N,..." if args and args[0] is int else "A,B,..."
-    return click.option(*names, f.name, help=help_text, show_default=False, **extra)
+    return click.option(*names, prefix + f.name, help=help_text, show_default=False, **extra)
 
 
 def _kind(hint: Any) -> tuple[Any, tuple]:
