@@ -135,6 +135,16 @@ def test_old_key_names_its_new_name(old, new, cls):
     assert info.value.fix == f"write {new}: instead" and info.value.key == old
 
 
+@pytest.mark.parametrize("command, old, new", [("finetune", "--lr", "--learning-rate"),
+                                               ("quantize", "--eval-max-samples", "--max-eval-samples"),
+                                               ("prune", "--samples", "--calibration-samples"),
+                                               ("bench", "--baseline", "--speedup-baseline")])
+def test_old_flag_names_its_new_spelling(command, old, new):
+    positional = ["a"] if command == "bench" else ["a", "b"]
+    r = CliRunner().invoke(main, [command, *positional, old, "1"])
+    assert r.exit_code == 2 and f"{old} was renamed to {new}" in r.output
+
+
 def test_misspelt_key_suggests_the_closest():
     with pytest.raises(RecipeError, match="unknown key 'temprature'") as info:
         config_from_dict(DistillConfig, {"temprature": 2.0})

@@ -132,7 +132,28 @@ def stage_options(name: str, *, output: bool = True):
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Command(click.Command):
+    """A command that names the new spelling of a renamed option (--lr: --learning-rate) instead of a guess."""
+
+    def parse_args(self, ctx, args):
+        from .config import new_names
+
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            old = exc.option_name.lstrip("-").replace("-", "_")
+            flags = {p.name: p.opts[0] for p in self.params if isinstance(p, click.Option)}
+            new = [flags[n] for n in new_names(old) if n in flags]
+            if not new:
+                raise
+            raise click.NoSuchOption(exc.option_name, f"{exc.option_name} was renamed to {new[0]}.", ctx=ctx) from None
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="toolchain")
 def main():
     """Make a Hugging Face transformer smaller and faster, and prove it stayed accurate."""

@@ -51,7 +51,7 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "co
 
 def _unknown_key(cls, key: str, fields: list[str], where: str) -> RecipeError:
     """A renamed key names its new name; a misspelt one the closest; else every valid key."""
-    new = [n for n in _as_tuple(RENAMED.get(key, ())) if n in fields]
+    new = [n for n in new_names(key) if n in fields]
     if new:
         return RecipeError(f"{where}: {key!r} was renamed to {new[0]!r}", f"write {new[0]}: instead")
     close = difflib.get_close_matches(key, fields, n=1)
@@ -60,8 +60,10 @@ def _unknown_key(cls, key: str, fields: list[str], where: str) -> RecipeError:
     return RecipeError(f"{where}: unknown key {key!r} for {cls.__name__}", f"use one of: {', '.join(fields)}")
 
 
-def _as_tuple(value) -> tuple:
-    return value if isinstance(value, tuple) else (value,)
+def new_names(old: str) -> tuple[str, ...]:
+    """The names an old option name became (RENAMED); () if it was never renamed."""
+    new = RENAMED.get(old, ())
+    return new if isinstance(new, tuple) else (new,)
 
 
 def _keyed(exc: RecipeError, key: str) -> RecipeError:
