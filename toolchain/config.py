@@ -304,5 +304,5 @@ def _parse_list(ctx, param, value: str | None, *, int_or_list: bool, item: type)
             return int(value)
         return tuple(item(v.strip()) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated {'integers' if item is int else 'names'}, got {value!r}",
-                                 ctx=ctx, param=param) from None
+        wanted = "a number or comma-separated integers" if int_or_list else "comma-separated integers"
+        raise click.BadParameter(f"{value!r} is not {wanted}", ctx=ctx, param=param) from None
