@@ -185,15 +185,14 @@ RENAMED = {
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, off: str | None = None,
-        short: str | None = None, choices: tuple | None = None, multiple: bool = False, cli: bool = True):
+        short: str | None = None, choices: tuple | None = None, multiple: bool = False):
     """A config field with its help and CLI spelling: the one place an option is declared.
 
     flag: the option's name when it is not the field's (`exclude_node` for a repeatable `exclude_nodes`);
     off: a bool's negative flag (`per-tensor`; default `no-<flag>`); choices: allowed values of a non-Literal
-    field; multiple: a repeatable option instead of a comma list; cli=False keeps a field out of the CLI.
+    field; multiple: a repeatable option instead of a comma list. Every field is an option (tests/test_options.py).
     """
-    meta = {"help": help, "flag": flag, "off": off, "short": short, "choices": choices, "multiple": multiple,
-            "cli": cli}
+    meta = {"help": help, "flag": flag, "off": off, "short": short, "choices": choices, "multiple": multiple}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -205,8 +204,8 @@ def field_help(f: dataclasses.Field) -> str:
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:
-    """The fields of `cls` that are CLI options."""
-    return [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("cli", True)]
+    """The fields of `cls` that are CLI options: all it takes."""
+    return [f for f in dataclasses.fields(cls) if f.init]
 
 
 def flag_name(f: dataclasses.Field) -> str:
