@@ -207,7 +207,7 @@ def causal_lm(lm: str, lm_run: Path | None, work: Path, plan: Plan, quick: bool,
     from toolchain.evaluate import EvaluateConfig
 
     models = vs.lm_variants(lm, lm_run, work, quick, echo, genai="genai" not in skipped)
-    evals = evaluate_all(models, EvaluateConfig(data="hamlet", max_tokens=plan.lm_tokens, window=512, stride=256))
+    evals = evaluate_all(models, EvaluateConfig(data="hamlet", max_eval_tokens=plan.lm_tokens, window=512, stride=256))
     cfg = BenchConfig(batch=(1,), seq=(plan.lm_prompt,), decode_tokens=plan.lm_decode, runs=plan.lm_runs, warmup=1,
                       block=2, store=False, peak=False, threads=plan.threads, ort_spin=plan.ort_spin)
     # llama.cpp runs in its own process, half its runs before the toolchain.bench run and half after, so a
@@ -338,7 +338,7 @@ def main(run_dir, teacher, final, lm, lm_run, work, out, publish, quick, eval_sa
     plan = replace(plan, threads=n_threads)
     machine = machine_record(n_threads)
     cfg = EvaluateConfig(data=DATA, split="test", batch_size=1, max_length=plan.max_length,
-                         max_samples=plan.eval_samples)
+                         max_eval_samples=plan.eval_samples)
     variants, evals, benches, scaled = [], {}, {"b1": None, "b32": None}, None
     if teacher_dir is not None:
         with phases("build the variants"):

@@ -28,15 +28,16 @@ VARIANTS = {
     "hard-3": {"student_layers": (0, 2, 4), "alpha": 1.0},  # hard labels only: the teacher is not read
     "kd-2": {"student_layers": 2},  # teacher layers 0 and 3
     # A 2-layer student underfits in 2 epochs at 5e-5 (validation 0.801 vs 0.826 here): more steps, a larger rate.
-    "kd-2-long": {"student_layers": 2, "lr": 2e-4, "epochs": 3.0},
-    "kd-2-long+hidden": {"student_layers": 2, "lr": 2e-4, "epochs": 3.0, "hidden_weight": 1.0, "hidden_loss": "mse"},
+    "kd-2-long": {"student_layers": 2, "learning_rate": 2e-4, "epochs": 3.0},
+    "kd-2-long+hidden": {"student_layers": 2, "learning_rate": 2e-4, "epochs": 3.0, "hidden_weight": 1.0,
+                         "hidden_loss": "mse"},
     "kd-3+hidden": {"student_layers": (0, 2, 4), "hidden_weight": 1.0, "hidden_loss": "mse"},
     "kd-3+boundary": {"student_layers": (0, 2, 4), "boundary_weight": 2.0},
     # Which two layers, or where they start from? The layers the progressive student ends up with (2 and 4),
     # copied straight from the teacher; then progressive: the kd-3 student minus its least important layer
     # (first-order Taylor, `toolchain prune --layers 1`), distilled again from the teacher.
-    "kd-2-layers24-long": {"student_layers": (2, 4), "lr": 2e-4, "epochs": 3.0},
-    "kd-2-progressive": {"from": "kd-3", "drop_layers": 1, "lr": 2e-4, "epochs": 3.0},
+    "kd-2-layers24-long": {"student_layers": (2, 4), "learning_rate": 2e-4, "epochs": 3.0},
+    "kd-2-progressive": {"from": "kd-3", "drop_layers": 1, "learning_rate": 2e-4, "epochs": 3.0},
 }
 
 
@@ -90,8 +91,8 @@ def variant_row(name: str, args) -> dict:
     out = args.out / name
     if args.fresh or not Artifact.is_artifact(out):
         shared = {"data": args.data, "epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size,
-                  "lr": args.lr, "temperature": 2.0, "alpha": 0.5, "device": args.device,
-                  "max_train_examples": args.max_train_examples}
+                  "learning_rate": args.lr, "temperature": 2.0, "alpha": 0.5, "device": args.device,
+                  "max_train_samples": args.max_train_examples}
         spec = dict(VARIANTS[name])
         if "from" in spec:  # progressive: start from an earlier variant's student with layers removed
             spec["student"] = str(smaller_student(spec.pop("from"), spec.pop("drop_layers"), args))
@@ -107,7 +108,8 @@ def variant_row(name: str, args) -> dict:
             "validation_accuracy": m["validation"]["accuracy"],
             "train_seconds": round(t["wall_seconds"] + m["teacher"].get("cache_seconds", 0.0), 1),
             "teacher_mode": m["teacher"]["mode"], "layers": m["student"]["num_layers"], "epochs": used["epochs"],
-            "lr": used["lr"], "hidden_weight": used.get("hidden_weight"), "boundary_weight": used.get("boundary_weight"),
+            "lr": used.get("learning_rate", used.get("lr")), "hidden_weight": used.get("hidden_weight"),
+            "boundary_weight": used.get("boundary_weight"),
             "params_m": round(m["student"]["params"] / 1e6, 2), "final_losses": t["losses_by_epoch"][-1],
             "device": t["device"], "precision": t["precision"], **size(out)}
 
@@ -121,7 +123,8 @@ def smaller_student(source: str, layers: int, args) -> Path:
     if args.fresh or not Artifact.is_artifact(out):
         if not Artifact.is_artifact(args.out / source):
             variant_row(source, args)
-        cfg = PruneConfig(layers=layers, importance="taylor", samples=64, max_length=args.max_length, data=args.data)
+        cfg = PruneConfig(layers=layers, importance="taylor", calibration_samples=64, max_length=args.max_length,
+                          data=args.data)
         with contextlib.redirect_stdout(sys.stderr):
             prune(args.out / source, cfg, out, force=True)
     return out

@@ -27,7 +27,7 @@ model: {model}
 data: {data}
 report: {{accuracy_budget: 0.05}}
 quick:
-  eval: {{max_samples: 4}}
+  eval: {{max_eval_samples: 4}}
 steps:
   - name: onnx
     stage: export

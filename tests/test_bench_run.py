@@ -108,7 +108,7 @@ def test_peak_is_cached_per_machine(tmp_path, monkeypatch):
 
 
 def test_unknown_baseline_is_a_config_error(bert_onnx):
-    r = CliRunner().invoke(main, ["bench", str(bert_onnx), "--baseline", "nope", "--runs", "1"])
+    r = CliRunner().invoke(main, ["bench", str(bert_onnx), "--speedup-baseline", "nope", "--runs", "1"])
     assert r.exit_code == 8 and "baseline 'nope'" in r.output
 
 

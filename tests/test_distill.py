@@ -284,7 +284,7 @@ def test_a_damaged_teacher_cache_is_never_read(tmp_path, damage):
 
 def test_distill_rebuilds_a_corrupt_teacher_cache(tiny, reviews, tmp_path):
     cfg = DistillConfig(student_layers=1, data=str(reviews), max_length=16, epochs=1, batch_size=8,
-                        cache_dir=str(tmp_path / "cache"), max_train_examples=16)
+                        cache_dir=str(tmp_path / "cache"), max_train_samples=16)
     first = _metrics(distill(str(tiny("bert")), cfg, tmp_path / "s1", progress=False))["teacher"]
     for shard in Path(first["cache_dir"]).glob("shard-*"):
         shard.write_bytes(b"\0" * 10)  # every later distillation crashed on this
@@ -298,7 +298,8 @@ def test_tiny_distillation_lowers_the_kd_loss(sharp_teacher, reviews, tmp_path):
     # A narrower student cut from the trained teacher, with every loss on: KD, hidden states through
     # a learned projection (width 16 -> 32), attention maps, and boundary weighting.
     cfg = DistillConfig(student_layers=1, student_hidden_size=16, data=str(reviews), max_length=16, epochs=3,
-                        batch_size=8, lr=3e-3, warmup_ratio=0.0, alpha=0.1, hidden_weight=0.1, attention_weight=0.1,
+                        batch_size=8, learning_rate=3e-3, warmup_ratio=0.0, alpha=0.1, hidden_weight=0.1,
+                        attention_weight=0.1,
                         boundary_weight=1.0, min_steps=0)  # the three epochs as configured
     m = _metrics(distill(str(sharp_teacher), cfg, tmp_path / "s", progress=False))
     epochs = m["train"]["losses_by_epoch"]
@@ -415,7 +416,7 @@ def test_distill_through_the_cli_prints_json(tiny, reviews, tmp_path):
 
 @pytest.mark.parametrize("args, code, message", [
     (["--student-layers", "0,9"], 8, "out of range"),
-    (["--student-layers", "1", "--hidden-size", "64"], 8, "wider than the teacher"),
+    (["--student-layers", "1", "--student-hidden-size", "64"], 8, "wider than the teacher"),
     (["--student-layers", "x"], 2, "not a number"),
     (["--teacher-mode", "cached", "--hidden-weight", "1"], 8, "online"),
 ])
@@ -448,7 +449,7 @@ def test_distill_under_torchrun_with_two_gloo_processes(tiny, reviews, tmp_path)
 @pytest.mark.slow
 def test_distill_smollm2_to_a_third_of_its_layers(tmp_path):
     cfg = DistillConfig(student_layers=10, max_length=64, max_steps=20, batch_size=4, cache_top_k=64,
-                        max_train_examples=80, teacher_mode="cached", cache_dir=str(tmp_path / "cache"))
+                        max_train_samples=80, teacher_mode="cached", cache_dir=str(tmp_path / "cache"))
     m = _metrics(distill("smollm2-135m", cfg, tmp_path / "s", progress=False))
     assert m["student"]["num_layers"] == 10
     assert m["validation"]["perplexity"] > m["teacher"]["validation"]["perplexity"] > 1.0

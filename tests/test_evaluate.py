@@ -20,7 +20,7 @@ def test_classification_metrics_by_hand():
 
 
 def test_torch_and_onnx_give_the_same_predictions(tiny, tiny_onnx):
-    cfg = EvaluateConfig(max_samples=40, batch_size=8)
+    cfg = EvaluateConfig(max_eval_samples=40, batch_size=8)
     torch_logits = predict(Runner(tiny("bert")), load_classification("rotten-tomatoes").split("test").subset(40), cfg)
     onnx_logits = predict(Runner(tiny_onnx("bert").path), load_classification("rotten-tomatoes").split("test")
                           .subset(40), cfg)
@@ -54,7 +54,7 @@ def test_label_the_model_never_saw_is_an_error(tiny):
 
     model = tiny_models.bert_classifier(tiny("bert").parent / "bert3", num_labels=3)
     with pytest.raises(DataError, match="not one the model knows"):
-        evaluate(model, EvaluateConfig(max_samples=8))
+        evaluate(model, EvaluateConfig(max_eval_samples=8))
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
@@ -79,7 +79,7 @@ def test_perplexity_strided_equals_the_models_own_loss(tiny, name):
 
 
 def test_perplexity_of_onnx_with_past_matches_torch(tiny, tiny_onnx):
-    cfg = EvaluateConfig(data="hamlet", max_tokens=200, window=64, stride=32)
+    cfg = EvaluateConfig(data="hamlet", max_eval_tokens=200, window=64, stride=32)
     torch_r = evaluate(tiny("gpt2"), cfg)
     onnx_r = evaluate(tiny_onnx("gpt2-past").path, cfg, reference=tiny("gpt2"))
     assert onnx_r["perplexity"] == pytest.approx(torch_r["perplexity"], rel=1e-4)

@@ -51,7 +51,7 @@ def pruned(tiny, tmp_path_factory):
         if name not in made:
             heads = 0.5 if name == "llama" else 0.25
             made[name] = prune(str(tiny(name)), PruneConfig(heads=heads, ffn=0.5, importance="taylor",
-                                                           data=None, samples=4), root / name)
+                                                           data=None, calibration_samples=4), root / name)
         return made[name]
 
     return get
@@ -320,7 +320,8 @@ def test_recovery_distils_the_pruned_model_from_the_original(tiny, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, cfg", [
     ("minilm", PruneConfig(heads=0.25, ffn=0.5)),
-    ("smollm2-135m", PruneConfig(heads=1 / 3, ffn=0.5, importance="activation", samples=8)),  # 3 of 9 heads: 1 group
+    # 3 of 9 heads: 1 group
+    ("smollm2-135m", PruneConfig(heads=1 / 3, ffn=0.5, importance="activation", calibration_samples=8)),
 ])
 def test_prune_builtin_models_then_export(tmp_path, name, cfg):
     art = prune(name, cfg, tmp_path / "pruned")

@@ -282,7 +282,7 @@ def test_static_loop_on_a_causal_lm_records_iterations_and_fallbacks(tiny_onnx, 
     # loop runs all its rounds and reports the best it found.
     monkeypatch.setattr(loop.Budget, "within", lambda self, value: False)
     cfg = QuantizeConfig(mode="static", calibration_samples=8, data="hamlet", max_perplexity_increase=0.01,
-                         eval_max_tokens=200, max_iterations=2)
+                         max_eval_tokens=200, max_iterations=2)
     art = quantize(tiny_onnx("llama"), cfg, tmp_path / "q")
     m = _metrics(art)
     assert m["budget"]["metric"] == "perplexity" and len(m["iterations"]) == 3

@@ -78,8 +78,8 @@ def test_dry_run_after_a_run_names_what_changed(tiny_run, tmp_path):
     assert [d.run for d in decisions] == [False, True, True]
     assert decisions[1].reason == "onnx not measured with this config"
     assert "recommended artifact, chosen once the measurements are in" in decisions[2].reason
-    quick = plan(load_recipe(recipe, quick=True), out)  # quick: eval max_samples 4
-    assert quick[1].run and quick[1].step.config.max_samples == 4
+    quick = plan(load_recipe(recipe, quick=True), out)  # quick: eval max_eval_samples 4
+    assert quick[1].run and quick[1].step.config.max_eval_samples == 4
 
 
 def test_changed_config_reruns_the_step_and_what_reads_it(tiny, tmp_path):
@@ -182,11 +182,11 @@ def test_data_error_points_at_the_recipe_data_line(tmp_path):
 
 
 def test_quick_overrides_are_checked_and_merged(tmp_path):
-    text = GOOD + "quick:\n  eval: {max_samples: 10}\n"
-    assert load_recipe(_write(tmp_path, text), quick=True).step("eval").config.max_samples == 10
-    assert load_recipe(_write(tmp_path, text)).step("eval").config.max_samples is None
+    text = GOOD + "quick:\n  eval: {max_eval_samples: 10}\n"
+    assert load_recipe(_write(tmp_path, text), quick=True).step("eval").config.max_eval_samples == 10
+    assert load_recipe(_write(tmp_path, text)).step("eval").config.max_eval_samples is None
     with pytest.raises(RecipeError, match=r":11: quick\.evl: quick names no step 'evl'"):
-        load_recipe(_write(tmp_path, GOOD + "quick:\n  evl: {max_samples: 10}\n"))
+        load_recipe(_write(tmp_path, GOOD + "quick:\n  evl: {max_eval_samples: 10}\n"))
     with pytest.raises(RecipeError, match=r":11: quick\.eval\.max_sample: step .eval.: unknown key .max_sample."):
         load_recipe(_write(tmp_path, GOOD + "quick:\n  eval: {max_sample: 10}\n"), quick=True)
 

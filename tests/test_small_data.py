@@ -70,7 +70,7 @@ def test_distill_keeps_the_best_epoch_on_validation_and_records_it(tiny, tmp_pat
 
 
 @pytest.mark.parametrize("bad", [{"min_steps": -1}, {"patience": 0}, {"search": ("depth",)},
-                                 {"search": ("lr",), "trials": 1}])
+                                 {"search": ("learning_rate",), "trials": 1}])
 def test_bad_schedule_and_search_configs_are_refused(bad):
     with pytest.raises(RecipeError):
         config_from_dict(FinetuneConfig, bad)
@@ -109,16 +109,17 @@ def test_report_carries_a_baseline_row_and_the_verdict(tiny_run):
 
 def test_search_runs_seeded_trials_chosen_by_validation_and_records_them(tiny, tmp_path):
     args = ["finetune", str(tiny("bert")), str(tmp_path / "out"), "--data", str(_reviews(tmp_path)), "--epochs", "1",
-            "--batch-size", "16", "--max-length", "16", "--search", "lr,batch_size", "--trials", "2", "--json"]
+            "--batch-size", "16", "--max-length", "16", "--search", "learning_rate,batch_size", "--trials", "2",
+            "--json"]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "search: 2 trials over lr, batch_size" in r.stderr and "min in all" in r.stderr
+    assert "search: 2 trials over learning_rate, batch_size" in r.stderr and "min in all" in r.stderr
     art = Artifact.load(tmp_path / "out")
     record = art.manifest.lineage[-1]
     s = record.metrics["search"]
     assert [t["trial"] for t in s["trials"]] == [0, 1] and s["chosen_by"] == "validation accuracy"
     best = max(s["trials"], key=lambda t: t["validation_accuracy"])
     assert s["best_trial"] == best["trial"] and s["chosen"] == best["params"]
-    assert record.config["search"] == ["lr", "batch_size"] and record.config["trials"] == 2
+    assert record.config["search"] == ["learning_rate", "batch_size"] and record.config["trials"] == 2
     assert art.verify() == [] and not (tmp_path / ".out.search").exists()
     assert json.loads(r.stdout)["artifact"] == str(tmp_path / "out")

@@ -92,7 +92,7 @@ def _default_recipe_on(model: Path, csv: Path, test: Path) -> dict:
     doc.pop("quick")
     tweaks = {"teacher": {"epochs": 1, "batch_size": 8, "max_length": 16, "min_steps": 0},
               "student": {"student_layers": [0], "epochs": 1, "batch_size": 8, "max_length": 16, "min_steps": 0},
-              "pruned": {"samples": 4, "max_length": 16, "recover_min_steps": 0},
+              "pruned": {"calibration_samples": 4, "max_length": 16, "recover_min_steps": 0},
               "int8-static": {"calibration_samples": 8, "max_accuracy_drop": 0.5},
               "speed": {"batch": [1], "runs": 2, "warmup": 1, "max_length": 16},
               "bundle": {"mobile_check": False}}

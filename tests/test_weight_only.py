@@ -143,7 +143,7 @@ def test_calibrated_algorithms_on_the_tiny_llama(tiny_onnx, tmp_path, algorithm)
 
 def test_mixed_loop_moves_the_least_faithful_layers_to_int8(tiny_onnx, tmp_path):
     cfg = QuantizeConfig(mode="weight-only", data="hamlet", max_perplexity_increase=0.0, max_iterations=2,
-                         calibration_samples=8, eval_max_tokens=256, block_size=64)
+                         calibration_samples=8, max_eval_tokens=256, block_size=64)
     with pytest.warns(UserWarning, match="budget not met"):
         art = quantize(tiny_onnx("llama-past"), cfg, tmp_path / "mixed")
     m = art.manifest.lineage[-1].metrics
@@ -161,7 +161,7 @@ def test_mixed_loop_moves_the_least_faithful_layers_to_int8(tiny_onnx, tmp_path)
 
 def test_mixed_loop_within_budget_at_once_stays_int4(tiny_onnx, tmp_path):
     cfg = QuantizeConfig(mode="weight-only", data="hamlet", max_perplexity_increase=0.9, calibration_samples=8,
-                         eval_max_tokens=256)
+                         max_eval_tokens=256)
     m = quantize(tiny_onnx("llama-past"), cfg, tmp_path / "q").manifest.lineage[-1].metrics
     assert m["within_budget"] and len(m["iterations"]) == 1 and m["int8_nodes"] == []
     assert m["weight_only"]["nodes"]["int4_matmul"] == LAYERS
@@ -224,7 +224,7 @@ def test_cli_weight_only(tiny_onnx, tmp_path):
 
 def test_awq_folds_scales_into_norms_and_ranks_layers_in_the_scaled_space(tiny_onnx, tmp_path):
     cfg = QuantizeConfig(mode="weight-only", algorithm="awq", data="hamlet", calibration_samples=8,
-                         max_perplexity_increase=0.0, max_iterations=1, eval_max_tokens=256)
+                         max_perplexity_increase=0.0, max_iterations=1, max_eval_tokens=256)
     with pytest.warns(UserWarning, match="budget not met"):
         art = quantize(tiny_onnx("llama-past"), cfg, tmp_path / "awq")
     m = art.manifest.lineage[-1].metrics

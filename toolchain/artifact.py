@@ -208,6 +208,18 @@ class Artifact:
         return self.manifest.task
 
     @property
+    def max_length(self) -> int | None:
+        """Tokens per example this model was last trained, calibrated or packaged at (its lineage), if recorded.
+
+        A stage records the length it used in its metrics; its config holds the length asked for (None: inherited).
+        """
+        for record in reversed(self.manifest.lineage):
+            for value in (record.metrics.get("max_length"), record.config.get("max_length")):
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+        return None
+
+    @property
     def onnx_path(self) -> Path:
         return self.path / "model.onnx"
 

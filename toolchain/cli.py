@@ -11,6 +11,7 @@ import signal
 import os
 import sys
 import threading
+import typing
 
 import click
 
@@ -96,7 +97,63 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def target_option(fn):
+    """--target for `run`: where the recipe's models will run (toolchain/targets.py)."""
+    from .targets import TARGETS
+
+    return click.option("--target", type=click.Choice(list(TARGETS)),
+                        help="Where the model will run: decides fusions, int8 format, fixed shapes and the "
+                             ".ort platform (default: each recipe's, else host).")(fn)
+
+
+def emulate_options(fn):
+    """verify's --emulate ARCH, and an --emulate-* option for each other field of EmulateConfig."""
+    from .config import config_options
+    from .emulate import EmulateConfig
+
+    fn = config_options(EmulateConfig, prefix="emulate_", skip=("arch",))(fn)
+    arches = typing.get_args(typing.get_type_hints(EmulateConfig)["arch"])
+    return click.option("--emulate", type=click.Choice(arches),
+                        help="Also run the bundle on this CPU under qemu: its predict.py and smoke test, compared "
+                             "with x86.")(fn)
+
+
+def stage_options(name: str, *, output: bool = True):
+    """A stage's options, one per field of its config (toolchain/stages.py), then --force and --json."""
+    from .config import config_options
+    from .stages import stage
+
+    def decorate(fn):
+        fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+        if output:
+            fn = click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")(fn)
+        return config_options(stage(name).config)(fn)
+
+    return decorate
+
+
+class Command(click.Command):
+    """A command that names the new spelling of a renamed option (--lr: --learning-rate) instead of a guess."""
+
+    def parse_args(self, ctx, args):
+        from .config import new_names
+
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            old = exc.option_name.lstrip("-").replace("-", "_")
+            flags = {p.name: p.opts[0] for p in self.params if isinstance(p, click.Option)}
+            new = [flags[n] for n in new_names(old) if n in flags]
+            if not new:
+                raise
+            raise click.NoSuchOption(exc.option_name, f"{exc.option_name} was renamed to {new[0]}.", ctx=ctx) from None
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="toolchain")
 def main():
     """Make a Hugging Face transformer smaller and faster, and prove it stayed accurate."""
@@ -140,12 +197,9 @@ def info(artifact, as_json, verify):
 @click.argument("path", type=click.Path())
 @click.option("--smoke", is_flag=True, help="Also run one inference on sample text (ONNX artifacts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--emulate", type=click.Choice(["arm64"]),
-              help="Also run the bundle on this CPU under qemu: its predict.py and smoke test, compared with x86.")
-@click.option("--emulate-cpu", default="neoverse-n1", show_default=True,
-              type=click.Choice(["neoverse-n1", "cortex-a53"]), help="The Arm core qemu emulates.")
+@emulate_options
 @reports_errors
-def verify(path, smoke, as_json, emulate, emulate_cpu):
+def verify(path, smoke, as_json, emulate, **emulation):
     """Check every file of the artifact or edge bundle at PATH against its manifest.
 
     Changed, missing or extra files exit 9. A bundle is also run once (model.onnx and model.ort) and
@@ -160,7 +214,7 @@ def verify(path, smoke, as_json, emulate, emulate_cpu):
     report = run_verify(path, smoke=smoke)
     if emulate:
         _raise_problems(report.path, report.problems)
-        _verify_emulated(report, path, emulate, emulate_cpu)
+        _verify_emulated(report, path, emulate, emulation)
     head = (f"{report.path}: {report.kind}, {report.files} files, "
             + (f"{len(report.problems)} problem(s)" if report.problems else "every hash matches"))
     if report.smoke and "models" in report.smoke:  # a bundle: diffs against the packaged outputs
@@ -174,13 +228,14 @@ def verify(path, smoke, as_json, emulate, emulate_cpu):
     _raise_problems(report.path, report.problems)
 
 
-def _verify_emulated(report, path, arch: str, cpu: str) -> None:
+def _verify_emulated(report, path, arch: str, emulation: dict) -> None:
     """Run the bundle under emulation; the verdict goes into the report's smoke record and bundle.json."""
     from .emulate import EmulateConfig, emulate, root_dir
 
+    cfg = _config(EmulateConfig, arch=arch, **{k.removeprefix("emulate_"): v for k, v in emulation.items()})
     first = "" if (root_dir() / "ready.json").is_file() else "; setting up the arm64 Python first (once, minutes)"
-    click.echo(f"running {path} on emulated {arch} ({cpu}){first}...", err=True)
-    result = emulate(path, EmulateConfig(arch=arch, cpu=cpu))
+    click.echo(f"running {path} on emulated {cfg.arch} ({cfg.cpu}){first}...", err=True)
+    result = emulate(path, cfg)
     report.smoke = (report.smoke or {}) | {"emulated": result}
 
 
@@ -220,33 +275,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 @main.command()
 @click.argument("model")
 @click.argument("out", type=click.Path())
-@click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
-              help="Task head to export; inferred from the model's architecture when omitted.")
-@click.option("--with-past", is_flag=True, help="Export the KV cache as inputs/outputs (text-generation).")
-@click.option("--opset", type=int, help="ONNX opset (default: optimum's for the architecture).")
-@click.option("--atol", type=float, help="Parity tolerance (max abs diff vs PyTorch).")
-@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
-@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
-@click.option("--backend", type=click.Choice(["optimum", "genai"]), default="optimum", show_default=True,
-              help="genai: ONNX Runtime GenAI's model builder (Llama-family LMs; GQA + rotary, KV cache, "
-                   "genai_config.json), run in its own cached environment.")
-@click.option("--precision", type=click.Choice(["fp32", "int8", "int4"]), default="fp32", show_default=True,
-              help="--backend genai: weight-only MatMulNBits int8 / int4, or fp32.")
-@click.option("--accuracy-level", type=click.IntRange(1, 4),
-              help="--backend genai int8/int4: MatMulNBits compute type, 1 fp32 .. 4 int8 (default 4).")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32", show_default=True,
-              help="--backend genai int8/int4: weights per quantization block.")
-@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("export")
 @reports_errors
-def export(model, out, task, with_past, opset, atol, trust_remote_code, allow_pickle, backend, precision,
-           accuracy_level, block_size, force, as_json):
+def export(model, out, force, as_json, **options):
     """Export MODEL (built-in name, folder, torch artifact or hub id) to ONNX at OUT, checked against PyTorch."""
     from .export import ExportConfig, export as run_export
 
-    cfg = _config(ExportConfig, task=task, with_past=with_past, opset=opset, atol=atol,
-                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, backend=backend,
-                  precision=precision, accuracy_level=accuracy_level, block_size=int(block_size))
+    cfg = _config(ExportConfig, **options)
     art = run_export(model, cfg, out, force=force)
     m = art.manifest.lineage[-1].metrics
     p = m["parity"]
@@ -267,57 +302,10 @@ def _parity_text(p: dict) -> str:
     return f"max abs diff {p['max_abs_diff']:.2e}"
 
 
-def target_option(fn):
-    """--target: where the model will run (toolchain/targets.py); it decides fusions, int8 format, shapes."""
-    from .targets import TARGETS
-
-    return click.option("--target", type=click.Choice(list(TARGETS)),
-                        help="Where the model will run: decides fusions, int8 format, fixed shapes and the "
-                             ".ort platform (default host: this machine's CPU).")(fn)
-
-
-def data_options(fn=None, *, default: str | None = "rotten-tomatoes"):
-    """--data and the column options shared by every command that reads labelled text.
-
-    `@data_options(default=None)` leaves --data unset, for commands that pick data by the model's task.
-    """
-    if fn is None:
-        return functools.partial(data_options, default=default)
-    for opt in reversed([
-        click.option("--data", default=default, show_default=default is not None,
-                     help="Built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id (glue/sst2)."),
-        click.option("--text-column", default="text", show_default=True),
-        click.option("--label-column", default="label", show_default=True),
-        click.option("--pair-column", default=None, help="Second text column of sentence-pair tasks."),
-        click.option("--validation-data", help="The validation split in a file of its own (--data is then train)."),
-        click.option("--test-data", help="The test split in a file of its own, scored whole."),
-        click.option("--split-column", help="Column naming each row's split: train / validation (dev, val) / test "
-                                            "(default: 'split', used when the file has it)."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
 @main.command()
 @click.argument("model")
 @click.argument("out", type=click.Path())
-@data_options
-@click.option("--epochs", type=float, help="Training epochs (default 3).")
-@click.option("--lr", "learning_rate", type=float, help="Learning rate (default 5e-5).")
-@click.option("--batch-size", type=int, help="Training batch size (default 32).")
-@click.option("--max-length", type=int, help="Tokens per example (default 64).")
-@click.option("--seed", type=int, help="Random seed (default 42).")
-@click.option("--group-by-length/--no-group-by-length", default=None,
-              help="Batch examples of similar length: less padding, ~1.9x faster on CPU (default on).")
-@click.option("--max-train-samples", type=int, help="Train on the first N examples only.")
-@click.option("--min-steps", type=int, help="Raise the epochs until this many optimizer steps (default 600; 0: off).")
-@click.option("--patience", type=int, help="Stop after N epochs without a validation gain (default 3).")
-@click.option("--search", help="Search these by validation accuracy (Optuna): lr,epochs,batch_size,warmup,weight_decay.")
-@click.option("--trials", type=int, help="Search trials, each a full fine-tune (default 6).")
-@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
-@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
-@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("finetune")
 @reports_errors
 def finetune(model, out, as_json, force, **options):
     """Fine-tune MODEL into a sequence classifier on --data; best checkpoint by validation accuracy.
@@ -328,7 +316,6 @@ def finetune(model, out, as_json, force, **options):
 
     import contextlib
 
-    options["search"] = _items(options.get("search"))
     cfg = _config(FinetuneConfig, **options)
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs on stdout: keep it for the result
         art = run_finetune(model, cfg, out, force=force)
@@ -341,20 +328,9 @@ def finetune(model, out, as_json, force, **options):
 
 @main.command()
 @click.argument("artifact")
-@data_options
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test", "all"]),
-              help="all: every row of --data as given (a held-out test file, scored whole).")
+@stage_options("evaluate", output=False)
 @click.option("--reference", help="Another artifact: report how often its predictions agree with ARTIFACT's.")
-@click.option("--baseline/--no-baseline", default=None,
-              help="Classifiers: also score TF-IDF + logistic regression on the same split (default on).")
-@click.option("--batch-size", type=int, help="Evaluation batch size (default 32; int8 depends on it).")
-@click.option("--max-length", type=int, help="Tokens per example (default 128).")
-@click.option("--max-samples", type=int, help="Score only the first N examples.")
-@click.option("--window", type=int, help="Causal LM: tokens per perplexity window (default 512).")
-@click.option("--stride", type=int, help="Causal LM: tokens scored per window (default 256).")
-@click.option("--max-tokens", type=int, help="Causal LM: score only the first N tokens.")
 @click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime execution provider.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
 def evaluate(artifact, reference, provider, as_json, **options):
     """Score ARTIFACT (torch or ONNX) on --data; the result is stored in its manifest.
@@ -390,31 +366,13 @@ def _evaluation_table(artifact, r: dict) -> str:
 @main.command()
 @click.argument("artifact")
 @click.argument("out", type=click.Path())
-@click.option("--model-type", help="Optimizer model type (bert, gpt2, ...); from the manifest when omitted.")
-@click.option("--num-heads", type=int, help="Attention heads (default: config.json; 0 = detect from the graph).")
-@click.option("--hidden-size", type=int, help="Hidden size (default: config.json; 0 = detect from the graph).")
-@click.option("--opt-level", type=click.Choice(["0", "1", "2", "99"]), help="ONNX Runtime graph optimizations first.")
-@click.option("--disable-attention", is_flag=True, help="Keep attention unfused (for static int8 QDQ afterwards).")
-@click.option("--fp16", is_flag=True, help="Convert to float16 for GPU targets (inputs/outputs stay float32).")
-@click.option("--fp16-io", "fp16_io", is_flag=True, help="With --fp16: float16 inputs and outputs too.")
-@click.option("--use-gpu", is_flag=True, help="Allow GPU-only fusions (implied by --fp16).")
-@click.option("--skip-layer-norm/--no-skip-layer-norm", default=None,
-              help="Fuse Add + LayerNorm into SkipLayerNormalization (default: for GPU targets only; on CPU "
-                   "ONNX Runtime's kernel is 5-8x slower than the two ops).")
-@click.option("--embed-layer-norm/--no-embed-layer-norm", default=None,
-              help="Fuse the embedding Gather + Add + LayerNorm (default); --no-embed-layer-norm keeps a Gather "
-                   "that quantize --embedding-bits 4 can store as 4-bit blocks.")
-@click.option("--atol", type=float, help="Parity tolerance vs the parent (relative with --fp16).")
-@target_option
-@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("optimize")
 @reports_errors
-def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
+def optimize(artifact, out, force, as_json, **options):
     """Fuse ARTIFACT (ONNX) with ONNX Runtime's transformer optimizer into OUT, checked against ARTIFACT."""
     from .optimize import OptimizeConfig, optimize as run_optimize
 
-    cfg = _config(OptimizeConfig, opt_level=int(opt_level) if opt_level else None,
-                  keep_io_types=False if fp16_io else None, **options)
+    cfg = _config(OptimizeConfig, **options)
     art = run_optimize(artifact, cfg, out, force=force)
     m = art.manifest.lineage[-1].metrics
     p = m["parity"]
@@ -438,51 +396,9 @@ def optimize(artifact, out, opt_level, fp16_io, force, as_json, **options):
 @main.command()
 @click.argument("artifact")
 @click.argument("out", type=click.Path())
-@click.option("--mode", type=click.Choice(["dynamic", "static", "weight-only"]), default="dynamic", show_default=True,
-              help="dynamic/static: int8 weights and activations; weight-only: 4/8-bit weight blocks (MatMulNBits).")
-@click.option("--bits", type=click.Choice(["4", "8"]), callback=lambda c, p, v: int(v) if v else None,
-              help="Weight-only: bits per weight (default 4).")
-@click.option("--block-size", type=int, help="Weight-only: weights per scale along K, a power of two >= 16 (default 32).")
-@click.option("--algorithm", type=click.Choice(["rtn", "hqq", "gptq", "awq"]),
-              help="Weight-only int4: rtn (default), hqq, gptq (calibrated), awq (activation-aware scaling + rtn).")
-@click.option("--accuracy-level", type=click.IntRange(0, 4),
-              help="Weight-only: MatMulNBits compute type, 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4).")
-@click.option("--symmetric/--asymmetric", default=None, help="Weight-only: symmetric weight blocks (default asymmetric).")
-@click.option("--embedding-bits", type=click.Choice(["4"]), callback=lambda c, p, v: int(v) if v else None,
-              help="Dynamic/static: embedding tables as 4-bit blocks (GatherBlockQuantized), MatMuls int8.")
-@click.option("--preset", type=click.Choice(["avx2", "avx512", "avx512_vnni", "avx_vnni", "arm64", "nnapi"]),
-              help="Hardware preset (default: the --target's; host detects it from this CPU); the options "
-                   "below override it.")
-@target_option
-@click.option("--activation-type", type=click.Choice(["quint8", "qint8"]), help="Static: activation type.")
-@click.option("--weight-type", type=click.Choice(["quint8", "qint8"]), help="Weight type.")
-@click.option("--reduce-range/--full-range", default=None, help="7-bit weights (CPUs without VNNI).")
-@click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default).")
-@click.option("--symmetric-activations", is_flag=True, default=None, help="Static: zero point 0 for activations.")
-@click.option("--op-types", help="Comma-separated op types to quantize (default depends on --mode).")
-@click.option("--exclude-node", "exclude_nodes", multiple=True, help="Keep this node in float32 (repeatable; glob patterns such as '*/down_proj/*' match many).")
-@click.option("--quantize-activation-matmuls", is_flag=True, default=None,
-              help="Also quantize activation x activation MatMuls (attention scores).")
-@click.option("--quantize-matmul-outputs/--float-matmul-outputs", default=None,
-              help="Static: complete DQ -> MatMul -> Q units, as mobile EPs need (default: the target's).")
-@click.option("--no-mask-guard", is_flag=True, help="Do not keep attention-mask paths out of quantization.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              help="Static: how activation ranges are set (default minmax).")
-@click.option("--calibration-samples", type=int, help="Static: task examples to calibrate on (default 128).")
-@click.option("--percentile", type=float, help="Percentile calibration: share of values covered (default 99.999).")
-@data_options(default=None)
-@click.option("--max-length", type=int, help="Tokens per calibration / evaluation example (default 128).")
-@click.option("--max-accuracy-drop", type=float, help="Classifiers: accuracy budget vs float32 (0.01 = 1 point).")
-@click.option("--max-perplexity-increase", type=float, help="Causal LMs: relative perplexity budget (0.05 = 5%).")
-@click.option("--eval-batch-size", type=int, help="Loop: evaluation batch size (default 1, as served).")
-@click.option("--eval-max-samples", type=int, help="Loop: score the first N validation examples only.")
-@click.option("--eval-max-tokens", type=int, help="Loop, causal LMs: perplexity over the first N tokens.")
-@click.option("--max-iterations", type=int, help="Loop: fallback rounds (default 6).")
-@click.option("--rtol", type=float, help="Parity: relative L2 error per output vs float32 (default 0.5).")
-@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("quantize")
 @reports_errors
-def quantize(artifact, out, op_types, no_mask_guard, force, as_json, **options):
+def quantize(artifact, out, force, as_json, **options):
     """Quantize ARTIFACT (ONNX) to int8 at OUT: dynamic, or static QDQ calibrated on task data.
 
     With --max-accuracy-drop (or --max-perplexity-increase) the most sensitive nodes go back to float32
@@ -490,9 +406,7 @@ def quantize(artifact, out, op_types, no_mask_guard, force, as_json, **options):
     """
     from .quantize import QuantizeConfig, quantize as run_quantize
 
-    ops = tuple(o.strip() for o in op_types.split(",") if o.strip()) if op_types else None
-    cfg = _config(QuantizeConfig, op_types=ops, mask_guard=False if no_mask_guard else None,
-                  **{k: (v or None) if k == "exclude_nodes" else v for k, v in options.items()})
+    cfg = _config(QuantizeConfig, **options)
     art = run_quantize(artifact, cfg, out, force=force)
     m = art.manifest.lineage[-1].metrics
     emit({"artifact": str(art.path), **m}, as_json, _quantize_report(artifact, art, m))
@@ -570,54 +484,22 @@ def _config(cls, **kwargs):
 
 @main.command()
 @click.argument("artifacts", nargs=-1, required=True)
-@click.option("--providers", default="cpu", show_default=True,
-              help="Execution providers, comma-separated (cpu,cuda,tensorrt); one not available is a 'skipped' row.")
-@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--seq", default="16,64,128", show_default=True, help="Fixed sequence lengths (unless --data).")
-@data_options(default=None)
-@click.option("--max-length", type=int, help="Truncate real texts to this many tokens (default 128).")
-@click.option("--threads", type=int, help="Threads for torch and onnxruntime alike (default: all usable cores).")
-@click.option("--runs", type=int, help="Timed calls per artifact and configuration (default 50).")
-@click.option("--warmup", type=int, help="Untimed calls first (default 5).")
-@click.option("--block", type=int, help="Calls per artifact before the next one's turn (default 5).")
-@click.option("--baseline", help="Artifact the speedup column is relative to (default: the first).")
-@click.option("--torch-compile", is_flag=True, help="Run torch artifacts through torch.compile instead of eager.")
-@click.option("--decode-tokens", type=int, help="Causal LMs: greedy decode steps after each prefill (default 16).")
-@click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels.")
-@click.option("--trt-int8", is_flag=True, help="TensorRT: allow int8 kernels.")
-@click.option("--no-peak", is_flag=True, help="Skip the GEMM peak (no fraction-of-peak column).")
-@click.option("--refresh-peak", is_flag=True, help="Re-measure this machine's GEMM peak instead of using the cache.")
-@click.option("--no-store", is_flag=True, help="Do not write the results into the artifacts' manifests.")
-@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@stage_options("bench", output=False)
 @reports_errors
-def bench(artifacts, providers, batch, seq, max_length, threads, runs, warmup, block, baseline, torch_compile,
-          decode_tokens, trt_fp16, trt_int8, no_peak, refresh_peak, no_store, as_json, **data_opts):
+def bench(artifacts, as_json, **options):
     """Time ARTIFACTS (torch or ONNX) side by side: latency, throughput, memory, fraction of the machine's peak."""
     from tqdm import tqdm
 
     from .bench import BenchConfig, bench as run_bench
     from .bench.results import table_rows
 
-    cfg = _config(BenchConfig, providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
-                  batch=_ints(batch, "--batch"), seq=_ints(seq, "--seq"), max_length=max_length,
-                  threads=threads, runs=runs, warmup=warmup, block=block, baseline=baseline,
-                  torch_compile=torch_compile, decode_tokens=decode_tokens, trt_fp16=trt_fp16, trt_int8=trt_int8,
-                  peak=not no_peak, refresh_peak=refresh_peak, store=not no_store, **data_opts)
+    cfg = _config(BenchConfig, **options)
     n_shapes = len(cfg.batch) * (1 if cfg.data else len(cfg.seq))
     total = len(cfg.providers) * len(artifacts) * n_shapes * (cfg.runs + cfg.warmup)
     with tqdm(total=total, desc="bench", unit="call", leave=False, disable=None) as bar:
         result = run_bench(list(artifacts), cfg, progress=bar.update)
     rows, headers = table_rows(result)
     emit(result, as_json, _bench_header(result) + "\n" + format_table(rows, headers) + _bench_footer(result))
-
-
-def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
 
 
 def _bench_header(result: dict) -> str:
@@ -636,63 +518,14 @@ def _bench_header(result: dict) -> str:
 def _bench_footer(result: dict) -> str:
     stored = [f"{a['label']}: {', '.join(a['stored_as'])}" for a in result["artifacts"] if a["stored_as"]]
     return "\nstored in manifests: " + "; ".join(stored) if stored else ""
-def _int_list(value: str | None, name: str):
-    """'0,2,4' -> (0, 2, 4); a bare '3' -> 3 (a count); bad text is a usage error."""
-    if value is None:
-        return None
-    try:
-        if "," not in value:
-            return int(value)
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number or a comma-separated list of numbers", param_hint=name)
 
 
 @main.command()
 @click.argument("teacher")
 @click.argument("out", type=click.Path())
-@click.option("--student", help="A ready student (folder, torch artifact), e.g. a pruned model to recover.")
-@click.option("--student-layers", help="Layers to keep: a count (3: evenly spaced) or teacher indices (0,2,4).")
-@click.option("--hidden-size", "student_hidden_size", type=int, help="Narrower student hidden size.")
-@click.option("--intermediate-size", "student_intermediate_size", type=int, help="Narrower student FFN size.")
-@click.option("--num-heads", "student_num_heads", type=int, help="Student attention heads (default: keep head size).")
-@click.option("--init", "student_init", type=click.Choice(["copy", "random"]), help="Copy teacher layers (default) or random.")
-@data_options(default=None)
-@click.option("--max-length", type=int, help="Tokens per example / text window (default 128).")
-@click.option("--max-train-examples", type=int, help="Train on the first N examples only (quick runs).")
-@click.option("--max-eval-examples", type=int, help="Validate on the first N examples only.")
-@click.option("--epochs", type=float, help="Training epochs (default 2).")
-@click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
-@click.option("--min-steps", type=int, help="Raise the epochs until this many optimizer steps, best epoch kept "
-                                            "(default 600; 0: off).")
-@click.option("--patience", type=int, help="Stop after N epochs without a validation gain (default 3).")
-@click.option("--search", help="Search these by validation accuracy (Optuna): lr,epochs,batch_size,temperature,alpha,"
-                               "warmup.")
-@click.option("--trials", type=int, help="Search trials, each a full distillation (default 6).")
-@click.option("--batch-size", type=int, help="Per-device batch size (default 32).")
-@click.option("--grad-accum", type=int, help="Gradient accumulation steps (default 1).")
-@click.option("--lr", type=float, help="Learning rate (default 5e-5).")
-@click.option("--seed", type=int)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="auto: bf16/fp16 on CUDA, fp32 on CPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--temperature", "-T", type=float, help="Softmax temperature of the soft targets (default 2).")
-@click.option("--alpha", type=float, help="Weight of the hard-label loss; 1 - alpha on the soft loss (default 0.5).")
-@click.option("--logit-loss", type=click.Choice(["kl", "mse"]), help="Soft logit loss (default kl).")
-@click.option("--hidden-weight", type=float, help="Weight of the hidden-state loss (default 0: off).")
-@click.option("--hidden-loss", type=click.Choice(["mse", "cosine"]))
-@click.option("--attention-weight", type=float, help="Weight of the attention-map KL (default 0: off).")
-@click.option("--layer-map", help="Teacher layer per student layer for feature losses, e.g. 1,3,5.")
-@click.option("--boundary-weight", type=float, help="Up-weight examples near the teacher's decision boundary (beta).")
-@click.option("--teacher-mode", type=click.Choice(["auto", "online", "cached"]), help="Teacher beside the student, "
-              "or its logits cached on disk.")
-@click.option("--cache-dir", type=click.Path(), help="Where cached teacher logits live.")
-@click.option("--cache-top-k", type=int, help="Cache only the teacher's top-k logits per row (large vocabularies).")
-@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
-@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
-@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("distill")
 @reports_errors
-def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
+def distill(teacher, out, force, as_json, **options):
     """Distill TEACHER (torch artifact, folder or built-in) into a smaller student at OUT.
 
     \b
@@ -703,9 +536,7 @@ def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
 
     from .distill import DistillConfig, distill as run_distill
 
-    options["search"] = _items(options.get("search"))
-    cfg = _config(DistillConfig, student_layers=_int_list(student_layers, "--student-layers"),
-                  layer_map=_as_tuple(_int_list(layer_map, "--layer-map")), **options)
+    cfg = _config(DistillConfig, **options)
     # Trainer prints its logs on stdout; keep stdout for the result (JSON for scripts).
     with contextlib.redirect_stdout(sys.stderr):
         art = run_distill(teacher, cfg, out, force=force)
@@ -726,59 +557,17 @@ def distill(teacher, out, force, as_json, student_layers, layer_map, **options):
          f"x{t['world_size']}\n{score}\n" + format_table(rows, ["epoch", "loss", "ce", "kd", "hidden", "attention"]))
 
 
-def _as_tuple(value):
-    return (value,) if isinstance(value, int) else value
-
-
 @main.command()
 @click.argument("model")
 @click.argument("out", type=click.Path())
-@click.option("--sparsity", type=float, help="Unstructured: fraction of in-scope weights to zero, smallest |w| first.")
-@click.option("--threshold", type=float, help="Unstructured: zero the in-scope weights with |w| below this.")
-@click.option("--granularity", type=click.Choice(["global", "layer"]),
-              help="Unstructured: rank |w| across all scoped matrices (global) or within each (layer).")
-@click.option("--scope", help="Unstructured: groups to prune: attention,ffn (default), embeddings, classifier.")
-@click.option("--modules", help="Unstructured: module names or patterns instead of --scope, comma-separated.")
-@click.option("--heads", type=float, help="Structured: fraction of attention heads to remove (GQA: whole groups).")
-@click.option("--ffn", type=float, help="Structured: fraction of FFN intermediate neurons to remove.")
-@click.option("--heads-per-layer", help="Structured: query heads to keep in each layer, e.g. 9,9,9,9,9,9.")
-@click.option("--ffn-per-layer", help="Structured: FFN neurons to keep in each layer, e.g. 768,768,...")
-@click.option("--layers", type=int, help="Structured: whole layers to remove, least important first.")
-@click.option("--drop-layers", help="Structured: layer indices to remove, e.g. 1,3.")
-@click.option("--ranking", type=click.Choice(["layer", "global"]),
-              help="Apply ratios within each layer (default, uniform shapes) or rank units across layers.")
-@click.option("--importance", type=click.Choice(["magnitude", "taylor", "activation"]),
-              help="How units are ranked: weight norms (default) or calibration data (taylor, activation).")
-@click.option("--empty-layer", type=click.Choice(["refuse", "drop"]),
-              help="A layer left with no heads or no FFN neurons: error (default) or remove the layer.")
-@data_options(default=None)
-@click.option("--samples", type=int, help="Calibration examples for taylor / activation importance (default 32).")
-@click.option("--max-length", type=int, help="Tokens per calibration example (default 128).")
-@click.option("--recover", is_flag=True, help="Then distil from the unpruned model; the pruned model stays at OUT-pruned.")
-@click.option("--recover-epochs", type=int, help="Epochs of recovery distillation (default 1).")
-@click.option("--recover-min-steps", type=int, help="Raise recovery epochs until this many updates (default 300).")
-@click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
-              help="Task head to load; inferred from the model's architecture when omitted.")
-@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
-@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
-@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("prune")
 @reports_errors
-def prune(model, out, sparsity, threshold, granularity, scope, modules, heads, ffn, heads_per_layer, ffn_per_layer,
-          layers, drop_layers, ranking, importance, empty_layer, samples, max_length, recover, recover_epochs,
-          recover_min_steps, task, trust_remote_code, allow_pickle, force, as_json, **data_opts):
+def prune(model, out, force, as_json, **options):
     """Prune MODEL into a PyTorch artifact at OUT: zero small weights (--sparsity / --threshold), or remove
     attention heads, FFN neurons and layers (--heads / --ffn / --layers), which really shrinks the model."""
     from .prune import PruneConfig, prune as run_prune
 
-    cfg = _config(PruneConfig, sparsity=sparsity, threshold=threshold, granularity=granularity,
-                  scope=_items(scope), modules=_items(modules), heads=heads, ffn=ffn,
-                  heads_per_layer=_ints(heads_per_layer, "--heads-per-layer"),
-                  ffn_per_layer=_ints(ffn_per_layer, "--ffn-per-layer"), layers=layers,
-                  drop_layers=_ints(drop_layers, "--drop-layers"), ranking=ranking, importance=importance,
-                  empty_layer=empty_layer, samples=samples, max_length=max_length, recover=recover or None,
-                  recover_epochs=recover_epochs, recover_min_steps=recover_min_steps, task=task,
-                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, **data_opts)
+    cfg = _config(PruneConfig, **options)
     art = run_prune(model, cfg, out, force=force)
     record = art.manifest.lineage[-1]
     m = art.manifest.results.get("prune") or record.metrics
@@ -790,10 +579,6 @@ def prune(model, out, sparsity, threshold, granularity, scope, modules, heads, f
     if record.stage != "prune":
         data["recovery"] = {"stage": record.stage, "metrics": record.metrics}
     emit(data, as_json, f"pruned {model} -> {art.path}\n{text}")
-
-
-def _items(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _structured_text(m: dict) -> str:
@@ -830,18 +615,7 @@ def _unstructured_text(m: dict) -> str:
 @main.command("trim-vocab")
 @click.argument("model")
 @click.argument("out", type=click.Path())
-@data_options(default=None)
-@click.option("--max-vocab", type=int, help="Keep at most N rows: specials and characters/bytes first, then the "
-                                             "most frequent tokens of the training text.")
-@click.option("--min-count", type=int, help="Times a token must occur in the training text to be kept (default 1).")
-@click.option("--max-length", type=int, help="Tokens per example when scoring before and after (default 64).")
-@click.option("--max-eval-samples", type=int, help="Score only the first N held-out examples (LMs: tokens).")
-@click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),
-              help="Task head to load; inferred from the model's architecture when omitted.")
-@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with a hub model (only if you trust it).")
-@click.option("--allow-pickle", is_flag=True, help="Read pickle weights when no safetensors exist.")
-@click.option("--force", is_flag=True, help="Replace an existing artifact at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("trim-vocab")
 @reports_errors
 def trim_vocab(model, out, as_json, force, **options):
     """Trim MODEL's vocabulary to the tokens its task text uses: a smaller embedding (and LM head), a
@@ -951,21 +725,13 @@ def report_cmd(folder, other, as_json):
 @main.command("package")
 @click.argument("artifact", type=click.Path())
 @click.argument("out", type=click.Path())
-@click.option("--target-platform", type=click.Choice(["arm", "amd64"]),
-              help="What model.ort is optimized for (default: the --target's; host: arm).")
-@target_option
-@click.option("--no-ort", is_flag=True, help="Do not write model.ort / required_operators.config.")
-@click.option("--no-mobile-check", is_flag=True, help="Skip the NNAPI / CoreML usability check.")
-@click.option("--max-length", type=int, help="Tokens predict.py keeps per text (default 128).")
-@click.option("--force", is_flag=True, help="Replace an existing bundle at OUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@stage_options("package")
 @reports_errors
-def package_cmd(artifact, out, target_platform, target, no_ort, no_mobile_check, max_length, force, as_json):
+def package_cmd(artifact, out, force, as_json, **options):
     """Package an ONNX ARTIFACT as an edge bundle at OUT: model.onnx/.ort, tokenizer, predict.py, manifest."""
     from .package import BUNDLE_FILE, PackageConfig, package
 
-    cfg = _config(PackageConfig, target_platform=target_platform, ort_format=False if no_ort else None,
-                  mobile_check=False if no_mobile_check else None, max_length=max_length, target=target)
+    cfg = _config(PackageConfig, **options)
     art = package(artifact, cfg, out, force=force)
     info = json.loads((art.path / BUNDLE_FILE).read_text())
     rows = [[name, (art.path / name).stat().st_size / 1e6, digest[:12]] for name, digest in info["files"].items()]

@@ -39,11 +39,12 @@ from typing import Literal
 
 from . import students
 from .artifact import Artifact, prepare_output, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt, resolve_max_length
 from .errors import BadModel, CheckFailed, DataError, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, model_inputs, resolve_model, source_hash
 from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE, best_epoch_callback
+from .search import SPACES
 
 LM_VALIDATION_FRACTION = 0.1  # the last tenth of a plain text's windows is held out for perplexity
 RELOAD_ATOL = 1e-4
@@ -53,68 +54,74 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
 @dataclass(frozen=True)
 class DistillConfig:
     # The student: a ready model, or one built from the teacher.
-    student: str | None = None  # folder, torch artifact or built-in of a ready student (e.g. a pruned model)
-    student_layers: int | tuple[int, ...] | None = None  # a count (evenly spaced, DistilBERT-style) or teacher indices; None: half
-    student_hidden_size: int | None = None  # narrower residual width; None keeps the teacher's
-    student_intermediate_size: int | None = None  # narrower FFN; None keeps the teacher's
-    student_num_heads: int | None = None  # None keeps the teacher's head size (fewer heads when narrower)
-    student_init: Literal["copy", "random"] = "copy"  # copy the kept teacher layers (cut to width), or random
+    student: str | None = opt(None, "A ready student (folder, torch artifact, built-in), e.g. a pruned model to "
+                                    "recover; when unset, one is built from the teacher.")
+    # DistilBERT-style evenly spaced layers by default; None keeps half of the teacher's.
+    student_layers: int | tuple[int, ...] | None = opt(
+        None, "Layers to keep: a count (3: evenly spaced) or teacher indices (0,2,4); when unset, half.")
+    student_hidden_size: int | None = opt(None, "Narrower student hidden size; when unset, the teacher's.")
+    student_intermediate_size: int | None = opt(None, "Narrower student FFN size; when unset, the teacher's.")
+    student_num_heads: int | None = opt(None, "Student attention heads; when unset, the teacher's head size is kept.")
+    student_init: Literal["copy", "random"] = opt("copy", "Copy the kept teacher layers (cut to width), or random.")
     # Data: classification splits, or plain text for a causal LM.
-    data: str | None = None  # built-in, file or hub id; None: rotten-tomatoes for classifiers, hamlet for LMs
+    data: str | None = None
     text_column: str = "text"
     label_column: str = "label"
-    pair_column: str | None = None  # second text of sentence-pair tasks
-    validation_data: str | None = None  # the validation split's own file (then `data` is the train file)
-    test_data: str | None = None  # the test split's own file
-    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
-    max_length: int = 128  # tokens per example (classifier) or per text window (causal LM)
-    max_train_examples: int | None = None  # cap for quick runs; None trains on the whole train split
-    max_eval_examples: int | None = None  # cap on validation examples; None uses them all
+    pair_column: str | None = None
+    validation_data: str | None = None
+    test_data: str | None = None
+    split_column: str | None = "split"
+    max_length: int | None = None  # tokens per example (classifier) or per text window (causal LM)
+    max_train_samples: int | None = None  # cap for quick runs; None trains on the whole train split
+    max_eval_samples: int | None = None  # cap on validation examples; None uses them all
     # Optimization (Hugging Face Trainer).
     epochs: float = 2.0
-    max_steps: int | None = None  # overrides epochs (and min_steps) when set
+    max_steps: int | None = opt(None, "Stop after N optimizer steps (overrides --epochs and --min-steps).")
     # Small data: epochs are raised until this many optimizer steps, the best epoch on validation kept
     # (classifiers; toolchain/schedule.py). 0 keeps `epochs` as they are.
     min_steps: int = MIN_STEPS
-    max_epochs: float = MAX_EPOCHS  # the ceiling when min_steps raises the epochs
-    patience: int = PATIENCE  # classifiers: stop after this many epochs without a validation gain
-    batch_size: int = 32  # per device
-    grad_accum: int = 1  # gradient accumulation steps: effective batch = batch_size x grad_accum x devices
-    lr: float = 5e-5
+    max_epochs: float = MAX_EPOCHS
+    patience: int = PATIENCE  # classifiers only
+    batch_size: int = opt(32, "Examples per batch, per device.")
+    grad_accum: int = opt(1, "Gradient accumulation steps: effective batch = batch size x steps x devices.")
+    learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 42
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt("auto", "auto: bf16 (or fp16) on CUDA, fp32 on CPU.")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where to train; auto: CUDA when present.")
     # Losses.
-    temperature: float = 2.0  # T of the soft targets; the KL term is scaled by T^2
-    alpha: float = 0.5  # weight of hard-label CE; 1 - alpha goes to the soft logit loss; 1.0 = hard labels only
-    logit_loss: Literal["kl", "mse"] = "kl"
-    hidden_weight: float = 0.0  # weight of the hidden-state loss (0: off)
-    hidden_loss: Literal["mse", "cosine"] = "mse"
-    attention_weight: float = 0.0  # weight of the attention-map KL (0: off)
-    layer_map: tuple[int, ...] | None = None  # teacher layer for each student layer (feature losses); None: uniform
-    boundary_weight: float = 0.0  # beta of the boundary-aware example weights (0: off)
-    # Opt-in search (toolchain/search.py, classifiers): names from search.SPACES["distill"] (lr, epochs, batch_size,
-    # temperature, alpha, warmup), `trials` runs chosen by validation accuracy with Optuna's seeded TPE sampler.
-    search: tuple[str, ...] = ()
+    temperature: float = opt(2.0, "Softmax temperature of the soft targets (the KL term is scaled by T^2).",
+                             short="-T")
+    alpha: float = opt(0.5, "Weight of the hard-label loss; 1 - alpha goes to the soft loss (1: hard labels only).")
+    logit_loss: Literal["kl", "mse"] = opt("kl", "Soft logit loss.")
+    hidden_weight: float = opt(0.0, "Weight of the hidden-state loss (0: off).")
+    hidden_loss: Literal["mse", "cosine"] = opt("mse", "Hidden-state loss.")
+    attention_weight: float = opt(0.0, "Weight of the attention-map KL (0: off).")
+    layer_map: tuple[int, ...] | None = opt(None, "Teacher layer per student layer for feature losses, e.g. 1,3,5; "
+                                                  "when unset, spread uniformly.")
+    boundary_weight: float = opt(0.0, "Up-weight examples near the teacher's decision boundary (beta; 0: off).")
+    # Opt-in search (toolchain/search.py, classifiers), `trials` runs chosen by validation accuracy.
+    search: tuple[str, ...] = opt((), "Search these by validation accuracy (Optuna, classifiers): "
+                                      f"{','.join(SPACES['distill'])}.")
     trials: int = 6
-    # Teacher outputs.
-    teacher_mode: Literal["auto", "online", "cached"] = "auto"  # auto: cached, except for feature losses and
-    # causal LMs without cache_top_k (a full-vocabulary cache would be tens of GB)
-    cache_dir: str | None = None  # where cached logits live; None: $TOOLCHAIN_CACHE/teacher-logits
-    cache_top_k: int | None = None  # keep only the teacher's top-k logits per row (large vocabularies); None: all
-    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
-    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
+    # Teacher outputs. auto: cached, except for feature losses and causal LMs without cache_top_k (a
+    # full-vocabulary cache would be tens of GB).
+    teacher_mode: Literal["auto", "online", "cached"] = opt("auto", "Teacher beside the student (online), or its "
+                                                                    "logits cached on disk (cached).")
+    cache_dir: str | None = opt(None, "Where cached teacher logits live; when unset, $TOOLCHAIN_CACHE/teacher-logits.")
+    cache_top_k: int | None = opt(None, "Cache only the teacher's top-k logits per row (large vocabularies).")
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self):
         self._check_student()
-        positive = {"max_length": self.max_length, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "temperature": self.temperature, "lr": self.lr}
+        positive = {"max_length": self.max_length or 1, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "temperature": self.temperature, "learning_rate": self.learning_rate}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        for name in ("max_train_examples", "max_eval_examples", "max_steps", "cache_top_k"):
+        for name in ("max_train_samples", "max_eval_samples", "max_steps", "cache_top_k"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_steps is None and not self.epochs > 0:
@@ -185,6 +192,8 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     task = teacher_task(source)
     if cfg.search:
         return _search(source, cfg, out, force, task)
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, source.artifact)
     mode = cfg.mode_for(task)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer, source.config, task)
@@ -206,9 +215,10 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
         teacher = None  # not in memory while the student trains
         gc.collect()
     train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args)
-    metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics}
+    metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics,
+               "max_length": cfg.max_length}
     if args.process_index == 0:
-        write_student(source, cfg, out, force, task, student, tokenizer, data, metrics, started=started)
+        write_student(source, cfg, asked, out, force, task, student, tokenizer, data, metrics, started=started)
     if args.world_size > 1:
         torch.distributed.barrier()  # the other processes return the artifact process 0 wrote
     return Artifact.load(out)
@@ -224,13 +234,14 @@ def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str
         raise Unsupported("--search chooses by validation accuracy: it is for classifiers",
                           "distill a causal LM without --search")
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-    data = prepare_data(cfg, tokenizer, source.config, task)
+    # Timed at the length the trials will use (each resolves it again: its record keeps what was asked).
+    data = prepare_data(resolve_max_length(cfg, source.artifact), tokenizer, source.config, task)
     teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     student, _ = make_student(teacher, cfg, task, tokenizer)
     del teacher
     collate = Collator(tokenizer.pad_token_id, task)
     step = search.time_steps(student, [{k: v for k, v in e.items() if k != "idx"} for e in data.train],
-                             collate, cfg.batch_size, cfg.lr)
+                             collate, cfg.batch_size, cfg.learning_rate)
     steps = search.max_steps_per_trial("distill", cfg, len(data.train), schedule.plan)
     return search.run_search("distill", distill, source, cfg, out, force=force, step_seconds=step,
                              steps_per_trial=steps, echo=lambda line: print(line, file=sys.stderr))
@@ -283,8 +294,8 @@ def _classification_data(cfg: DistillConfig, tokenizer, teacher_config) -> Disti
         rows = [e | {"label": to_teacher[int(y)]} for e, y in zip(enc, part.labels)]
         return [r | {"idx": i} for i, r in enumerate(rows)] if indexed else rows
 
-    return DistillData(spec.source, encode("train", cfg.max_train_examples, True),
-                       encode("validation", cfg.max_eval_examples, False))
+    return DistillData(spec.source, encode("train", cfg.max_train_samples, True),
+                       encode("validation", cfg.max_eval_samples, False))
 
 
 def _text_data(cfg: DistillConfig, tokenizer) -> DistillData:
@@ -300,8 +311,8 @@ def _text_data(cfg: DistillConfig, tokenizer) -> DistillData:
                         "windows", "use a longer text or a smaller max_length")
     n_val = max(1, round(len(windows) * LM_VALIDATION_FRACTION))
     train, val = windows[:-n_val], windows[-n_val:]
-    train = train[:cfg.max_train_examples] if cfg.max_train_examples else train
-    val = val[:cfg.max_eval_examples] if cfg.max_eval_examples else val
+    train = train[:cfg.max_train_samples] if cfg.max_train_samples else train
+    val = val[:cfg.max_eval_samples] if cfg.max_eval_samples else val
     return DistillData(source, [{"input_ids": w, "idx": i} for i, w in enumerate(train)], [{"input_ids": w} for w in val])
 
 
@@ -518,7 +529,7 @@ def training_args(cfg: DistillConfig, task: str, progress: bool, sched=None):
         output_dir=tempfile.mkdtemp(prefix="toolchain-distill-"),  # Trainer wants one; nothing is saved there
         num_train_epochs=sched.epochs if sched else cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
         lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
@@ -591,13 +602,13 @@ def validation_accuracy(student, tokenizer, task: str, data: DistillData, batch_
     return right / len(data.validation)
 
 
-def write_student(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str, student, tokenizer,
-                  data: DistillData, metrics: dict, *, started: float) -> None:
+def write_student(source: ModelSource, cfg: DistillConfig, asked: dict, out, force: bool, task: str, student,
+                  tokenizer, data: DistillData, metrics: dict, *, started: float) -> None:
     """Save the student (HF folder + tokenizer) as a torch artifact, reloaded and scored on validation data."""
     from .evaluate import Runner
 
     student = student.float().eval()
-    with write_artifact(out, stage="distill", config=config_to_dict(cfg) | {"teacher": source.spec}, format="torch",
+    with write_artifact(out, stage="distill", config=asked | {"teacher": source.spec}, format="torch",
                         task=task, model_type=student.config.model_type, parent=source.artifact, force=force) as o:
         o.record.input_hash = source_hash(source)
         o.record.started = started  # the lineage times the whole stage, training included
@@ -631,7 +642,7 @@ def validate(folder: Path, runner, cfg: DistillConfig, task: str, data: DistillD
 
     if task == "text-generation":
         return held_out_perplexity(runner.logits, data, cfg.max_length)
-    ecfg = eval_config(cfg, "validation", max_length=cfg.max_length, max_samples=cfg.max_eval_examples)
+    ecfg = eval_config(cfg, "validation", max_length=cfg.max_length, max_eval_samples=cfg.max_eval_samples)
     result = evaluate(folder, ecfg, record=False, runner=runner)
     return {k: result[k] for k in ("accuracy", "macro_f1", "n", "split_origin")}
 

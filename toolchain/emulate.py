@@ -31,6 +31,7 @@ from typing import Literal
 
 from .artifact import MANIFEST, PARTIAL_PREFIX, Artifact, Manifest, _replace_folder, _write_errors, sha256_file
 from .assets import cache_dir
+from .config import opt
 from .errors import CheckFailed, MissingPackage, Unsupported
 
 # The wheels the emulated Python gets: the same versions as here, so a difference is the CPU's, not a release's.
@@ -56,10 +57,13 @@ NOT_SPEED = "emulated: correctness only; an emulator's timings say nothing about
 
 @dataclass(frozen=True)
 class EmulateConfig:
-    arch: Literal["arm64"] = "arm64"  # the only guest today: what phones and boards run
-    cpu: str = "neoverse-n1"  # the Arm core qemu emulates (CPUS): sets the instructions onnxruntime may pick
-    threads: int = 1  # onnxruntime threads inside the emulator: correctness does not need more, the host is shared
-    timeout_s: int = 1800  # per emulated process (an emulated import of onnxruntime alone takes seconds)
+    arch: Literal["arm64"] = opt("arm64", "The emulated CPU architecture: what phones and boards run.")
+    # Sets the instructions onnxruntime may pick (CPUS).
+    cpu: str = opt("neoverse-n1", "The Arm core qemu emulates.", choices=tuple(CPUS))
+    # Correctness does not need more; the host is shared.
+    threads: int = opt(1, "onnxruntime threads inside the emulator.")
+    # An emulated import of onnxruntime alone takes seconds.
+    timeout_s: int = opt(1800, "Seconds each emulated process may run.")
 
     def __post_init__(self):
         if self.arch != "arm64":

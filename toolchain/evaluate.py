@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt, resolve_max_length
 from .data import ALL, SPLITS, DataSpec, Split, batches, data_spec, load_classification, load_text
 from .errors import DataError, Unsupported
 from .metrics import classification_metrics, pack_correct, wilson
@@ -25,33 +25,34 @@ from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resol
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    data: str = "rotten-tomatoes"  # built-in name, CSV/JSONL/Parquet/.txt path, or hub dataset id
-    split: str = "test"  # train, validation, test, or all: every row of `data` as given (a held-out test file)
+    data: str = "rotten-tomatoes"
+    split: str = opt("test", "The split to score; all: every row of --data as given (a held-out test file, scored "
+                             "whole).", choices=("train", "validation", "test", "all"))
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
-    validation_data: str | None = None  # the validation split's own file (then `data` is the train file)
-    test_data: str | None = None  # the test split's own file, scored whole
-    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
+    validation_data: str | None = None
+    test_data: str | None = None
+    split_column: str | None = "split"
     # Dynamic int8 computes activation scales per batch, so the batch size changes int8 accuracy:
     # evaluate the way the model will be deployed (1 for per-request serving).
-    batch_size: int = 32
-    max_length: int = 128
-    max_samples: int | None = None  # first N examples of the split, for quick checks
-    window: int = 512  # causal LM: tokens per perplexity window (capped at the model's context)
-    stride: int = 256  # causal LM: new tokens scored per window; the rest is context
-    max_tokens: int | None = None  # causal LM: score only the first N tokens of the text
+    batch_size: int = opt(32, "Evaluation batch size (dynamic int8 accuracy depends on it).")
+    max_length: int | None = None
+    max_eval_samples: int | None = None  # first N examples of the split, for quick checks
+    window: int = opt(512, "Causal LMs: tokens per perplexity window (capped at the model's context).")
+    stride: int = opt(256, "Causal LMs: new tokens scored per window; the rest is context.")
+    max_eval_tokens: int | None = None
     # Classifiers: also score a TF-IDF + logistic-regression baseline on the same split (toolchain/baseline.py),
     # so every result says whether the transformer is worth its cost. Stages scoring internally turn it off.
-    baseline: bool = True
+    baseline: bool = opt(True, "Classifiers: also score TF-IDF + logistic regression on the same split.")
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_length < 2:
+        if self.batch_size < 1 or (self.max_length or 2) < 2:
             raise ValueError("batch_size must be >= 1 and max_length >= 2")
         if not 0 < self.stride <= self.window:
             raise ValueError("stride must be in (0, window]")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError("max_samples must be >= 1")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError("max_eval_samples must be >= 1")
         if self.split not in (*SPLITS, ALL):
             raise ValueError(f"split must be one of {', '.join((*SPLITS, ALL))}, got {self.split!r}")
 
@@ -106,15 +107,16 @@ def evaluate(path: str | Path, cfg: EvaluateConfig, *, reference: str | Path | N
              record: bool = True, runner: Runner | None = None) -> dict:
     """Evaluate the model at `path` on `cfg.data`; store the result in its manifest when it is an artifact."""
     runner = runner or Runner(path)
+    used = resolve_max_length(cfg, runner.artifact)  # the result keeps the config as asked: a recipe compares it
     if runner.task == "text-classification":
-        result = _classification(runner, cfg, reference)
+        result = _classification(runner, used, reference)
     elif runner.task == "text-generation":
-        result = _perplexity(runner, cfg, reference)
+        result = _perplexity(runner, used, reference)
     else:
         raise Unsupported(f"{path} is a {runner.task} model; evaluation needs a classifier or a causal LM",
                           "fine-tune a classification head first (toolchain finetune)")
     # The config it ran under, so a recipe can tell this measurement is already done.
-    result |= {"data": cfg.data, "split": cfg.split, "batch_size": cfg.batch_size,
+    result |= {"data": cfg.data, "split": cfg.split, "batch_size": cfg.batch_size, "max_length": used.max_length,
                "format": runner.artifact.format if runner.artifact else "torch", "config": config_to_dict(cfg)}
     if record and runner.artifact is not None:
         runner.artifact.record_result(result_key(cfg), result)
@@ -146,7 +148,8 @@ def predict(runner: Runner, split: Split, cfg: EvaluateConfig, progress: bool = 
 
     out = []
     total = math.ceil(len(split) / cfg.batch_size)
-    for batch, _ in tqdm(batches(runner.tokenizer, split, cfg.batch_size, cfg.max_length), total=total,
+    max_length = resolve_max_length(cfg, getattr(runner, "artifact", None)).max_length
+    for batch, _ in tqdm(batches(runner.tokenizer, split, cfg.batch_size, max_length), total=total,
                          desc="evaluate", disable=not progress, leave=False):
         out.append(runner.logits(batch))
     return np.concatenate(out)
@@ -154,7 +157,7 @@ def predict(runner: Runner, split: Split, cfg: EvaluateConfig, progress: bool = 
 
 def _classification(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
     data = load_classification(cfg.spec, whole=cfg.split == ALL)
-    split = data.split(cfg.split).subset(cfg.max_samples)
+    split = data.split(cfg.split).subset(cfg.max_eval_samples)
     labels = map_labels(data.label_names, runner.config)[split.labels]
     pred = predict(runner, split, cfg).argmax(-1)
     result = classification_metrics(labels, pred, runner.config.num_labels)
@@ -178,7 +181,7 @@ def _against_baseline(cfg: EvaluateConfig, accuracy: float, runner: Runner) -> d
     from .baseline import tfidf_baseline, verdict
 
     try:
-        base = tfidf_baseline(cfg.spec, cfg.split, cfg.max_samples)
+        base = tfidf_baseline(cfg.spec, cfg.split, cfg.max_eval_samples)
     except DataError as exc:  # split 'all' (nothing to train on), or data too small to split
         return {"baseline_skipped": exc.problem}
     name = runner.artifact.path.name if runner.artifact else "the model"
@@ -214,7 +217,7 @@ MIN_PERPLEXITY_TOKENS = 16
 
 def _perplexity(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
     text = load_text(cfg.data)
-    ids = np.array(runner.tokenizer(text)["input_ids"], dtype=np.int64)[: cfg.max_tokens]
+    ids = np.array(runner.tokenizer(text)["input_ids"], dtype=np.int64)[: cfg.max_eval_tokens]
     if len(ids) < MIN_PERPLEXITY_TOKENS:  # a perplexity of one or two scored tokens is noise, not a measurement
         raise DataError(f"{cfg.data} has {len(ids)} tokens; a perplexity needs at least {MIN_PERPLEXITY_TOKENS}",
                         "pass a longer text")

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import parity
 from .artifact import TASKS, Artifact, check_output, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt
 from .errors import CheckFailed, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
@@ -33,18 +33,24 @@ OPTIMUM_TASK = {"text-classification": "text-classification", "feature-extractio
 
 @dataclass(frozen=True)
 class ExportConfig:
-    task: str | None = None  # inferred from the model's architecture when None
-    with_past: bool = False  # export the KV cache as inputs/outputs (text-generation only)
-    opset: int | None = None  # optimum's default for the architecture when None
-    atol: float | None = None  # parity tolerance; DEFAULT_ATOL[task] when None
-    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
-    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
-    # optimum: optimum's exporter (every task). genai: ONNX Runtime GenAI's model builder (Llama-family causal LMs:
-    # fused GroupQueryAttention + rotary, always with the KV cache; toolchain/genai.py says why it runs apart).
-    backend: Literal["optimum", "genai"] = "optimum"
-    precision: Literal["fp32", "int8", "int4"] = "fp32"  # genai: weight-only MatMulNBits int8 / int4, or none
-    accuracy_level: int | None = None  # genai int8/int4: MatMulNBits compute type, 1 fp32 .. 4 int8 (CPU default 4)
-    block_size: int = 32  # genai int8/int4: weights per quantization block along the input dimension
+    task: str | None = opt(None, "Task head to export; inferred from the model's architecture when unset.",
+                           choices=TASKS)
+    with_past: bool = opt(False, "Export the KV cache as inputs/outputs (text-generation).")
+    opset: int | None = opt(None, "ONNX opset; when unset, optimum's for the architecture.")
+    atol: float | None = opt(None, "Parity tolerance (max abs diff vs PyTorch); when unset, the task's default.")
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    # genai: Llama-family causal LMs, fused GroupQueryAttention + rotary, always with the KV cache;
+    # toolchain/genai.py says why it runs apart.
+    backend: Literal["optimum", "genai"] = opt("optimum", "optimum's exporter (every task), or genai: ONNX Runtime "
+                                                          "GenAI's model builder (Llama-family LMs; GQA + rotary, KV "
+                                                          "cache, genai_config.json) in its own cached environment.")
+    precision: Literal["fp32", "int8", "int4"] = opt("fp32", "--backend genai: weight-only MatMulNBits int8 / int4, "
+                                                             "or fp32.")
+    accuracy_level: int | None = opt(None, "--backend genai int8/int4: MatMulNBits compute type, 1 fp32 .. 4 int8 "
+                                           "(when unset, 4 on CPU).", choices=(1, 2, 3, 4))
+    block_size: int = opt(32, "--backend genai int8/int4: weights per quantization block.",
+                          choices=(16, 32, 64, 128, 256))
 
     def __post_init__(self):
         if self.backend not in ("optimum", "genai"):

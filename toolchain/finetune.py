@@ -18,40 +18,41 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Artifact, atomic_write_text, check_output, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt, resolve_max_length
 from .data import data_fingerprint, data_spec, load_classification, tokenize_split
 from .evaluate import Runner, eval_config, evaluate, result_key
 from .guard import writes_output
 from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, source_hash
 from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE
+from .search import SPACES
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    data: str = "rotten-tomatoes"  # built-in name, CSV/JSONL/Parquet path, or hub dataset id
+    data: str = "rotten-tomatoes"
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
-    validation_data: str | None = None  # the validation split's own file (then `data` is the train file)
-    test_data: str | None = None  # the test split's own file, scored whole
-    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
+    validation_data: str | None = None
+    test_data: str | None = None
+    split_column: str | None = "split"
     epochs: float = 3.0  # minilm on rotten-tomatoes: test 0.816-0.832 over seeds (README, "Measured")
     # Small data: epochs are raised until this many optimizer steps (toolchain/schedule.py); 0 keeps `epochs`.
     min_steps: int = MIN_STEPS
-    max_epochs: float = MAX_EPOCHS  # the ceiling when min_steps raises the epochs
-    patience: int = PATIENCE  # stop after this many epochs without a validation gain (the best epoch is kept)
+    max_epochs: float = MAX_EPOCHS
+    patience: int = PATIENCE
     learning_rate: float = 5e-5
     batch_size: int = 32
-    max_length: int = 64  # rotten-tomatoes reviews average ~27 tokens; 64 truncates almost none
+    max_length: int | None = None  # rotten-tomatoes reviews average ~27 tokens: its recipe trains at 64
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     seed: int = 42
     # Batches of similar-length reviews pad less: 0.62 vs 1.17 s a step on 1 CPU thread here, and validation
     # accuracy the same within a review (benchmarks/results/finetune_seeds.md).
-    group_by_length: bool = True
-    # Opt-in search (toolchain/search.py): names from search.SPACES["finetune"] (lr, epochs, batch_size, warmup,
-    # weight_decay), `trials` runs chosen by validation accuracy with Optuna's seeded TPE sampler.
-    search: tuple[str, ...] = ()
+    group_by_length: bool = opt(True, "Batch examples of similar length: less padding, ~1.9x faster on CPU.")
+    # Opt-in search (toolchain/search.py), `trials` runs chosen by validation accuracy with Optuna's seeded TPE.
+    search: tuple[str, ...] = opt((), "Search these by validation accuracy (Optuna): "
+                                      f"{','.join(SPACES['finetune'])}.")
     trials: int = 6
     max_train_samples: int | None = None  # a subset for quick runs and tests
     max_eval_samples: int | None = None
@@ -61,7 +62,7 @@ class FinetuneConfig:
     def __post_init__(self):
         if not self.epochs > 0 or not self.learning_rate > 0 or self.batch_size < 1:
             raise ValueError("epochs, learning_rate and batch_size must be positive")
-        if self.max_length < 8:
+        if self.max_length is not None and self.max_length < 8:
             raise ValueError("max_length must be at least 8")
         for name in ("max_train_samples", "max_eval_samples"):  # 0 or -5 would slice the data, not cap it
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -86,6 +87,8 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
     source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
     if cfg.search:
         return _search(source, cfg, out, force)
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, source.artifact)
     data = load_classification(data_spec(cfg))
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     # The new head's random init must come from the seed too: the Trainer seeds only when it is built,
@@ -100,13 +103,14 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
     resume = last_complete_checkpoint(checkpoints)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
-    with write_artifact(out, stage="finetune", config=config_to_dict(cfg) | {"source": source.spec},
+    with write_artifact(out, stage="finetune", config=asked | {"source": source.spec},
                         format="torch", task="text-classification", model_type=model.config.model_type,
                         parent=source.artifact, force=force) as o:
         o.record.input_hash = source_hash(source)  # a plain folder too, so a recipe can tell it changed
         trainer.model.eval().save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
         o.record.metrics |= {"train_seconds": round(train_seconds, 1), "resumed": resume is not None,
+                             "max_length": cfg.max_length,
                              "started_fresh_because": fresh_because,
                              "train_examples": len(trainer.train_dataset), "splits": data.origin,
                              "schedule": sched.as_dict() | _epochs_run(trainer),
@@ -114,7 +118,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
         # Scored before the rename, so the artifact appears with its results or not at all.
         runner = Runner(o.folder)
         for split in ("validation", "test"):
-            ecfg = eval_config(cfg, split, max_length=cfg.max_length, max_samples=cfg.max_eval_samples)
+            ecfg = eval_config(cfg, split, max_length=cfg.max_length, max_eval_samples=cfg.max_eval_samples)
             o.results[result_key(ecfg)] = evaluate(o.folder, ecfg, runner=runner, record=False)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the artifact is complete: nothing left to resume
     return Artifact.load(out)
@@ -134,7 +138,8 @@ def _search(source: ModelSource, cfg: FinetuneConfig, out: Path, force: bool) ->
     model = load_model(source, "text-classification", trust_remote_code=cfg.trust_remote_code,
                        allow_pickle=cfg.allow_pickle, new_head=True, num_labels=len(data.label_names),
                        id2label=data.id2label, label2id=data.label2id)
-    train = _examples(tokenizer, data.split("train").subset(cfg.max_train_samples), cfg.max_length)
+    max_length = resolve_max_length(cfg, source.artifact).max_length  # each trial resolves it again
+    train = _examples(tokenizer, data.split("train").subset(cfg.max_train_samples), max_length)
     step = search.time_steps(model, train, DataCollatorWithPadding(tokenizer), cfg.batch_size, cfg.learning_rate)
     del model
     steps = search.max_steps_per_trial("finetune", cfg, len(train), schedule.plan)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from . import parity
 from .artifact import Artifact, check_output, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt
 from .errors import BadModel, CheckFailed, Unsupported
 from .guard import writes_output
-from .targets import HOST, check_target, target as get_target
+from .targets import HOST, TARGETS, check_target, target as get_target
 
 # Hugging Face model_type -> the optimizer's model type. Decoders with rotary embeddings and RMSNorm
 # (Llama, Mistral, Qwen) use the GPT-2 fusions: they match RMSNorm, SkipRMSNorm and RotaryEmbedding.
@@ -46,23 +46,28 @@ GELU_TANH_RTOL = 2e-2
 
 @dataclass(frozen=True)
 class OptimizeConfig:
-    model_type: str | None = None  # optimizer model type (bert, gpt2, ...); mapped from the manifest's when None
-    num_heads: int | None = None  # from config.json when None; pruned heads (config.pruned_heads) -> detected per layer
-    hidden_size: int | None = None  # from config.json when None
-    opt_level: int | None = None  # ORT's own graph optimizations first: None = the model type's default (0-2)
-    disable_attention: bool = False  # keep attention unfused: static QDQ cannot quantize the fused Attention op
-    fp16: bool = False  # convert weights and math to float16 (GPU targets; CPU kernels are mostly fp32)
-    keep_io_types: bool = True  # with fp16: inputs and outputs stay float32, so callers feed and read fp32
-    use_gpu: bool = False  # GPU-only fusions (implied by fp16)
-    # Add + LayerNorm -> SkipLayerNormalization: None fuses for GPU targets only, where the kernel is fast; on CPU
-    # (ORT 1.32) it is 5-8x slower than the two ops it replaces (see runtime.CPU_DISABLED_OPTIMIZERS).
-    skip_layer_norm: bool | None = None
-    # Gather + Add + LayerNorm -> EmbedLayerNormalization. False keeps the embedding a plain Gather, which
-    # quantize's embedding_bits 4 can store as 4-bit blocks (GatherBlockQuantized).
-    embed_layer_norm: bool = True
-    atol: float | None = None  # parity tolerance vs the parent: DEFAULT_ATOL, or FP16_RTOL (relative) with fp16
-    # Where the model will run (toolchain/targets.py): NNAPI / CoreML targets get standard ONNX ops only.
-    target: str = HOST
+    model_type: str | None = opt(None, "Optimizer model type (bert, gpt2, ...); when unset, from the manifest.")
+    # Pruned heads (config.pruned_heads) are detected per layer.
+    num_heads: int | None = opt(None, "Attention heads; when unset, config.json's (0: detect from the graph).")
+    hidden_size: int | None = opt(None, "Hidden size; when unset, config.json's (0: detect from the graph).")
+    opt_level: int | None = opt(None, "ONNX Runtime graph optimizations first; when unset, the model type's "
+                                      "default (0-2).", choices=(0, 1, 2, 99))
+    # Static QDQ cannot quantize the fused Attention op.
+    disable_attention: bool = opt(False, "Keep attention unfused (for static int8 QDQ afterwards).")
+    fp16: bool = opt(False, "Convert weights and math to float16 for GPU targets (CPU kernels are mostly fp32).")
+    keep_io_types: bool = opt(True, "With --fp16: inputs and outputs stay float32, so callers feed and read fp32.",
+                              off="fp16-io")
+    use_gpu: bool = opt(False, "Allow GPU-only fusions (implied by --fp16).")
+    # On CPU (ORT 1.32) SkipLayerNormalization is 5-8x slower than the two ops it replaces
+    # (runtime.CPU_DISABLED_OPTIMIZERS).
+    skip_layer_norm: bool | None = opt(None, "Fuse Add + LayerNorm into SkipLayerNormalization; when unset, for GPU "
+                                             "targets only.")
+    embed_layer_norm: bool = opt(True, "Fuse the embedding Gather + Add + LayerNorm; --no-embed-layer-norm keeps a "
+                                       "Gather that quantize --embedding-bits 4 can store as 4-bit blocks.")
+    atol: float | None = opt(None, "Parity tolerance vs the parent; when unset, the default max abs diff (relative "
+                                   "with --fp16).")
+    # NNAPI / CoreML targets get standard ONNX ops only.
+    target: str = opt(HOST, choices=tuple(TARGETS))
 
     def __post_init__(self):
         check_target(self.target)

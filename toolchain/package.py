@@ -35,11 +35,11 @@ from typing import Literal
 import numpy as np
 
 from .artifact import Artifact, sha256_file, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt, resolve_max_length
 from .errors import BadModel, CheckFailed, IntegrityError, Unsupported
 from .guard import writes_output
 from .runtime import check_onnx_file
-from .targets import HOST, Target, check_target, target as get_target
+from .targets import HOST, TARGETS, Target, check_target, target as get_target
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_SCHEMA = 1
@@ -59,25 +59,29 @@ SAMPLES = (
 
 @dataclass(frozen=True)
 class PackageConfig:
-    ort_format: bool = True  # also write model.ort + required_operators.config (for a reduced onnxruntime build)
-    # model.ort bakes in platform-specific graph optimizations; None: the target's (host: arm, as phones and
-    # boards are ARM).
-    target_platform: Literal["arm", "amd64"] | None = None
-    mobile_check: bool = True  # run ONNX Runtime's NNAPI / CoreML usability check
-    max_length: int = 128  # predict.py truncates each text to this many tokens
-    samples: tuple[str, ...] = SAMPLES  # smoke-test texts (causal LM: the first is the prompt)
-    generate_tokens: int = 8  # causal LM smoke test: greedy tokens compared with the toolchain's own decoding
+    ort_format: bool = opt(True, "Also write model.ort and required_operators.config (for a reduced onnxruntime "
+                                 "build).")
+    # model.ort bakes in platform-specific graph optimizations; phones and boards are ARM.
+    target_platform: Literal["arm", "amd64"] | None = opt(None, "What model.ort is optimized for; when unset, the "
+                                                                "--target's (host: arm).")
+    mobile_check: bool = opt(True, "Run ONNX Runtime's NNAPI / CoreML usability check.")
+    max_length: int | None = None  # predict.py truncates each text to this many tokens
+    smoke_texts: tuple[str, ...] = opt(SAMPLES, "A smoke-test text, run by the bundle and compared with the "
+                                                "toolchain's own run (repeatable; causal LMs: the first is the "
+                                                "prompt); when unset, a few built-in sentences.",
+                                       flag="smoke_text", multiple=True)
+    generate_tokens: int = opt(8, "Causal LM smoke test: greedy tokens compared with the toolchain's own decoding.")
     # predict.py and model.ort against the toolchain's ONNX run of the source artifact: same graph, same
     # tokens, so only kernel-order noise (int8 graphs with other fusions move by a quantization step at most).
-    atol: float = 1e-3
-    # Where the bundle will run (toolchain/targets.py): its providers, .ort platform, fixed shapes, readiness.
-    target: str = HOST
+    atol: float = opt(1e-3, "Smoke test: max abs diff of the bundle's outputs vs the toolchain's run of the "
+                            "source artifact.")
+    target: str = opt(HOST, choices=tuple(TARGETS))
 
     def __post_init__(self):
         check_target(self.target)
-        if not self.samples or not all(isinstance(s, str) and s.strip() for s in self.samples):
-            raise ValueError("samples must be non-empty texts")
-        if self.max_length < 2 or self.generate_tokens < 1 or not self.atol > 0:
+        if not self.smoke_texts or not all(isinstance(s, str) and s.strip() for s in self.smoke_texts):
+            raise ValueError("smoke_texts must be non-empty texts")
+        if (self.max_length or 2) < 2 or self.generate_tokens < 1 or not self.atol > 0:
             raise ValueError("max_length must be >= 2, generate_tokens >= 1 and atol > 0")
 
 
@@ -88,10 +92,12 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
     >>> package("runs/minilm/int8", PackageConfig(), "runs/minilm/bundle")  # doctest: +SKIP
     """
     art = _checked_input(src.path if isinstance(src, Artifact) else src)
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, art)
     if get_target(cfg.target).fixed_shapes and art.task == "text-generation":
         raise Unsupported(f"target {cfg.target} fixes inputs to [1, max_length]; a causal LM decodes one token at "
                           "a time with a growing cache", "package causal LMs for a CPU target (arm64, x86-*)")
-    with write_artifact(out, stage="package", config=config_to_dict(cfg) | {"source": str(src)}, format="onnx",
+    with write_artifact(out, stage="package", config=asked | {"source": str(src)}, format="onnx",
                         task=art.task, model_type=art.manifest.model_type, parent=art, force=force) as o:
         tgt = get_target(cfg.target)
         for name in art.manifest.files:
@@ -118,8 +124,8 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         checks = smoke_test(o.folder, verify_hashes=False)
         size = sum(p.stat().st_size for p in o.folder.rglob("*") if p.is_file())
-        o.record.metrics |= {"smoke": checks, "files": len(list(o.folder.iterdir())), "bundle_mb": round(size / 1e6, 2),
-                             "target": info["target"]}
+        o.record.metrics |= {"max_length": cfg.max_length, "smoke": checks, "files": len(list(o.folder.iterdir())),
+                             "bundle_mb": round(size / 1e6, 2), "target": info["target"]}
         (o.folder / "README.md").write_text(_readme(info, Path(out).name))
         info["files"] = _file_hashes(o.folder)
         (o.folder / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -466,10 +472,10 @@ def reference_outputs(art: Artifact, cfg: PackageConfig, info: dict) -> dict:
 
     runner = Runner(art.path)
     runner.tokenizer.model_max_length = cfg.max_length
-    smoke = {"atol": cfg.atol, "texts": list(cfg.samples)}
+    smoke = {"atol": cfg.atol, "texts": list(cfg.smoke_texts)}
     if art.task == "text-generation":
-        return smoke | reference_generation(runner, cfg.samples[0], cfg.generate_tokens, info["eos_token_id"])
-    enc = runner.tokenizer(list(cfg.samples), padding=True, truncation=True, max_length=cfg.max_length,
+        return smoke | reference_generation(runner, cfg.smoke_texts[0], cfg.generate_tokens, info["eos_token_id"])
+    enc = runner.tokenizer(list(cfg.smoke_texts), padding=True, truncation=True, max_length=cfg.max_length,
                            return_tensors="np")
     batch = {k: v.astype(np.int64) for k, v in enc.items()}
     if art.task == "text-classification":

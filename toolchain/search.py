@@ -1,7 +1,7 @@
 """Opt-in hyperparameter search for finetune and distill: Optuna's seeded TPE sampler, each trial a
 full run of the stage, chosen by validation accuracy only (the test split is never read to choose).
 
-    toolchain finetune minilm runs/teacher --data mine.csv --search lr,epochs --trials 6
+    toolchain finetune minilm runs/teacher --data mine.csv --search learning_rate,epochs --trials 6
 
 Before the first trial it times a few training steps of the model on this machine and prints the
 expected duration. The best trial's artifact becomes OUT; its lineage record keeps the requested
@@ -21,13 +21,14 @@ from .errors import MissingPackage, RecipeError
 
 # search name -> (config field, kind, low, high); "log": log-uniform float, "int", "float", "choice" (low = options).
 SPACES = {
-    "finetune": {"lr": ("learning_rate", "log", 1e-5, 1e-4), "epochs": ("epochs", "int", 2, 8),
-                 "batch_size": ("batch_size", "choice", (16, 32), None), "warmup": ("warmup_ratio", "float", 0.0, 0.2),
+    "finetune": {"learning_rate": ("learning_rate", "log", 1e-5, 1e-4), "epochs": ("epochs", "int", 2, 8),
+                 "batch_size": ("batch_size", "choice", (16, 32), None),
+                 "warmup_ratio": ("warmup_ratio", "float", 0.0, 0.2),
                  "weight_decay": ("weight_decay", "float", 0.0, 0.1)},
-    "distill": {"lr": ("lr", "log", 2e-5, 3e-4), "epochs": ("epochs", "int", 2, 12),
+    "distill": {"learning_rate": ("learning_rate", "log", 2e-5, 3e-4), "epochs": ("epochs", "int", 2, 12),
                 "batch_size": ("batch_size", "choice", (16, 32), None),
                 "temperature": ("temperature", "float", 1.0, 8.0),
-                "alpha": ("alpha", "float", 0.0, 1.0), "warmup": ("warmup_ratio", "float", 0.0, 0.2)},
+                "alpha": ("alpha", "float", 0.0, 1.0), "warmup_ratio": ("warmup_ratio", "float", 0.0, 0.2)},
 }
 TIMED_STEPS = 3  # training steps timed before the search, after one untimed step
 
@@ -35,10 +36,18 @@ TIMED_STEPS = 3  # training steps timed before the search, after one untimed ste
 def check_params(stage: str, params: tuple[str, ...], trials: int) -> None:
     """Raised from a config's __post_init__: unknown names and a trial count below 2 are config errors."""
     unknown = [p for p in params if p not in SPACES[stage]]
+    if unknown and _renamed(unknown[0]) in SPACES[stage]:
+        raise ValueError(f"search {unknown[0]!r} was renamed to {_renamed(unknown[0])!r}")
     if unknown:
         raise ValueError(f"search {unknown[0]!r} is not searchable; use some of {', '.join(SPACES[stage])}")
     if params and not 2 <= trials <= 200:
         raise ValueError("trials must be between 2 and 200")
+
+
+def _renamed(name: str) -> str | None:
+    from .config import RENAMED
+
+    return {"warmup": "warmup_ratio"}.get(name) or RENAMED.get(name)
 
 
 def run_search(stage: str, fn: Callable, src, cfg, out: str | Path, *, force: bool, step_seconds: float,

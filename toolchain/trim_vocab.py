@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import TASKS, Artifact, check_output, write_artifact
-from .config import config_to_dict
+from .config import config_to_dict, opt, resolve_max_length
 from .errors import CheckFailed, RecipeError, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
@@ -39,25 +39,26 @@ CONFIG_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "c
 
 @dataclass(frozen=True)
 class TrimVocabConfig:
-    data: str | None = None  # the task's text: rotten-tomatoes, or hamlet for LMs, when None; a file or hub id
+    data: str | None = None  # the task's text
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
-    max_vocab: int | None = None  # at most N rows: specials and coverage first, then the most frequent tokens
-    min_count: int = 1  # times a token must occur in the training text to be kept for itself
-    max_length: int = 64  # tokens per example when measuring accuracy before and after
-    eval_batch_size: int = 32
-    max_eval_samples: int | None = None  # held-out examples (or LM tokens) scored; None: the whole split
-    task: str | None = None  # inferred from the model's architecture when None
-    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
-    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
+    max_vocab: int | None = opt(None, "Keep at most N rows: specials and characters/bytes first, then the most "
+                                      "frequent tokens of the training text.")
+    min_count: int = opt(1, "Times a token must occur in the training text to be kept for itself.")
+    max_length: int | None = None  # tokens per example when measuring accuracy before and after
+    eval_batch_size: int = opt(32, "Batch size when scoring before and after.")
+    max_eval_samples: int | None = opt(None, "Score only the first N held-out examples (causal LMs: tokens).")
+    task: str | None = opt(None, choices=TASKS)
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self):
         if self.max_vocab is not None and self.max_vocab < 2:
             raise ValueError("max_vocab must be at least 2 (or unset: keep every token the text uses)")
         if self.min_count < 1:
             raise ValueError("min_count must be >= 1")
-        if self.max_length < 2 or self.eval_batch_size < 1:
+        if self.max_length is not None and self.max_length < 2 or self.eval_batch_size < 1:
             raise ValueError("max_length must be >= 2 and eval_batch_size >= 1")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
             raise ValueError("max_eval_samples must be >= 1")
@@ -75,14 +76,17 @@ def trim_vocab(src: str | Path | ModelSource, cfg: TrimVocabConfig, out: str | P
     task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
     if task not in TASKS:
         raise Unsupported(f"unsupported task {task!r}", f"use one of: {', '.join(TASKS)}")
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, source.artifact)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     spec = _tokenizer_json(tokenizer)
     text = _texts(cfg, task)
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    with write_artifact(out, stage="trim-vocab", config=config_to_dict(cfg) | {"source": source.spec},
+    with write_artifact(out, stage="trim-vocab", config=asked | {"source": source.spec},
                         format="torch", task=task, model_type=config.model_type, parent=source.artifact,
                         force=force) as o:
         o.record.input_hash = source_hash(source)
+        o.record.metrics["max_length"] = cfg.max_length
         started = time.time()
         counts = _count(tokenizer, text.train)
         keep, why = choose(spec, tokenizer, model.config, counts, cfg)

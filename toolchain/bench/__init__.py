@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import config_to_dict
+from ..config import config_to_dict, opt, resolve_max_length
 from ..errors import RecipeError
 from ..runtime import PROVIDERS
 from .results import RESULT_KEYS, ROW_KEYS, SCHEMA_VERSION, stored_results
@@ -28,32 +28,37 @@ __all__ = ["BenchConfig", "bench", "stored_results", "SCHEMA_VERSION", "ROW_KEYS
 
 @dataclass(frozen=True)
 class BenchConfig:
-    providers: tuple[str, ...] = ("cpu",)  # execution providers; one not available here gives a 'skipped' row
-    batch: tuple[int, ...] = (1, 8, 32)  # batch sizes, each a configuration
-    seq: tuple[int, ...] = (16, 64, 128)  # fixed sequence lengths (no padding); ignored when data is set
-    data: str | None = None  # real texts (test split of a dataset, or hamlet lines): padded per batch
-    text_column: str = "text"  # the columns of `data`, as every stage that reads it names them
+    providers: tuple[str, ...] = opt(("cpu",), "Execution providers (cpu,cuda,tensorrt); one not available here "
+                                               "gives a 'skipped' row.")
+    batch: tuple[int, ...] = opt((1, 8, 32), "Batch sizes, each a configuration.")
+    seq: tuple[int, ...] = opt((16, 64, 128), "Fixed sequence lengths, no padding (ignored with --data).")
+    data: str | None = opt(None, "Real texts to time (the test split of a dataset, or hamlet lines), padded per "
+                                 "batch; when unset, fixed --seq lengths.")
+    text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
     validation_data: str | None = None
-    test_data: str | None = None  # the test split's own file: its texts are the ones timed
-    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
-    max_length: int = 128  # truncation of real texts, as deployment would truncate
-    threads: int | None = None  # intra-op threads for torch and onnxruntime alike; None: all usable cores, 1 if busy
-    runs: int = 50  # timed calls per artifact and configuration
-    warmup: int = 5  # untimed calls first (allocations, caches, lazy init, compilation)
-    block: int = 5  # calls per artifact before the next one's turn: small blocks cancel drift better
-    baseline: str | None = None  # artifact the speedup column is relative to (label or path); the first if None
-    torch_compile: bool = False  # torch artifacts through torch.compile instead of eager
-    decode_tokens: int = 16  # causal LMs: greedy steps with the KV cache after each prefill
-    trt_fp16: bool = False  # TensorRT may build fp16 kernels
-    trt_int8: bool = False  # TensorRT may build int8 kernels (needs a QDQ graph or a calibration table)
-    peak: bool = True  # measure (or read the cached) GEMM peak for the fraction-of-peak column
-    refresh_peak: bool = False  # re-measure the peak even if this machine has a cached one
-    store: bool = True  # write the results into each artifact's manifest
-    # onnxruntime's intra-op threads between runs (runtime.SPIN): "spin" (its default), "stop" (stop when a run
-    # ends, so an idle worker leaves the cores to the one being timed), "off".
-    ort_spin: str = "spin"
+    test_data: str | None = opt(None, "The test split's own file: its texts are the ones timed.")
+    split_column: str | None = "split"
+    max_length: int | None = None  # truncation of real texts, as deployment would truncate
+    threads: int | None = opt(None, "Intra-op threads for torch and onnxruntime alike; when unset, all usable cores "
+                                    "(1 if the machine is busy).")
+    runs: int = opt(50, "Timed calls per artifact and configuration.")
+    warmup: int = opt(5, "Untimed calls first (allocations, caches, lazy init, compilation).")
+    block: int = opt(5, "Calls per artifact before the next one's turn: small blocks cancel drift better.")
+    speedup_baseline: str | None = opt(None, "Artifact the speedup column is relative to (label or path); when "
+                                             "unset, the first.")
+    torch_compile: bool = opt(False, "Run torch artifacts through torch.compile instead of eager.")
+    decode_tokens: int = opt(16, "Causal LMs: greedy decode steps with the KV cache after each prefill.")
+    trt_fp16: bool = opt(False, "TensorRT: allow fp16 kernels.")
+    trt_int8: bool = opt(False, "TensorRT: allow int8 kernels (needs a QDQ graph or a calibration table).")
+    peak: bool = opt(True, "Measure (or read the cached) GEMM peak for the fraction-of-peak column.")
+    refresh_peak: bool = opt(False, "Re-measure this machine's GEMM peak instead of using the cache.")
+    store: bool = opt(True, "Write the results into the artifacts' manifests.")
+    # "spin" is onnxruntime's default; "stop" stops when a run ends, so an idle worker leaves the cores to the
+    # one being timed (runtime.SPIN).
+    ort_spin: str = opt("spin", "How onnxruntime's intra-op threads wait between runs.",
+                        choices=("spin", "stop", "off"))
 
     def __post_init__(self):
         unknown = [p for p in self.providers if p not in PROVIDERS]
@@ -66,7 +71,7 @@ class BenchConfig:
             if not values or any(not 1 <= v <= most for v in values):
                 raise ValueError(f"{name} needs values from 1 to {most}; got {list(values)}")
         for name, low in (("runs", 1), ("warmup", 0), ("block", 1), ("decode_tokens", 1), ("max_length", 2)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1")
@@ -88,7 +93,7 @@ def bench(specs: list, cfg: BenchConfig = BenchConfig(), progress: Callable[[int
     targets = [s if isinstance(s, Target) else resolve_target(s) for s in specs]
     unique_labels(targets)
     check_lengths(targets, cfg)
-    baseline = pick_baseline(targets, specs, cfg.baseline)
+    baseline = pick_baseline(targets, specs, cfg.speedup_baseline)
     # On a busy machine: 1 thread and sleeping OpenMP barriers, or the figures measure the contention.
     threads, threads_why = pick_threads(cfg.threads, usable_cores())
     policy, openmp_why = openmp_wait_policy(usable_cores())
@@ -144,6 +149,13 @@ def pick_baseline(targets, specs: list[str], wanted: str | None):
                       f"use one of: {', '.join(t.label for t in targets)}")
 
 
+def _max_length(cfg: BenchConfig, path: Path) -> int:
+    """Real texts are cut where the model was trained / packaged to cut them (resolve_max_length)."""
+    from ..artifact import Artifact
+
+    return resolve_max_length(cfg, Artifact.load(path) if Artifact.is_artifact(path) else None).max_length
+
+
 def build_workloads(targets, cfg: BenchConfig) -> dict:
     """label -> one Workload per configuration, in the same order for every target (batch, then length)."""
     from .workload import TokenizerJson, data_texts, data_workload, synthetic_workload
@@ -153,11 +165,13 @@ def build_workloads(targets, cfg: BenchConfig) -> dict:
     out = {}
     for t in targets:
         left = t.task == "text-generation"
-        key = ((t.path / "tokenizer.json").read_bytes(), left) if (t.path / "tokenizer.json").is_file() else (t.path, left)
+        length = _max_length(cfg, t.path) if texts is not None else None
+        tokenizer = (t.path / "tokenizer.json").read_bytes() if (t.path / "tokenizer.json").is_file() else t.path
+        key = (tokenizer, left, length)
         if key not in made:
             tok = TokenizerJson(t.path, left_pad=left)
             if texts is not None:
-                made[key] = [data_workload(tok, texts, cfg.data, b, cfg.max_length, cfg.runs + cfg.warmup)
+                made[key] = [data_workload(tok, texts, cfg.data, b, length, cfg.runs + cfg.warmup)
                              for b in cfg.batch]
             else:
                 made[key] = [synthetic_workload(tok, b, s) for b in cfg.batch for s in cfg.seq]

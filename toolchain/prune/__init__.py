@@ -19,55 +19,63 @@ from pathlib import Path
 from typing import Literal
 
 from ..artifact import MANIFEST, TASKS, Artifact, atomic_write_text, write_artifact
-from ..config import config_to_dict
+from ..config import config_to_dict, opt, resolve_max_length
 from ..errors import CheckFailed, DataError, Unsupported
 from ..guard import writes_output
 from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
-from .unstructured import NO_SPEEDUP, SCOPES
 
 # Both checks run in float64, where summing the same terms in another order (a narrower GEMM, a
 # different attention kernel) moves outputs by ~1e-12: anything near these tolerances is a real bug.
 # In float32 the same reordering moves SmolLM2's logits by ~2e-3, too close to a real error to tell.
 SURGERY_ATOL = 1e-6  # shrunk model vs the original with the same units masked
 RELOAD_ATOL = 1e-6  # saved and reloaded through load_model vs the model in memory
+SCOPES = ("attention", "ffn", "embeddings", "classifier")  # unstructured.py's groups
 DEFAULT_DATA = {"text-generation": "hamlet"}  # everything else calibrates on rotten-tomatoes
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     # Unstructured: set sparsity or threshold. Zeros shrink the compressed file, never the runtime.
-    sparsity: float | None = None  # fraction of in-scope weights to zero (smallest |w| first), in [0, 1)
-    threshold: float | None = None  # zero every in-scope weight with |w| below this, instead of a fraction
-    granularity: Literal["global", "layer"] = "global"  # rank |w| across all scoped matrices, or within each
-    scope: tuple[str, ...] = ("attention", "ffn")  # embeddings and classifier hurt accuracy most, so opt-in
-    modules: tuple[str, ...] = ()  # module names or fnmatch patterns to prune instead of `scope`
+    sparsity: float | None = opt(None, "Unstructured: fraction of in-scope weights to zero, smallest |w| first.")
+    threshold: float | None = opt(None, "Unstructured: zero the in-scope weights with |w| below this.")
+    granularity: Literal["global", "layer"] = opt("global", "Unstructured: rank |w| across all scoped matrices "
+                                                            "(global) or within each (layer).")
+    # Embeddings and classifier hurt accuracy most, so they are opt-in.
+    scope: tuple[str, ...] = opt(("attention", "ffn"), f"Unstructured: groups to prune, some of {', '.join(SCOPES)}.")
+    modules: tuple[str, ...] = opt((), "Unstructured: module names or fnmatch patterns to prune instead of --scope.")
     # Structured: units are physically removed, so dense runtimes do get faster.
-    heads: float = 0.0  # fraction of attention heads to remove (GQA: key/value groups with their queries)
-    ffn: float = 0.0  # fraction of FFN intermediate neurons to remove
-    heads_per_layer: tuple[int, ...] | None = None  # query heads to KEEP in each layer, instead of `heads`
-    ffn_per_layer: tuple[int, ...] | None = None  # FFN neurons to KEEP in each layer, instead of `ffn`
-    layers: int = 0  # whole layers to remove, least important first
-    drop_layers: tuple[int, ...] = ()  # exact layer indices to remove, instead of `layers`
-    ranking: Literal["layer", "global"] = "layer"  # ratios per layer (uniform shapes) or across all layers
-    importance: Literal["magnitude", "taylor", "activation"] = "magnitude"  # taylor/activation read `data`
-    empty_layer: Literal["refuse", "drop"] = "refuse"  # a layer left with no heads or no FFN: error, or remove it
-    data: str | None = None  # calibration and recovery data; rotten-tomatoes, or hamlet for LMs, when None
-    text_column: str = "text"  # the columns of `data`, as every stage that reads it names them
+    heads: float = opt(0.0, "Structured: fraction of attention heads to remove (GQA: whole key/value groups).")
+    ffn: float = opt(0.0, "Structured: fraction of FFN intermediate neurons to remove.")
+    heads_per_layer: tuple[int, ...] | None = opt(None, "Structured: query heads to keep in each layer, e.g. "
+                                                        "9,9,9,9,9,9 (instead of --heads).")
+    ffn_per_layer: tuple[int, ...] | None = opt(None, "Structured: FFN neurons to keep in each layer (instead of "
+                                                      "--ffn).")
+    layers: int = opt(0, "Structured: whole layers to remove, least important first.")
+    drop_layers: tuple[int, ...] = opt((), "Structured: layer indices to remove, e.g. 1,3 (instead of --layers).")
+    ranking: Literal["layer", "global"] = opt("layer", "Apply ratios within each layer (uniform shapes) or rank "
+                                                       "units across layers.")
+    importance: Literal["magnitude", "taylor", "activation"] = opt(
+        "magnitude", "How units are ranked: weight norms, or calibration data (taylor, activation).")
+    empty_layer: Literal["refuse", "drop"] = opt("refuse", "A layer left with no heads or no FFN neurons: error "
+                                                           "(refuse) or remove the layer (drop).")
+    data: str | None = None  # calibration and recovery data
+    text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
     validation_data: str | None = None  # recovery's validation split, in a file of its own
     test_data: str | None = None
-    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
-    samples: int = 32  # calibration examples for data-driven importance: a few batches suffice for a ranking
-    max_length: int = 128  # tokens per calibration example
-    recover: bool = False  # distil from the unpruned model afterwards (toolchain.distill) to win back accuracy
-    recover_epochs: int = 1  # a short recovery: the student starts from the teacher's own weights
-    # Small data: recovery epochs are raised until this many updates, the best epoch kept (toolchain/schedule.py);
-    # rotten-tomatoes' one epoch is 319 updates already. 0 keeps recover_epochs.
-    recover_min_steps: int = 300
-    task: str | None = None  # inferred from the model's architecture when None
-    trust_remote_code: bool = False  # run code shipped with a hub model; only when you trust it
-    allow_pickle: bool = False  # read pickle weights (with weights_only=True) when no safetensors exist
+    split_column: str | None = "split"
+    # A few batches suffice for a ranking.
+    calibration_samples: int = opt(32, "Calibration examples for taylor / activation importance.")
+    max_length: int | None = None  # tokens per calibration example (and recovery)
+    recover: bool = opt(False, "Then distil from the unpruned model to win back accuracy; the pruned model stays "
+                               "at OUT-pruned.")
+    recover_epochs: int = opt(1, "Epochs of recovery distillation (the student starts from the teacher's weights).")
+    # Rotten-tomatoes' one epoch is 319 updates already (toolchain/schedule.py).
+    recover_min_steps: int = opt(300, "Raise recovery epochs until this many updates, best epoch kept (0: off).")
+    task: str | None = opt(None, choices=TASKS)
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     @property
     def kind(self) -> str:
@@ -86,8 +94,8 @@ class PruneConfig:
         if bad or not (self.scope or self.modules):
             raise ValueError(f"scope {bad[0] if bad else '()'!r} is not one of {', '.join(SCOPES)}")
         self._check_structured()
-        if not 1 <= self.samples <= 10_000 or not 8 <= self.max_length <= 8192:
-            raise ValueError("samples must be in 1..10000 and max_length in 8..8192")
+        if not 1 <= self.calibration_samples <= 10_000 or not 8 <= (self.max_length or 128) <= 8192:
+            raise ValueError("calibration_samples must be in 1..10000 and max_length in 8..8192")
         if self.recover_epochs < 1:
             raise ValueError("recover_epochs must be at least 1")
 
@@ -124,15 +132,17 @@ def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, f
     if cfg.recover and importlib.util.find_spec("toolchain.distill") is None:
         raise Unsupported("--recover needs the distillation stage (toolchain.distill), which this build lacks",
                           "drop --recover, or update the toolchain")
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, source.artifact)
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     out = Path(out)
     target = out.with_name(f"{out.name}-pruned") if cfg.recover else out
-    with write_artifact(target, stage="prune", config=config_to_dict(cfg) | {"source": source.spec}, format="torch",
+    with write_artifact(target, stage="prune", config=asked | {"source": source.spec}, format="torch",
                         task=task, model_type=config.model_type, parent=source.artifact, force=force) as o:
         o.record.input_hash = source_hash(source)
         run = _unstructured if cfg.kind == "unstructured" else _structured
-        o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder))
+        o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder), max_length=cfg.max_length)
     pruned = Artifact.load(target)
     return _recover(source, pruned, cfg, out, force) if cfg.recover else pruned
 
@@ -164,12 +174,13 @@ def _structured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: s
         "surgery_check": surgery, "reload_check": reload, "file_bytes": _weights_bytes(folder),
     }
     if cfg.importance != "magnitude":
-        metrics["calibration"] = {"data": _data_name(cfg, task), "samples": cfg.samples, "max_length": cfg.max_length}
+        metrics["calibration"] = {"data": _data_name(cfg, task), "samples": cfg.calibration_samples,
+                                  "max_length": cfg.max_length}
     return metrics
 
 
 def _unstructured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, folder: Path) -> dict:
-    from .unstructured import compressed_sizes, prune_magnitude, scoped_weights, sparsity_report
+    from .unstructured import NO_SPEEDUP, compressed_sizes, prune_magnitude, scoped_weights, sparsity_report
 
     weights = scoped_weights(model, cfg.scope, cfg.modules)
     prune_magnitude(weights, cfg.sparsity, cfg.threshold, cfg.granularity)
@@ -202,17 +213,17 @@ def _scores(model, tokenizer, cfg: PruneConfig, task: str):
 
 
 def _calibration(model, tokenizer, cfg: PruneConfig, task: str) -> tuple[list[dict], list | None]:
-    """`cfg.samples` single-example batches of the task data (and class ids for a classifier's loss)."""
+    """`cfg.calibration_samples` single-example batches of the task data (and class ids for a classifier's loss)."""
     from ..data import calibration_batches, data_spec, load_classification, load_text
 
     name = _data_name(cfg, task)
     accepted = set(inspect.signature(model.forward).parameters)
     if task == "text-generation":
-        raw = calibration_batches(tokenizer, load_text(name), cfg.samples, cfg.max_length)
+        raw = calibration_batches(tokenizer, load_text(name), cfg.calibration_samples, cfg.max_length)
         labels = None
     else:
         data = load_classification(data_spec(cfg, name))
-        raw = calibration_batches(tokenizer, data, cfg.samples, cfg.max_length)
+        raw = calibration_batches(tokenizer, data, cfg.calibration_samples, cfg.max_length)
         labels = _label_ids(model, data, len(raw)) if task == "text-classification" else None
     return [{k: v for k, v in b.items() if k in accepted} for b in raw], labels
 
@@ -286,7 +297,8 @@ def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path,
     from ..evaluate import DATA_FIELDS
 
     dcfg = DistillConfig(student=str(pruned.path), data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs,
-                         min_steps=cfg.recover_min_steps, **{k: getattr(cfg, k) for k in DATA_FIELDS})
+                         min_steps=cfg.recover_min_steps, max_length=cfg.max_length,
+                         **{k: getattr(cfg, k) for k in DATA_FIELDS})
     recovered = distill(teacher, dcfg, out, force=force)
     # One stage, one record: the artifact's lineage is the pruned model's, ending in this prune (so a recipe
     # sees the step it ran and resumes it), with the recovery distillation inside that record.

@@ -16,7 +16,6 @@ from torch import nn
 from ..errors import RecipeError
 from .families import Family, family_of
 
-SCOPES = ("attention", "ffn", "embeddings", "classifier")
 NO_SPEEDUP = ("unstructured sparsity leaves every tensor dense: PyTorch and ONNX Runtime do the same work, so it "
               "gives NO speedup; it only makes the file compress smaller. Use structured pruning for speed.")
 

@@ -15,11 +15,11 @@ from typing import Literal
 
 from .. import parity
 from ..artifact import Artifact, check_output, write_artifact
-from ..config import config_to_dict
+from ..config import config_to_dict, opt, resolve_max_length
 from ..errors import CheckFailed, Unsupported
 from ..guard import writes_output
 from ..optimize import copy_sidecar_files, onnx_parent, parent_tokenizer
-from ..targets import HOST, check_target, target as get_target
+from ..targets import HOST, TARGETS, check_target, target as get_target
 from . import calibration, graph, loop, weight_only
 from .presets import PRESETS, detect_preset
 
@@ -43,56 +43,71 @@ DEFAULT_RTOL = 0.5
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    # dynamic: activation scales per run; static: calibrated; weight-only: 4/8-bit weight blocks (MatMulNBits)
-    mode: Literal["dynamic", "static", "weight-only"] = "dynamic"
-    preset: str | None = None  # avx2, avx512, avx512_vnni, avx_vnni, arm64, nnapi; the target's when None
-    # Where the model will run (toolchain/targets.py): its preset, per-channel choice and QDQ form; `host`
-    # detects the preset from this CPU.
-    target: str = HOST
-    activation_type: QType | None = None  # static only (dynamic is uint8 at run time); preset's when None
-    weight_type: QType | None = None  # preset's when None
-    reduce_range: bool | None = None  # 7-bit weights; preset's when None
+    mode: Literal["dynamic", "static", "weight-only"] = opt(
+        "dynamic", "dynamic: int8 activation scales per run; static: calibrated on task data; weight-only: 4/8-bit "
+                   "weight blocks (MatMulNBits).")
+    preset: str | None = opt(None, "Hardware preset; when unset, the --target's (host detects it from this CPU). "
+                                   "The options below override it.", choices=tuple(PRESETS))
+    # Where the model will run (toolchain/targets.py): its preset, per-channel choice and QDQ form.
+    target: str = opt(HOST, choices=tuple(TARGETS))
+    activation_type: QType | None = opt(None, "Static: activation type; when unset, the preset's.")
+    weight_type: QType | None = opt(None, "Weight type; when unset, the preset's.")
+    reduce_range: bool | None = opt(None, "7-bit weights (CPUs without VNNI); when unset, the preset's.",
+                                    off="full-range")
     # Per-channel weight scales: measured MiniLM embedding cosine vs fp32 0.9925, per-tensor 0.966. None: the
     # target's (per-channel, except NNAPI, whose MatMul has one scale per tensor).
-    per_channel: bool | None = None
-    symmetric_activations: bool = False  # static: zero point 0; asymmetric fits GELU/softmax outputs better
-    op_types: tuple[str, ...] | None = None  # op types to quantize; DEFAULT_OPS (those the model has) when None
-    exclude_nodes: tuple[str, ...] = ()  # node names kept in float32
+    per_channel: bool | None = opt(None, "Weight scales per output channel; when unset, the target's (per-channel "
+                                         "except NNAPI).", off="per-tensor")
+    # Asymmetric fits GELU/softmax outputs better.
+    symmetric_activations: bool = opt(False, "Static: zero point 0 for activations.")
+    op_types: tuple[str, ...] | None = opt(None, "Op types to quantize; when unset, those of the mode the model has.")
+    exclude_nodes: tuple[str, ...] = opt((), "Keep this node in float32 (repeatable; glob patterns such as "
+                                             "'*/down_proj/*' match many).", flag="exclude_node", multiple=True)
     # Q.K^T and probs x V stay float32: quantizing softmax outputs per tensor costs accuracy, saves little.
-    quantize_activation_matmuls: bool = False
-    # Static: quantize weight MatMuls' outputs too (complete DQ -> MatMul -> Q units, which a mobile EP runs in
-    # int8). None: the target's choice. The CPU EP does better without (MatMulIntegerToFloat, see _build_static).
-    quantize_matmul_outputs: bool | None = None
-    mask_guard: bool = True  # keep attention-mask paths out of calibration and quantization (float-min values)
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int = 128  # static: single sentences of the task data's train split
-    percentile: float = 99.999  # percentile calibration: the share of values the range covers
-    data: str | None = None  # calibration and loop data: rotten-tomatoes (classifiers) or hamlet (LMs) when None
+    quantize_activation_matmuls: bool = opt(False, "Also quantize activation x activation MatMuls (attention scores).")
+    # Static: complete DQ -> MatMul -> Q units, which a mobile EP runs in int8. The CPU EP does better without
+    # (MatMulIntegerToFloat, see _build_static).
+    quantize_matmul_outputs: bool | None = opt(None, "Static: quantize weight MatMuls' outputs too (complete "
+                                                     "DQ -> MatMul -> Q units, as mobile EPs need); when unset, the "
+                                                     "target's.", off="float-matmul-outputs")
+    mask_guard: bool = opt(True, "Keep attention-mask paths (float-min values) out of calibration and quantization.")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = opt("minmax", "Static: how activation ranges "
+                                                                                  "are set.")
+    calibration_samples: int = opt(128, "Static: single sentences of the task data's train split to calibrate on.")
+    percentile: float = opt(99.999, "Percentile calibration: the share of values the range covers.")
+    data: str | None = None  # calibration and loop data
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
     validation_data: str | None = None  # the loop's validation split, in a file of its own
     test_data: str | None = None
-    split_column: str | None = "split"  # a column of `data` naming each row's split; used when present
-    max_length: int = 128  # tokens per calibration / evaluation example
-    max_accuracy_drop: float | None = None  # classifiers: accuracy-aware loop budget, absolute (0.01 = 1 point)
-    max_perplexity_increase: float | None = None  # causal LMs: loop budget, relative (0.05 = +5% perplexity)
+    split_column: str | None = "split"
+    max_length: int | None = None  # tokens per calibration / evaluation example
+    max_accuracy_drop: float | None = opt(None, "Classifiers: accuracy budget vs float32, absolute (0.01 = 1 point); "
+                                                "turns on the mixed-precision loop.")
+    max_perplexity_increase: float | None = opt(None, "Causal LMs: relative perplexity budget (0.05 = +5%); turns "
+                                                      "on the mixed-precision loop.")
     # Dynamic int8 depends on the batch (per-batch scales): the loop scores the way per-request serving runs.
-    eval_batch_size: int = 1
-    eval_max_samples: int | None = None  # loop: score the first N validation examples only
-    eval_max_tokens: int | None = 4096  # loop, causal LMs: perplexity over the first N tokens
-    max_iterations: int = 6  # loop: fallback rounds; round k keeps 2^k - 1 more activations in fp32
-    rtol: float = DEFAULT_RTOL  # parity: ||int8 - fp32|| / ||fp32|| per output on real text (LM logits: log-probs)
+    eval_batch_size: int = opt(1, "Loop: evaluation batch size (1: as served per request).")
+    max_eval_samples: int | None = opt(None, "Loop: score the first N validation examples only.")
+    max_eval_tokens: int | None = opt(4096, "Loop, causal LMs: perplexity over the first N tokens.")
+    max_iterations: int = opt(6, "Loop: fallback rounds; round k keeps 2^k - 1 more activations in float32.")
+    rtol: float = opt(DEFAULT_RTOL, "Parity: relative L2 error per output vs float32 on real text (LM logits: "
+                                    "log-probabilities).")
     # Weight-only mode (weight_only.py; None: its defaults). With a perplexity budget, int4 layers that
     # hurt most go to int8 until it holds.
-    bits: int | None = None  # 4 or 8 (default 4)
-    block_size: int | None = None  # weights per scale along K, power of two >= 16 (default 32)
-    algorithm: str | None = None  # int4: rtn, hqq, gptq (calibrated), awq (activation-aware scaling + rtn)
-    accuracy_level: int | None = None  # MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default)
-    symmetric: bool | None = None  # symmetric weight blocks (default asymmetric)
-    # Dynamic / static: store embedding tables (Gather) as 4-bit blocks (GatherBlockQuantized) instead of
-    # int8; the MatMuls stay int8. Needs an unfused embedding (optimize with embed_layer_norm false).
-    embedding_bits: int | None = None
+    bits: int | None = opt(None, "Weight-only: bits per weight (when unset, 4).", choices=(4, 8))
+    block_size: int | None = opt(None, "Weight-only: weights per scale along K, a power of two >= 16 (when unset, "
+                                       "32).")
+    algorithm: str | None = opt(None, "Weight-only int4: rtn (when unset), hqq, gptq (calibrated), awq "
+                                      "(activation-aware scaling + rtn).", choices=("rtn", "hqq", "gptq", "awq"))
+    accuracy_level: int | None = opt(None, "Weight-only: MatMulNBits compute type, 0 unset, 1 fp32, 2 fp16, 3 bf16, "
+                                           "4 int8 (when unset, 4).", choices=(0, 1, 2, 3, 4))
+    symmetric: bool | None = opt(None, "Weight-only: symmetric weight blocks (when unset, asymmetric).",
+                                 off="asymmetric")
+    # Needs an unfused embedding (optimize with embed_layer_norm false).
+    embedding_bits: int | None = opt(None, "Dynamic/static: embedding tables as 4-bit blocks (GatherBlockQuantized), "
+                                           "MatMuls int8.", choices=(4,))
 
     def __post_init__(self):
         check_target(self.target)
@@ -108,7 +123,7 @@ class QuantizeConfig:
         if self.mode == "dynamic" and (self.activation_type is not None or self.symmetric_activations):
             raise ValueError("dynamic mode quantizes activations to uint8 at run time; "
                              "activation_type and symmetric_activations apply to --mode static")
-        if self.calibration_samples < 1 or self.max_length < 8 or self.eval_batch_size < 1:
+        if self.calibration_samples < 1 or (self.max_length or 8) < 8 or self.eval_batch_size < 1:
             raise ValueError("calibration_samples and eval_batch_size must be >= 1, max_length >= 8")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError("percentile must be in (50, 100]")
@@ -122,8 +137,8 @@ class QuantizeConfig:
             raise ValueError("max_iterations must be >= 1 and rtol positive")
         if self.op_types is not None and not self.op_types:
             raise ValueError("op_types must name at least one op type")
-        if self.eval_max_samples is not None and self.eval_max_samples < 1:
-            raise ValueError("eval_max_samples must be at least 1 (leave it unset for all examples)")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError("max_eval_samples must be at least 1 (leave it unset for all examples)")
         if self.mode == "dynamic" and self.quantize_matmul_outputs:
             raise ValueError("quantize_matmul_outputs applies to --mode static (dynamic int8 has no output scales)")
 
@@ -186,7 +201,9 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
     out = Path(out)
     check_output(out, force)  # fail now, not after calibrating
     parent = onnx_parent(src, "quantize")
-    with write_artifact(out, stage="quantize", config=config_to_dict(cfg), format="onnx", task=parent.task,
+    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    cfg = resolve_max_length(cfg, parent)
+    with write_artifact(out, stage="quantize", config=asked, format="onnx", task=parent.task,
                         model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
         started = time.perf_counter()
@@ -202,6 +219,7 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
         copy_sidecar_files(parent.path, o.folder)
         m = o.record.metrics
         m.update(job.notes, settings=job.settings, quantize_seconds=round(time.perf_counter() - started, 1),
+                 max_length=cfg.max_length,
                  **loop_metrics, **_model_metrics(parent.onnx_path, o.folder / "model.onnx"))
         m["fp32_nodes"] = sorted(set(job.excluded) | set(loop_metrics.get("fallback_nodes", []))
                                  | set(job.notes.get("no_calibrated_range", [])))
@@ -515,7 +533,8 @@ def _budget(job: _Job):
         raise Unsupported("max_accuracy_drop is for classifiers, max_perplexity_increase for causal LMs",
                           "use the budget that matches the model's task")
     ecfg = eval_config(cfg, "validation", "hamlet" if lm else "rotten-tomatoes", batch_size=cfg.eval_batch_size,
-                       max_length=cfg.max_length, max_samples=cfg.eval_max_samples, max_tokens=cfg.eval_max_tokens)
+                       max_length=cfg.max_length, max_eval_samples=cfg.max_eval_samples,
+                       max_eval_tokens=cfg.max_eval_tokens)
     metric = "perplexity" if lm else "accuracy"
     parent_value = evaluate(job.parent.path, ecfg, record=False)[metric]
 

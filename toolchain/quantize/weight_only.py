@@ -779,7 +779,7 @@ def run(job) -> tuple[Path, dict]:
                             f"(cost {it.cost:.4g} > {budget.limit:g}) with {len(it.fp32_nodes)} int8 layers")
     return chosen, {"budget": {"metric": budget.metric, "parent": budget.parent, "limit": budget.limit,
                                "split": "validation" if budget.metric == "accuracy" else cfg.data or "hamlet",
-                               "batch_size": cfg.eval_batch_size, "max_tokens": cfg.eval_max_tokens},
+                               "batch_size": cfg.eval_batch_size, "max_tokens": cfg.max_eval_tokens},
                     "iterations": [_int8_counts(i.as_dict(budget.metric)) for i in result.iterations],
                     "chosen_iteration": result.best, "within_budget": it.within_budget, "int8_nodes": it.fp32_nodes,
                     "sensitivity": [{"node": r["node"], "sqnr_db": r["sqnr_db"]} for r in result.ranking]}
