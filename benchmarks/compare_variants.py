@@ -99,7 +99,7 @@ def untrimmed_variant(final: Variant, work: Path, quick: bool, echo) -> Variant 
     if source is None or not Artifact.is_artifact(source) or final.path.name not in {s.name for s in steps}:
         v.error = f"{final.path} is not a step of {CLASSIFIER_RECIPE.name} run after its trim-vocab step"
         return v
-    overrides = {"int8-static": {"eval_max_samples": 200, "calibration_samples": 64}} if quick else None
+    overrides = {"int8-static": {"max_eval_samples": 200, "calibration_samples": 64}} if quick else None
     made = run_steps(CLASSIFIER_RECIPE, names, str(source), work / ("untrimmed-quick" if quick else "untrimmed"),
                      quick, echo, overrides)
     out = _from_made(v.key, made[final.path.name], v.name, v.how)
@@ -170,7 +170,7 @@ def teacher_variants(teacher: Path, work: Path, quick: bool, echo) -> list[Varia
     --quick scores the accuracy loop on part of the validation split, in a folder of its own, so a quick
     run never replaces (or is mistaken for) the full run's artifacts.
     """
-    overrides = {"int8-static": {"eval_max_samples": 200, "calibration_samples": 64}} if quick else None
+    overrides = {"int8-static": {"max_eval_samples": 200, "calibration_samples": 64}} if quick else None
     out = work / ("teacher-quick" if quick else "teacher")
     made = run_steps(CLASSIFIER_RECIPE, TEACHER_STEPS, str(teacher), out, quick, echo, overrides)
     spec = [("tc-onnx", "onnx", "toolchain ONNX fp32", "toolchain export (optimum exporter, parity-checked)"),

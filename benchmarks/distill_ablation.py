@@ -49,10 +49,10 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--data", default="rotten-tomatoes")
     p.add_argument("--only", help="comma-separated variants (default: all): " + ", ".join(VARIANTS))
-    p.add_argument("--max-train-examples", type=int, help="train on a subset (smoke runs)")
+    p.add_argument("--max-train-samples", type=int, help="train on a subset (smoke runs)")
     p.add_argument("--latency-samples", type=int, default=200, help="test sentences timed per model")
     p.add_argument("--latency-rounds", type=int, default=3,
                    help="interleaved timing rounds (every model once per round, each in a fresh process)")
@@ -91,8 +91,8 @@ def variant_row(name: str, args) -> dict:
     out = args.out / name
     if args.fresh or not Artifact.is_artifact(out):
         shared = {"data": args.data, "epochs": args.epochs, "max_length": args.max_length, "batch_size": args.batch_size,
-                  "learning_rate": args.lr, "temperature": 2.0, "alpha": 0.5, "device": args.device,
-                  "max_train_samples": args.max_train_examples}
+                  "learning_rate": args.learning_rate, "temperature": 2.0, "alpha": 0.5, "device": args.device,
+                  "max_train_samples": args.max_train_samples}
         spec = dict(VARIANTS[name])
         if "from" in spec:  # progressive: start from an earlier variant's student with layers removed
             spec["student"] = str(smaller_student(spec.pop("from"), spec.pop("drop_layers"), args))
