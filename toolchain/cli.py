@@ -98,8 +98,13 @@ def _fmt(v) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="toolchain")
-def main():
+@click.option("-v", "--verbose", is_flag=True, help="Also show library messages (kept in the run's toolchain.log).")
+@click.option("-q", "--quiet", is_flag=True, help="Print results and errors only: no progress, no step lines.")
+def main(verbose, quiet):
     """Make a Hugging Face transformer smaller and faster, and prove it stayed accurate."""
+    from . import console
+
+    console.set_level(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
     calm_openmp()
 
 

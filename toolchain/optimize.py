@@ -18,6 +18,7 @@ from pathlib import Path
 from . import parity
 from .artifact import Artifact, check_output, write_artifact
 from .config import config_to_dict
+from .console import library_logs
 from .errors import BadModel, CheckFailed, Unsupported
 from .guard import writes_output
 from .targets import HOST, check_target, target as get_target
@@ -200,7 +201,9 @@ def _fuse(path: Path, opt_type: str, heads: int, hidden: int, cfg: OptimizeConfi
     gpu = cfg.use_gpu or cfg.fp16
     options.enable_skip_layer_norm = gpu if cfg.skip_layer_norm is None else cfg.skip_layer_norm
     options.enable_embed_layer_norm = cfg.embed_layer_norm
-    with warnings.catch_warnings():
+    # "Input hidden size (192) is not same as weight matrix dimension of q,k,v (384)" is logged for every
+    # attention the optimizer inspects, even when the fusion then succeeds: library_logs keeps it off the terminal.
+    with warnings.catch_warnings(), library_logs():
         warnings.simplefilter("ignore")
         try:
             model = optimize_model(str(path), model_type=opt_type, num_heads=heads, hidden_size=hidden,

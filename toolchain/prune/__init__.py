@@ -185,14 +185,13 @@ def _unstructured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task:
 
 
 def _scores(model, tokenizer, cfg: PruneConfig, task: str):
-    from tqdm.auto import tqdm
-
+    from ..console import bar as progress_bar
     from . import importance
 
     if cfg.importance == "magnitude":
         return importance.magnitude(model)
     batches, labels = _calibration(model, tokenizer, cfg, task)
-    bar = lambda it: tqdm(it, desc=f"{cfg.importance} importance", unit="batch", disable=None)  # noqa: E731
+    bar = lambda it: progress_bar(it, desc=f"prune: {cfg.importance} importance", unit="batch")  # noqa: E731
     if cfg.importance == "activation":
         return importance.activation(model, batches, progress=bar)
     if task == "feature-extraction":
