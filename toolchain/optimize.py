@@ -86,15 +86,16 @@ def optimize(src: str | Path | Artifact, cfg: OptimizeConfig, out: str | Path, *
 
     >>> optimize("runs/minilm-onnx", OptimizeConfig(), "runs/minilm-opt")  # doctest: +SKIP
     """
+    t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
     check_output(Path(out), force)  # fail now, not after fusing
     parent = onnx_parent(src, "optimize")
     if get_target(cfg.target).fusions == "standard":
-        return _standard(parent, cfg, Path(out), force)
+        return _standard(parent, cfg, Path(out), force, t0)
     model_config = _model_config(parent)
     opt_type = optimizer_type(parent.manifest.model_type, cfg.model_type)
     heads, hidden = attention_shape(model_config, cfg)
     with write_artifact(out, stage="optimize", config=config_to_dict(cfg), format="onnx", task=parent.task,
-                        model_type=parent.manifest.model_type, parent=parent, force=force) as o:
+                        model_type=parent.manifest.model_type, parent=parent, force=force, started=t0) as o:
         started = time.perf_counter()
         model = _fuse(parent.onnx_path, opt_type, heads, hidden, cfg)
         before, after = op_counts(parent.onnx_path), Counter(n.op_type for n in model.model.graph.node)
@@ -113,7 +114,7 @@ def optimize(src: str | Path | Artifact, cfg: OptimizeConfig, out: str | Path, *
     return Artifact.load(out)
 
 
-def _standard(parent: Artifact, cfg: OptimizeConfig, out: Path, force: bool) -> Artifact:
+def _standard(parent: Artifact, cfg: OptimizeConfig, out: Path, force: bool, t0: float) -> Artifact:
     """Standard ONNX ops only (NNAPI, CoreML): the target's rewrites instead of ORT's contrib-op fusions."""
     import onnx
 
@@ -121,7 +122,7 @@ def _standard(parent: Artifact, cfg: OptimizeConfig, out: Path, force: bool) -> 
 
     tgt = get_target(cfg.target)
     with write_artifact(out, stage="optimize", config=config_to_dict(cfg), format="onnx", task=parent.task,
-                        model_type=parent.manifest.model_type, parent=parent, force=force) as o:
+                        model_type=parent.manifest.model_type, parent=parent, force=force, started=t0) as o:
         started = time.perf_counter()
         model = onnx.load(str(parent.onnx_path))
         rewritten = standard_ops.apply(model, tgt.rewrites)

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,12 +88,14 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
 
     >>> package("runs/minilm/int8", PackageConfig(), "runs/minilm/bundle")  # doctest: +SKIP
     """
+    t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
     art = _checked_input(src.path if isinstance(src, Artifact) else src)
     if get_target(cfg.target).fixed_shapes and art.task == "text-generation":
         raise Unsupported(f"target {cfg.target} fixes inputs to [1, max_length]; a causal LM decodes one token at "
                           "a time with a growing cache", "package causal LMs for a CPU target (arm64, x86-*)")
     with write_artifact(out, stage="package", config=config_to_dict(cfg) | {"source": str(src)}, format="onnx",
-                        task=art.task, model_type=art.manifest.model_type, parent=art, force=force) as o:
+                        task=art.task, model_type=art.manifest.model_type, parent=art, force=force,
+                        started=t0) as o:
         tgt = get_target(cfg.target)
         for name in art.manifest.files:
             (o.folder / name).parent.mkdir(parents=True, exist_ok=True)
