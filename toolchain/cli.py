@@ -132,7 +132,9 @@ def info(artifact, as_json, verify):
     problems = art.verify() if verify else []
     data = json.loads(art.manifest.to_json()) | {"path": str(art.path), "content_hash": art.content_hash,
                                                  "size_bytes": art.size_bytes("**/*"), "problems": problems}
-    rows = [[r.stage, json.dumps(r.config, sort_keys=True)[:70], f"{r.finished - r.started:.1f}s",
+    from .console import duration
+
+    rows = [[r.stage, json.dumps(r.config, sort_keys=True)[:70], duration(r.finished - r.started),
              ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(r.metrics).items())[:90]] for r in art.manifest.lineage]
     head = (f"{art.path}: {art.format} artifact, task {art.task}, model type {art.manifest.model_type}, "
             f"{len(art.manifest.files)} files, {data['size_bytes'] / 1e6:.1f} MB, "

@@ -96,7 +96,7 @@ def artifact_name(path: str | Path) -> str:
 
 
 class _Writer(io.TextIOBase):
-    """A text stream whose complete lines go to the log (and to the terminal with -v)."""
+    """A text stream whose complete lines go to the log (which -v also shows)."""
 
     def __init__(self, name: str):
         self.name, self.pending = name, ""
@@ -109,9 +109,7 @@ class _Writer(io.TextIOBase):
         *lines, self.pending = self.pending.replace("\r", "\n").split("\n")
         for line in lines:
             if line.strip() and not BAR_LINE.search(line):
-                logging.getLogger(f"toolchain.{self.name}").info(line)
-                if shows(VERBOSE):
-                    terminal().write(line + "\n")
+                logging.getLogger(f"toolchain.{self.name}").info(line)  # -v: log_to shows it too
         return len(text)
 
     def flush(self) -> None:
@@ -155,7 +153,7 @@ def log_to(path: str | Path) -> Iterator[Path]:
     echo = None
     if shows(VERBOSE):
         echo = logging.StreamHandler(_TerminalStream())
-        echo.setLevel(logging.WARNING)  # INFO records are what say() already printed
+        echo.addFilter(lambda record: record.name != log.name)  # the toolchain's own lines are printed already
         root.addHandler(echo)
     handler.stream.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
     try:
