@@ -97,7 +97,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
                        id2label=data.id2label, label2id=data.label2id)
     checkpoints, fresh_because = _checkpoint_dir(out, source, cfg)
     started = time.perf_counter()
-    trainer, sched = _trainer(model, tokenizer, data, cfg, checkpoints, label=out.name)
+    trainer, sched = _trainer(model, tokenizer, data, cfg, checkpoints, out.name)
     resume = last_complete_checkpoint(checkpoints)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
