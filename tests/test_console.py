@@ -161,3 +161,18 @@ def test_quiet_run_prints_only_the_result_and_verbose_shows_library_messages(tin
                                  catch_exceptions=False)
     assert verbose.exit_code == 0, verbose.output
     assert "[1/5] teacher (finetune): running" in verbose.output and "'loss':" in verbose.output
+
+
+def test_optimizer_notes_stay_off_the_terminal_outside_a_run(capsys, monkeypatch):
+    """ORT's optimizer logs "Input hidden size ... is not same as ..." from modules named like `fusion_attention`
+    even when the fusion succeeds; a standalone `toolchain optimize` has no log file, so they are dropped."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as on the command line: pytest's own handler off
+    with console.library_logs():
+        logging.getLogger("fusion_attention").warning("Input hidden size (192) is not same as weight matrix")
+    assert "Input hidden size" not in capsys.readouterr().err
+    console.set_level(console.VERBOSE)
+    with console.library_logs():
+        logging.getLogger("fusion_attention").warning("Input hidden size (192) is not same as weight matrix")
+    assert "Input hidden size" in capsys.readouterr().err  # -v asked for them

@@ -28,6 +28,7 @@ BAR_LINE = re.compile(r"\|\s*\d+/\d+ \[")  # a library's progress bar redrawn in
 
 _level = NORMAL
 _terminal: TextIO | None = None  # the real stderr while capture() has redirected sys.stderr
+_log_file: Path | None = None  # while log_to() is active
 
 
 def set_level(level: int) -> None:
@@ -140,6 +141,7 @@ def log_to(path: str | Path) -> Iterator[Path]:
     The toolchain's own warnings are also shown on the terminal, one line each; library warnings and
     library log records stay in the file (shown too with -v). ONNX Runtime's C++ log is cut to errors.
     """
+    global _log_file
     path = Path(path)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -156,9 +158,11 @@ def log_to(path: str | Path) -> Iterator[Path]:
         echo.addFilter(lambda record: record.name != log.name)  # the toolchain's own lines are printed already
         root.addHandler(echo)
     handler.stream.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
+    _log_file = path
     try:
         yield path
     finally:
+        _log_file = None
         for h in (handler, echo):
             if h is not None:
                 root.removeHandler(h)
@@ -174,7 +178,7 @@ def library_logs() -> Iterator[None]:
     """Outside a run with a log file, drop library log records (-v shows them): ONNX Runtime's optimizer
     logs from modules named `fusion_attention`, `onnx_model`, ... that no logger prefix catches."""
     root = logging.getLogger()
-    if root.handlers or shows(VERBOSE):  # log_to is active (they go to the file), or -v asked for them
+    if _log_file is not None or shows(VERBOSE):  # they go to the run's log, or -v asked for them
         yield
         return
     null = logging.NullHandler()
