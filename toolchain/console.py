@@ -243,7 +243,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         logging.getLogger("py.warnings").warning("%s:%s: %s: %s", filename, lineno, category.__name__, text)
 
 
-def epoch_lines(label: str, epochs: float, metric: str = "accuracy"):
+def epoch_lines(label: str, epochs: float, metric: str = "accuracy", show_bar: bool = True):
     """A Trainer callback: one line per epoch ("epoch 2/3  val accuracy 0.8123  best"), a bar over the
     training steps naming `label`, and the Trainer's log records (losses) into the log instead of stdout.
 
@@ -258,7 +258,7 @@ def epoch_lines(label: str, epochs: float, metric: str = "accuracy"):
             self.best, self.epoch, self.bar = None, 0, None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = bar(desc=f"{label}: training", total=state.max_steps, unit="step")
+            self.bar = bar(desc=f"{label}: training", total=state.max_steps, unit="step", show=show_bar)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:

@@ -206,7 +206,8 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     if mode != "online":
         teacher = None  # not in memory while the student trains
         gc.collect()
-    train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args, label=Path(out).name)
+    train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args, label=Path(out).name,
+                          progress=progress)
     metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics}
     if args.process_index == 0:
         write_student(source, cfg, out, force, task, student, tokenizer, data, metrics, started=started)
@@ -539,7 +540,7 @@ def training_args(cfg: DistillConfig, task: str, sched=None):
 
 
 def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: DistillData, cache, args,
-          label: str = "distill") -> dict:
+          label: str = "distill", progress: bool = True) -> dict:
     """Run the Trainer; returns the training metrics for the lineage record (wall time, losses)."""
     import shutil
 
@@ -556,7 +557,7 @@ def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: Dist
     if teacher is not None:
         teacher.to(args.device).eval()
     # Classifiers keep their best epoch on validation; a causal LM trains its epochs (held-out perplexity after).
-    lines, best = epoch_lines(label, args.num_train_epochs), None
+    lines, best = epoch_lines(label, args.num_train_epochs, show_bar=progress), None
     if task == "text-classification" and not cfg.max_steps and data.validation:
         best = best_epoch_callback(
             lambda _: lines.report(validation_accuracy(student, tokenizer, task, data, cfg.batch_size * 2)), cfg.patience)
