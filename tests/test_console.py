@@ -176,3 +176,18 @@ def test_optimizer_notes_stay_off_the_terminal_outside_a_run(capsys, monkeypatch
     with console.library_logs():
         logging.getLogger("fusion_attention").warning("Input hidden size (192) is not same as weight matrix")
     assert "Input hidden size" in capsys.readouterr().err  # -v asked for them
+
+
+def test_library_warnings_are_hushed_outside_a_run_unless_verbose():
+    def shown(level):
+        console.set_level(level)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            console.hush_library_warnings()
+            warnings.warn_explicit("mtime may not be reliable", UserWarning, "trainer.py", 1, module="transformers.trainer")
+            warnings.warn_explicit("8 calibration samples", UserWarning, "calibration.py", 1,
+                                   module="toolchain.quantize.calibration")
+        return [str(w.message) for w in seen]
+
+    assert shown(console.NORMAL) == ["8 calibration samples"]
+    assert shown(console.VERBOSE) == ["mtime may not be reliable", "8 calibration samples"]

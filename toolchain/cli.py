@@ -105,6 +105,7 @@ def main(verbose, quiet):
     from . import console
 
     console.set_level(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
+    console.hush_library_warnings()
     calm_openmp()
 
 

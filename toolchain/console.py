@@ -23,6 +23,8 @@ LOG_FILE = "toolchain.log"  # in the run folder
 # onnxruntime.transformers warns "Input hidden size (192) is not same as weight matrix dimension of q,k,v
 # (384)" once per attention it checks, even when the fusion then succeeds.
 CHATTY = ("transformers", "onnxruntime", "optimum", "torch", "datasets", "huggingface_hub", "accelerate")
+# Modules whose warnings (deprecations, "mtime may not be reliable on this filesystem") are not the user's news.
+LIBRARY_WARNINGS = r"(transformers|torch|onnxruntime|onnx|optimum|datasets|huggingface_hub|accelerate|sklearn)(\.|$)"
 log = logging.getLogger("toolchain")
 BAR_LINE = re.compile(r"\|\s*\d+/\d+ \[")  # a library's progress bar redrawn into a captured stream
 
@@ -35,6 +37,12 @@ def set_level(level: int) -> None:
     """QUIET, NORMAL or VERBOSE: set once by the `toolchain` command from -q / -v."""
     global _level
     _level = max(QUIET, min(VERBOSE, level))
+
+
+def hush_library_warnings() -> None:
+    """Outside a run log, drop libraries' warnings from the terminal unless -v (a run keeps them in its log)."""
+    if not shows(VERBOSE):
+        warnings.filterwarnings("ignore", module=LIBRARY_WARNINGS)
 
 
 def level() -> int:
@@ -160,7 +168,10 @@ def log_to(path: str | Path) -> Iterator[Path]:
     handler.stream.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
     _log_file = path
     try:
-        yield path
+        with warnings.catch_warnings():
+            warnings.filterwarnings("default", module=LIBRARY_WARNINGS)  # into the log, once per place
+            warnings.showwarning = _show_warning
+            yield path
     finally:
         _log_file = None
         for h in (handler, echo):
