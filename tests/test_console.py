@@ -184,7 +184,8 @@ def test_library_warnings_are_hushed_outside_a_run_unless_verbose():
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             console.hush_library_warnings()
-            warnings.warn_explicit("mtime may not be reliable", UserWarning, "trainer.py", 1, module="transformers.trainer")
+            warnings.warn_explicit("mtime may not be reliable", UserWarning, "trainer.py", 1,
+                                   module="transformers.trainer")
             warnings.warn_explicit("8 calibration samples", UserWarning, "calibration.py", 1,
                                    module="toolchain.quantize.calibration")
         return [str(w.message) for w in seen]

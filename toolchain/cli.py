@@ -762,7 +762,7 @@ def _as_tuple(value):
 @data_options(default=None)
 @click.option("--samples", type=int, help="Calibration examples for taylor / activation importance (default 32).")
 @click.option("--max-length", type=int, help="Tokens per calibration example (default 128).")
-@click.option("--recover", is_flag=True, help="Then distil from the unpruned model into OUT (the pruned model is scratch, removed after).")
+@click.option("--recover", is_flag=True, help="Then distil from the unpruned model into OUT (the pruned model is scratch).")
 @click.option("--recover-epochs", type=int, help="Epochs of recovery distillation (default 1).")
 @click.option("--recover-min-steps", type=int, help="Raise recovery epochs until this many updates (default 300).")
 @click.option("--task", type=click.Choice(["text-classification", "text-generation", "feature-extraction"]),

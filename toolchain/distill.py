@@ -559,8 +559,10 @@ def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: Dist
     # Classifiers keep their best epoch on validation; a causal LM trains its epochs (held-out perplexity after).
     lines, best = epoch_lines(label, args.num_train_epochs, show_bar=progress), None
     if task == "text-classification" and not cfg.max_steps and data.validation:
-        best = best_epoch_callback(
-            lambda _: lines.report(validation_accuracy(student, tokenizer, task, data, cfg.batch_size * 2)), cfg.patience)
+        def score(_model) -> float:  # the epoch's line is printed as it is scored
+            return lines.report(validation_accuracy(student, tokenizer, task, data, cfg.batch_size * 2))
+
+        best = best_epoch_callback(score, cfg.patience)
     trainer = DistillTrainer(model=model, args=args, train_dataset=data.train,
                              data_collator=Collator(tokenizer.pad_token_id, task, cache),
                              objective=KDObjective(cfg, task, teacher, layer_map),

@@ -76,7 +76,8 @@ def finetune(m: dict, art: Artifact) -> str:
 
 def distill(m: dict, art: Artifact) -> str:
     student, teacher, v = m.get("student") or {}, m.get("teacher") or {}, m.get("validation") or {}
-    score = f"val {v['accuracy']:.4f}" if "accuracy" in v else f"perplexity {v['perplexity']:.2f}" if "perplexity" in v else ""
+    score = ("accuracy" in v and f"val {v['accuracy']:.4f}") or \
+        ("perplexity" in v and f"perplexity {v['perplexity']:.2f}")
     layers = student.get("num_layers")
     return _join(f"{layers} layer{'s' if layers != 1 else ''}, params {_params(teacher.get('params'))} -> "
                  f"{_params(student.get('params'))}", score, _best_epoch((m.get("train") or {}).get("schedule") or {}))
@@ -158,7 +159,8 @@ def bench(arts: list[_Measured]) -> str:
     if not p50:
         return f"{len(arts)} artifact(s) measured"
     fast, slow = min(p50, key=p50.get), max(p50, key=p50.get)
-    return _join(f"p50 at batch 1: fastest {fast} {p50[fast]:.2f} ms", len(p50) > 1 and f"slowest {slow} {p50[slow]:.2f} ms")
+    return _join(f"p50 at batch 1: fastest {fast} {p50[fast]:.2f} ms",
+                 len(p50) > 1 and f"slowest {slow} {p50[slow]:.2f} ms")
 
 
 TRANSFORMS: dict[str, Callable[[dict, Artifact], str]] = {
