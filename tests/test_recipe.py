@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,11 +40,15 @@ def test_run_tiny_recipe_end_to_end(tiny_run):
     assert [s["kind"] for s in plan_file["steps"]] == ["transform", "measure", "transform"]
 
 
-def test_run_prints_one_line_per_step_with_timing(tiny_run):
+def test_run_prints_each_step_and_what_came_out_with_timing(tiny_run):
     _, _, output = tiny_run
-    done = [line.strip() for line in output.splitlines() if line.strip().startswith("[") and "done in" in line]
-    assert [line.split()[1] for line in done] == ["onnx", "eval", "bundle"]
-    assert all(line.rstrip().split("done in ")[1].split("s")[0].replace(".", "").isdigit() for line in done)
+    lines = output.splitlines()
+    started = [i for i, line in enumerate(lines) if line.startswith("[") and ": running," in line]
+    assert [lines[i].split()[1] for i in started] == ["onnx", "eval", "bundle"]
+    outcomes = [lines[i + 1].strip() for i in started]  # nothing between a step's start and its outcome here
+    assert all(re.match(r"done in \d+\.\ds: .+  \[elapsed ", line) for line in outcomes), outcomes
+    assert "parity" in outcomes[0] and "best onnx" in outcomes[1] and "bundle" in outcomes[2]
+    assert re.search(r"^finished 3 steps \(3 ran, 0 skipped\) in \d", output, re.M)
 
 
 def test_second_run_skips_every_step(tiny_run):
@@ -126,7 +131,7 @@ def test_run_resumes_after_a_killed_step(tiny, tmp_path, monkeypatch):
     records = run(load_recipe(recipe), tmp_path / "run", echo=lines.append)
     assert [(r["step"], r["action"]) for r in records] == [("onnx", "skipped"), ("held", "ran"), ("eval", "ran"),
                                                             ("bundle", "ran")]
-    assert lines[0] == "[1/4] onnx (export): skipped, input and config unchanged"
+    assert lines[1] == "[1/4] onnx (export): skipped, input and config unchanged"  # after the run's header
     assert not list((tmp_path / "run").glob(".partial-*"))
 
 

@@ -307,11 +307,13 @@ def write_artifact(
     model_type: str,
     parent: Artifact | None = None,
     force: bool = False,
+    started: float | None = None,
 ) -> Iterator[StageOutput]:
     """Write a new artifact atomically: the stage writes into `.folder`, then it is renamed to `out`.
 
     Killed or failing at any point, it leaves `out` as it was (absent, or the previous artifact) and at
     most a hidden `.partial-*` folder that the next run removes. A failed write is a WriteFailed.
+    `started` (time.time() when the stage began) makes the lineage time the whole stage, not only the write.
 
     >>> with write_artifact(out, stage="export", config={}, format="onnx", task=t, model_type="bert") as o:
     ...     write_model(o.folder); o.record.metrics["max_abs_diff"] = 1e-6   # doctest: +SKIP
@@ -323,7 +325,7 @@ def write_artifact(
         stage=stage,
         config=config,
         input_hash=parent.content_hash if parent else None,
-        started=time.time(),
+        started=time.time() if started is None else started,
         finished=0.0,
         versions=library_versions(),
     )

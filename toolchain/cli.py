@@ -155,8 +155,14 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="toolchain")
-def main():
+@click.option("-v", "--verbose", is_flag=True, help="Also show library messages (kept in the run's toolchain.log).")
+@click.option("-q", "--quiet", is_flag=True, help="Print results and errors only: no progress, no step lines.")
+def main(verbose, quiet):
     """Make a Hugging Face transformer smaller and faster, and prove it stayed accurate."""
+    from . import console
+
+    console.set_level(console.QUIET if quiet else console.VERBOSE if verbose else console.NORMAL)
+    console.hush_library_warnings()
     calm_openmp()
 
 
@@ -184,7 +190,9 @@ def info(artifact, as_json, verify):
     problems = art.verify() if verify else []
     data = json.loads(art.manifest.to_json()) | {"path": str(art.path), "content_hash": art.content_hash,
                                                  "size_bytes": art.size_bytes("**/*"), "problems": problems}
-    rows = [[r.stage, json.dumps(r.config, sort_keys=True)[:70], f"{r.finished - r.started:.1f}s",
+    from .console import duration
+
+    rows = [[r.stage, json.dumps(r.config, sort_keys=True)[:70], duration(r.finished - r.started),
              ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(r.metrics).items())[:90]] for r in art.manifest.lineage]
     head = (f"{art.path}: {art.format} artifact, task {art.task}, model type {art.manifest.model_type}, "
             f"{len(art.manifest.files)} files, {data['size_bytes'] / 1e6:.1f} MB, "

@@ -40,6 +40,7 @@ from typing import Literal
 from . import students
 from .artifact import Artifact, prepare_output, write_artifact
 from .config import config_to_dict, opt, resolve_max_length
+from .console import epoch_lines, say
 from .errors import BadModel, CheckFailed, DataError, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, model_inputs, resolve_model, source_hash
@@ -198,7 +199,7 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer, source.config, task)
     sched = plan_schedule(cfg, len(data.train))
-    args = training_args(cfg, task, progress, sched)
+    args = training_args(cfg, task, sched)
     set_seed(cfg.seed)
     teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     student, kept = make_student(teacher, cfg, task, tokenizer)
@@ -214,7 +215,8 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     if mode != "online":
         teacher = None  # not in memory while the student trains
         gc.collect()
-    train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args)
+    train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args, label=Path(out).name,
+                          progress=progress)
     metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics,
                "max_length": cfg.max_length}
     if args.process_index == 0:
@@ -226,8 +228,6 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
 
 def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str) -> Artifact:
     """`cfg.trials` distillations over `cfg.search`, the student's steps timed first; the best on validation wins."""
-    import sys
-
     from . import schedule, search
 
     if task != "text-classification":
@@ -244,7 +244,7 @@ def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str
                              collate, cfg.batch_size, cfg.learning_rate)
     steps = search.max_steps_per_trial("distill", cfg, len(data.train), schedule.plan)
     return search.run_search("distill", distill, source, cfg, out, force=force, step_seconds=step,
-                             steps_per_trial=steps, echo=lambda line: print(line, file=sys.stderr))
+                             steps_per_trial=steps, echo=say)
 
 
 def teacher_task(source: ModelSource) -> str:
@@ -516,7 +516,7 @@ def plan_schedule(cfg: DistillConfig, examples: int):
     return schedule.plan(examples, cfg.batch_size * cfg.grad_accum * world, cfg.epochs, cfg.min_steps, cfg.max_epochs)
 
 
-def training_args(cfg: DistillConfig, task: str, progress: bool, sched=None):
+def training_args(cfg: DistillConfig, task: str, sched=None):
     """TrainingArguments for the config; under torchrun / accelerate launch they set up the process group."""
     import torch
     from transformers import TrainingArguments
@@ -535,13 +535,15 @@ def training_args(cfg: DistillConfig, task: str, progress: bool, sched=None):
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         # Validation runs once, after training, through evaluate.py on the saved student.
         eval_strategy="no", save_strategy="no", logging_strategy="steps", logging_steps=0.1, report_to=[],
-        disable_tqdm=not progress, log_level="warning", remove_unused_columns=False, label_names=["labels"],
+        # epoch_lines draws the bar (naming the artifact) and sends the loss records to the run's log.
+        disable_tqdm=True, log_level="warning", remove_unused_columns=False, label_names=["labels"],
         # Batches of similar length pad less (short reviews: ~2x faster); LM windows are all one length.
         group_by_length=task == "text-classification", dataloader_pin_memory=cuda,
     )
 
 
-def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: DistillData, cache, args) -> dict:
+def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: DistillData, cache, args,
+          label: str = "distill", progress: bool = True) -> dict:
     """Run the Trainer; returns the training metrics for the lineage record (wall time, losses)."""
     import shutil
 
@@ -558,13 +560,16 @@ def train(cfg: DistillConfig, task: str, student, teacher, tokenizer, data: Dist
     if teacher is not None:
         teacher.to(args.device).eval()
     # Classifiers keep their best epoch on validation; a causal LM trains its epochs (held-out perplexity after).
-    best = None
+    lines, best = epoch_lines(label, args.num_train_epochs, show_bar=progress), None
     if task == "text-classification" and not cfg.max_steps and data.validation:
-        best = best_epoch_callback(lambda _: validation_accuracy(student, tokenizer, task, data, cfg.batch_size * 2),
-                                   cfg.patience)
+        def score(_model) -> float:  # the epoch's line is printed as it is scored
+            return lines.report(validation_accuracy(student, tokenizer, task, data, cfg.batch_size * 2))
+
+        best = best_epoch_callback(score, cfg.patience)
     trainer = DistillTrainer(model=model, args=args, train_dataset=data.train,
                              data_collator=Collator(tokenizer.pad_token_id, task, cache),
-                             objective=KDObjective(cfg, task, teacher, layer_map), callbacks=[best] if best else None)
+                             objective=KDObjective(cfg, task, teacher, layer_map),
+                             callbacks=[best, lines] if best else [lines])
     started = time.perf_counter()
     state = trainer.train()
     wall = time.perf_counter() - started
@@ -609,9 +614,9 @@ def write_student(source: ModelSource, cfg: DistillConfig, asked: dict, out, for
 
     student = student.float().eval()
     with write_artifact(out, stage="distill", config=asked | {"teacher": source.spec}, format="torch",
-                        task=task, model_type=student.config.model_type, parent=source.artifact, force=force) as o:
+                        task=task, model_type=student.config.model_type, parent=source.artifact, force=force,
+                        started=started) as o:  # the lineage times the whole stage, training included
         o.record.input_hash = source_hash(source)
-        o.record.started = started  # the lineage times the whole stage, training included
         student.save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
         runner = Runner(o.folder)  # the saved folder, loaded as any user would load it

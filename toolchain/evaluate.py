@@ -65,6 +65,7 @@ class Runner:
     """Logits for padded numpy inputs, from a torch model or an onnxruntime session."""
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None):
+        self.path = Path(path)  # its name labels the progress bar
         # Hashes are checked first: a score of a file that is not the one the manifest describes means nothing.
         self.artifact = Artifact.load(path, verify=True) if Artifact.is_artifact(Path(path)) else None
         src = ModelSource(str(path), str(path), local=True, artifact=self.artifact) if self.artifact else None
@@ -144,13 +145,15 @@ def evaluate_artifacts(paths: list[str | Path], cfg: EvaluateConfig) -> dict:
 
 def predict(runner: Runner, split: Split, cfg: EvaluateConfig, progress: bool = True) -> np.ndarray:
     """Logits for every example of `split`, in order, batched with dynamic padding."""
-    from tqdm.auto import tqdm
+    from . import console
+    from .console import bar
 
     out = []
     total = math.ceil(len(split) / cfg.batch_size)
     max_length = resolve_max_length(cfg, getattr(runner, "artifact", None)).max_length
-    for batch, _ in tqdm(batches(runner.tokenizer, split, cfg.batch_size, max_length), total=total,
-                         desc="evaluate", disable=not progress, leave=False):
+    what = f"evaluate {console.artifact_name(runner.path)} ({cfg.split})" if hasattr(runner, "path") else "evaluate"
+    for batch, _ in bar(batches(runner.tokenizer, split, cfg.batch_size, max_length), total=total,
+                        desc=what, unit="batch", show=progress):
         out.append(runner.logits(batch))
     return np.concatenate(out)
 
@@ -235,12 +238,12 @@ def _perplexity(runner: Runner, cfg: EvaluateConfig, reference) -> dict:
 def strided_nll(logits_fn, ids: np.ndarray, window: int, stride: int) -> tuple[float, int, np.ndarray]:
     """Summed negative log-likelihood of `ids`, each token scored once with up to `window` tokens of
     context (the Hugging Face strided-perplexity scheme); also each scored position's top-1 token."""
-    from tqdm.auto import tqdm
+    from .console import bar
 
     total, count, top1 = 0.0, 0, []
     prev_end = 0
     starts = list(range(0, len(ids) - 1, stride))
-    for begin in tqdm(starts, desc="perplexity", leave=False):
+    for begin in bar(starts, desc="perplexity", unit="window"):
         end = min(begin + window, len(ids))
         new = end - max(prev_end, begin + 1)  # tokens not yet scored in this window
         chunk = ids[begin:end][None]

@@ -82,6 +82,7 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
 
     >>> export("minilm", ExportConfig(), "runs/minilm-onnx")  # doctest: +SKIP
     """
+    t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
     check_output(Path(out), force)  # fail now, not after loading and exporting
     source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
     config = source.config
@@ -99,7 +100,7 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
     input_hash = source_hash(source)
     with write_artifact(
         out, stage="export", config=config_to_dict(cfg) | {"source": source.spec}, format="onnx", task=task,
-        model_type=config.model_type, parent=source.artifact, force=force,
+        model_type=config.model_type, parent=source.artifact, force=force, started=t0,
     ) as o:
         o.record.input_hash = input_hash
         started = time.perf_counter()

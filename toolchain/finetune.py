@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from .artifact import Artifact, atomic_write_text, check_output, write_artifact
 from .config import config_to_dict, opt, resolve_max_length
+from .console import epoch_lines, say
 from .data import data_fingerprint, data_spec, load_classification, tokenize_split
 from .evaluate import Runner, eval_config, evaluate, result_key
 from .guard import writes_output
@@ -82,6 +82,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
     """
     from transformers import set_seed
 
+    t0 = time.time()  # the lineage times the whole stage: loading, training and scoring
     out = Path(out)
     check_output(out, force)  # fail now, not after training
     source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
@@ -99,13 +100,13 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
                        id2label=data.id2label, label2id=data.label2id)
     checkpoints, fresh_because = _checkpoint_dir(out, source, cfg)
     started = time.perf_counter()
-    trainer, sched = _trainer(model, tokenizer, data, cfg, checkpoints)
+    trainer, sched = _trainer(model, tokenizer, data, cfg, checkpoints, out.name)
     resume = last_complete_checkpoint(checkpoints)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
     with write_artifact(out, stage="finetune", config=asked | {"source": source.spec},
                         format="torch", task="text-classification", model_type=model.config.model_type,
-                        parent=source.artifact, force=force) as o:
+                        parent=source.artifact, force=force, started=t0) as o:
         o.record.input_hash = source_hash(source)  # a plain folder too, so a recipe can tell it changed
         trainer.model.eval().save_pretrained(o.folder, safe_serialization=True)
         tokenizer.save_pretrained(o.folder)
@@ -126,8 +127,6 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
 
 def _search(source: ModelSource, cfg: FinetuneConfig, out: Path, force: bool) -> Artifact:
     """`cfg.trials` fine-tunes over `cfg.search`, timed first; the best on validation becomes `out`."""
-    import sys
-
     from transformers import DataCollatorWithPadding, set_seed
 
     from . import schedule, search
@@ -144,7 +143,7 @@ def _search(source: ModelSource, cfg: FinetuneConfig, out: Path, force: bool) ->
     del model
     steps = search.max_steps_per_trial("finetune", cfg, len(train), schedule.plan)
     return search.run_search("finetune", finetune, source, cfg, out, force=force, step_seconds=step,
-                             steps_per_trial=steps, echo=lambda line: print(line, file=sys.stderr))
+                             steps_per_trial=steps, echo=say)
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -189,16 +188,17 @@ def _checkpoint_dir(out: Path, source: ModelSource, cfg: FinetuneConfig) -> tupl
         changed = [k for k in key if not isinstance(recorded, dict) or recorded.get(k) != key[k]]
         if changed:
             why = f"the {' and '.join(changed)} changed since the interrupted run"
-            print(f"finetune: not resuming, starting fresh: {why}", file=sys.stderr)
+            say(f"    not resuming the interrupted fine-tune, starting fresh: {why}")
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / RESUME_KEY, json.dumps(key, sort_keys=True, default=str))
     return folder, why
 
 
-def _trainer(model, tokenizer, data, cfg: FinetuneConfig, checkpoints: Path):
+def _trainer(model, tokenizer, data, cfg: FinetuneConfig, checkpoints: Path, label: str = "finetune"):
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from . import schedule
 
@@ -212,13 +212,17 @@ def _trainer(model, tokenizer, data, cfg: FinetuneConfig, checkpoints: Path):
         warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="accuracy", greater_is_better=True, logging_steps=max(1, min(50, steps // 10)),
-        report_to=[],
+        # The Trainer's own bar and loss dicts would print hundreds of lines: epoch_lines prints one a
+        # epoch and a bar naming the artifact, and sends the loss records to the run's log.
+        report_to=[], disable_tqdm=True, log_level="warning",
         group_by_length=cfg.group_by_length, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), save_safetensors=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy,
-                      callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)])
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience),
+                                 epoch_lines(label, sched.epochs)])
+    trainer.remove_callback(PrinterCallback)
     return trainer, sched
 
 

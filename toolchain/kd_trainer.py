@@ -148,8 +148,8 @@ class DistillTrainer(Trainer):
         self._epoch: dict[str, list] = {}
         self.epoch_losses: list[dict[str, float]] = []
         self.add_callback(_EpochLosses(self))
-        if self.args.disable_tqdm:
-            self.remove_callback(PrinterCallback)  # quiet means quiet: no per-step log dicts on stdout
+        # No per-step log dicts on stdout: console.epoch_lines prints one line an epoch and logs the losses.
+        self.remove_callback(PrinterCallback)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, parts, logits = self.objective(model, inputs)

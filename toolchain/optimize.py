@@ -18,6 +18,7 @@ from pathlib import Path
 from . import parity
 from .artifact import Artifact, check_output, write_artifact
 from .config import config_to_dict, opt
+from .console import library_logs
 from .errors import BadModel, CheckFailed, Unsupported
 from .guard import writes_output
 from .targets import HOST, TARGETS, check_target, target as get_target
@@ -90,15 +91,16 @@ def optimize(src: str | Path | Artifact, cfg: OptimizeConfig, out: str | Path, *
 
     >>> optimize("runs/minilm-onnx", OptimizeConfig(), "runs/minilm-opt")  # doctest: +SKIP
     """
+    t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
     check_output(Path(out), force)  # fail now, not after fusing
     parent = onnx_parent(src, "optimize")
     if get_target(cfg.target).fusions == "standard":
-        return _standard(parent, cfg, Path(out), force)
+        return _standard(parent, cfg, Path(out), force, t0)
     model_config = _model_config(parent)
     opt_type = optimizer_type(parent.manifest.model_type, cfg.model_type)
     heads, hidden = attention_shape(model_config, cfg)
     with write_artifact(out, stage="optimize", config=config_to_dict(cfg), format="onnx", task=parent.task,
-                        model_type=parent.manifest.model_type, parent=parent, force=force) as o:
+                        model_type=parent.manifest.model_type, parent=parent, force=force, started=t0) as o:
         started = time.perf_counter()
         model = _fuse(parent.onnx_path, opt_type, heads, hidden, cfg)
         before, after = op_counts(parent.onnx_path), Counter(n.op_type for n in model.model.graph.node)
@@ -117,7 +119,7 @@ def optimize(src: str | Path | Artifact, cfg: OptimizeConfig, out: str | Path, *
     return Artifact.load(out)
 
 
-def _standard(parent: Artifact, cfg: OptimizeConfig, out: Path, force: bool) -> Artifact:
+def _standard(parent: Artifact, cfg: OptimizeConfig, out: Path, force: bool, t0: float) -> Artifact:
     """Standard ONNX ops only (NNAPI, CoreML): the target's rewrites instead of ORT's contrib-op fusions."""
     import onnx
 
@@ -125,7 +127,7 @@ def _standard(parent: Artifact, cfg: OptimizeConfig, out: Path, force: bool) -> 
 
     tgt = get_target(cfg.target)
     with write_artifact(out, stage="optimize", config=config_to_dict(cfg), format="onnx", task=parent.task,
-                        model_type=parent.manifest.model_type, parent=parent, force=force) as o:
+                        model_type=parent.manifest.model_type, parent=parent, force=force, started=t0) as o:
         started = time.perf_counter()
         model = onnx.load(str(parent.onnx_path))
         rewritten = standard_ops.apply(model, tgt.rewrites)
@@ -205,7 +207,9 @@ def _fuse(path: Path, opt_type: str, heads: int, hidden: int, cfg: OptimizeConfi
     gpu = cfg.use_gpu or cfg.fp16
     options.enable_skip_layer_norm = gpu if cfg.skip_layer_norm is None else cfg.skip_layer_norm
     options.enable_embed_layer_norm = cfg.embed_layer_norm
-    with warnings.catch_warnings():
+    # "Input hidden size (192) is not same as weight matrix dimension of q,k,v (384)" is logged for every
+    # attention the optimizer inspects, even when the fusion then succeeds: library_logs keeps it off the terminal.
+    with warnings.catch_warnings(), library_logs():
         warnings.simplefilter("ignore")
         try:
             model = optimize_model(str(path), model_type=opt_type, num_heads=heads, hidden_size=hidden,

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -91,6 +92,7 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
 
     >>> package("runs/minilm/int8", PackageConfig(), "runs/minilm/bundle")  # doctest: +SKIP
     """
+    t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
     art = _checked_input(src.path if isinstance(src, Artifact) else src)
     asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
     cfg = resolve_max_length(cfg, art)
@@ -98,7 +100,8 @@ def package(src: str | Path, cfg: PackageConfig, out: str | Path, *, force: bool
         raise Unsupported(f"target {cfg.target} fixes inputs to [1, max_length]; a causal LM decodes one token at "
                           "a time with a growing cache", "package causal LMs for a CPU target (arm64, x86-*)")
     with write_artifact(out, stage="package", config=asked | {"source": str(src)}, format="onnx",
-                        task=art.task, model_type=art.manifest.model_type, parent=art, force=force) as o:
+                        task=art.task, model_type=art.manifest.model_type, parent=art, force=force,
+                        started=t0) as o:
         tgt = get_target(cfg.target)
         for name in art.manifest.files:
             (o.folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import console
 from .artifact import PLAN_FILE, Artifact, atomic_write_text
 from .config import config_from_dict, config_to_dict
 from .errors import CheckFailed, IntegrityError, OutputExists, RecipeError
 from .guard import output_lock, refuse_overlap, regular_file
+from .outcome import outcome
 from .report import ReportConfig
 from .stages import MEASURE, STAGES, TRANSFORM, stage
 
@@ -531,7 +533,8 @@ def is_run_folder(folder: Path) -> bool:
 
 
 def run(recipe: Recipe, out: str | Path, *, force: bool = False, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run the recipe into `out`, skipping what is already done; one progress line per step.
+    """Run the recipe into `out`, skipping what is already done: a line as each step starts, one saying
+    what came out of it (with elapsed time and an ETA), and library chatter in DIR/toolchain.log.
 
     Returns one record per step: name, stage, action (ran / skipped), reason, seconds, path.
     """
@@ -544,25 +547,98 @@ def run(recipe: Recipe, out: str | Path, *, force: bool = False, echo: Callable[
 def _run(recipe: Recipe, out: Path, force: bool, echo: Callable[[str], None]) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN_FILE, json.dumps(recipe.as_dict(), indent=2, default=str) + "\n")
-    done, n = [], len(recipe.steps)
+    with console.log_to(out / console.LOG_FILE) as log_file:
+        return _steps(recipe, out, force, _Echo(echo), log_file)
+
+
+class _Echo:
+    """The run's own lines: to `echo` unless -q, and always into the log."""
+
+    def __init__(self, echo: Callable[[str], None]):
+        self.echo = echo
+
+    def __call__(self, msg: str, at: int = console.NORMAL) -> None:
+        console.log.info(msg)
+        if console.shows(at):
+            self.echo(msg)
+
+
+def _steps(recipe: Recipe, out: Path, force: bool, tell: _Echo, log_file: Path) -> list[dict]:
+    done, n, times, t0 = [], len(recipe.steps), StepTimes(out, recipe.quick), time.perf_counter()
+    tell(f"run {recipe.path.name} -> {out}: {n} steps{' (quick)' if recipe.quick else ''}; "
+         f"library messages go to {log_file}")
     for i, step in enumerate(recipe.steps, 1):
         tag = f"[{i}/{n}] {step.name} ({step.stage})"
         d = decide(step, recipe, out, force=force)
         if not d.run:
-            echo(f"{tag}: skipped, {d.reason}")
+            tell(f"{tag}: skipped, {d.reason}")
             done.append(_record(step, "skipped", d.reason, 0.0, out))
             continue
-        echo(f"{tag}: running, {d.reason}")
+        last = times.get(step.name)
+        tell(f"{tag}: running, {d.reason}" + (f" (took {console.duration(last)} last time)" if last else ""))
         started = time.perf_counter()
         try:
-            _execute(step, d, out, force)
+            with console.capture():
+                _execute(step, d, out, force)
         except BaseException:
-            echo(f"{tag}: failed after {time.perf_counter() - started:.1f}s")
+            console.log.exception(f"{tag} failed")
+            tell(f"{tag}: failed after {console.duration(time.perf_counter() - started)} (log: {log_file})",
+                 console.QUIET)
             raise
         seconds = time.perf_counter() - started
-        echo(f"{tag}: done in {seconds:.1f}s" + (f" -> {out / step.name}" if step.kind == TRANSFORM else ""))
+        times.record(step, seconds)
+        measured = [str(out / name) for name in step.inputs] if step.kind == MEASURE else None
+        what = outcome(step.stage, out / step.name, measured, config_to_dict(step.config))
+        eta = times.eta(recipe.steps[i:])
+        tell(f"    done in {console.duration(seconds)}" + (f": {what}" if what else "")
+             + f"  [elapsed {console.duration(time.perf_counter() - t0)}"
+             + (f", ETA ~{console.duration(eta)}]" if eta else "]"))
         done.append(_record(step, "ran", d.reason, seconds, out))
+    ran = sum(r["action"] == "ran" for r in done)
+    tell(f"finished {n} steps ({ran} ran, {n - ran} skipped) in {console.duration(time.perf_counter() - t0)}")
     return done
+
+
+STEP_TIMES = "step-times.json"  # in DIR: how long each step took when it last ran, for the next run's ETA
+# A step never run in this folder: rough full-size times on a 2-core machine (models/minilm-rotten-tomatoes.yaml).
+ROUGH_SECONDS = {"finetune": 420.0, "distill": 240.0, "prune": 120.0, "bench": 120.0, "quantize": 30.0}
+ROUGH_OTHER = 20.0
+
+
+class StepTimes:
+    """Seconds each step took when it last ran in this run folder, kept apart for --quick runs."""
+
+    def __init__(self, out: Path, quick: bool):
+        self.path, self.kind = out / STEP_TIMES, "quick" if quick else "full"
+        try:
+            self.all = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.all = {}
+        if not isinstance(self.all, dict) or not isinstance(self.all.get(self.kind, {}), dict):
+            self.all = {}
+        self.seconds = self.all.setdefault(self.kind, {})
+        self.rough, self.actual = 0.0, 0.0  # steps of this run with no earlier time: rough guess vs what they took
+
+    def get(self, name: str) -> float | None:
+        value = self.seconds.get(name)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def record(self, step: Step, seconds: float) -> None:
+        if self.get(step.name) is None:
+            self.rough += ROUGH_SECONDS.get(step.stage, ROUGH_OTHER)
+            self.actual += seconds
+        self.seconds[step.name] = round(seconds, 1)
+        atomic_write_text(self.path, json.dumps(self.all, indent=2, sort_keys=True) + "\n")
+
+    def eta(self, remaining) -> float:
+        """Seconds the remaining steps took last time; for those never run here, the rough defaults scaled by
+        how the steps run so far compared with theirs (a tiny model or --quick is far below full size)."""
+        scale = self.actual / self.rough if self.rough else 1.0
+        total = 0.0
+        for step in remaining:
+            known = self.get(step.name)
+            total += known if known is not None else scale * ROUGH_SECONDS.get(step.stage, ROUGH_OTHER)
+        return total
 
 
 def _execute(step: Step, d: Decision, out: Path, force: bool) -> None:

@@ -100,14 +100,15 @@ def build(folder: Path, teacher_rows, examples: list[dict], batch_size: int, pro
     """Run `teacher_rows(batch_examples) -> [(values, index)] per example` over all examples and store them."""
     import torch
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+
+    from .console import bar as progress_bar
 
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shards, pending = [], []
-    bar = tqdm(total=len(examples), desc="teacher logits", unit="ex", disable=not progress)
+    bar = progress_bar(desc=f"teacher logits ({folder.name})", total=len(examples), unit="ex", show=progress)
     try:
         for start in range(0, len(examples), batch_size):
             pending += teacher_rows(examples[start:start + batch_size])

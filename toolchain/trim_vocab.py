@@ -70,6 +70,7 @@ class TrimVocabConfig:
 def trim_vocab(src: str | Path | ModelSource, cfg: TrimVocabConfig, out: str | Path, *,
                force: bool = False) -> Artifact:
     """Trim `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`."""
+    t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
     check_output(Path(out), force)
     source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
     config = source.config
@@ -84,7 +85,7 @@ def trim_vocab(src: str | Path | ModelSource, cfg: TrimVocabConfig, out: str | P
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     with write_artifact(out, stage="trim-vocab", config=asked | {"source": source.spec},
                         format="torch", task=task, model_type=config.model_type, parent=source.artifact,
-                        force=force) as o:
+                        force=force, started=t0) as o:
         o.record.input_hash = source_hash(source)
         o.record.metrics["max_length"] = cfg.max_length
         started = time.time()

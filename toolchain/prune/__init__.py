@@ -14,13 +14,16 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
+import json
+import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from ..artifact import MANIFEST, TASKS, Artifact, atomic_write_text, write_artifact
+from ..artifact import MANIFEST, TASKS, Artifact, atomic_write_text, check_output, write_artifact
 from ..config import config_to_dict, opt, resolve_max_length
-from ..errors import CheckFailed, DataError, Unsupported
+from ..errors import CheckFailed, DataError, ToolchainError, Unsupported
 from ..guard import writes_output
 from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
@@ -121,9 +124,10 @@ class PruneConfig:
 def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, force: bool = False) -> Artifact:
     """Prune `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`.
 
-    With `cfg.recover`, the pruned model is kept at `<out>-pruned` and `out` holds it after a short
-    distillation from the unpruned model.
+    With `cfg.recover`, `out` holds the pruned model after a short distillation from the unpruned one; the
+    pruned model lives in a hidden scratch folder beside `out` (RECOVER_SCRATCH) only until then.
     """
+    t0 = time.time()  # the lineage times the whole stage, recovery included
     source = src if isinstance(src, ModelSource) else resolve_model(src)
     config = source.config
     task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
@@ -137,14 +141,48 @@ def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, f
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     out = Path(out)
-    target = out.with_name(f"{out.name}-pruned") if cfg.recover else out
-    with write_artifact(target, stage="prune", config=asked | {"source": source.spec}, format="torch",
-                        task=task, model_type=config.model_type, parent=source.artifact, force=force) as o:
+    record = asked | {"source": source.spec}  # what was asked: a recipe compares it
+    if not cfg.recover:
+        return _prune(model, tokenizer, source, cfg, task, out, force, t0, record)
+    check_output(out, force)  # fail now, not after pruning
+    scratch = out.parent / RECOVER_SCRATCH.format(name=out.name)
+    pruned = (_resumable(scratch, source, record)
+              or _prune(model, tokenizer, source, cfg, task, scratch, True, t0, record))
+    del model
+    recovered = _recover(source, pruned, cfg, out, force)
+    shutil.rmtree(scratch, ignore_errors=True)  # recovered: the pruned model's record is in `out`'s lineage
+    return recovered
+
+
+# Where a recovering prune keeps the pruned model until the recovery distillation has written `out`; an
+# interrupted run resumes from it (same source and config), so only the recovery is repeated.
+RECOVER_SCRATCH = ".{name}.before-recovery"
+
+
+def _prune(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, target: Path, force: bool,
+           t0: float, record: dict) -> Artifact:
+    with write_artifact(target, stage="prune", config=record, format="torch", task=task,
+                        model_type=source.config.model_type, parent=source.artifact, force=force, started=t0) as o:
         o.record.input_hash = source_hash(source)
         run = _unstructured if cfg.kind == "unstructured" else _structured
         o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder), max_length=cfg.max_length)
-    pruned = Artifact.load(target)
-    return _recover(source, pruned, cfg, out, force) if cfg.recover else pruned
+    return Artifact.load(target)
+
+
+def _resumable(scratch: Path, source: ModelSource, config: dict) -> Artifact | None:
+    """The pruned model an interrupted recovery left in `scratch`, if it was pruned from this source with
+    this config and its files are intact; otherwise the scratch folder is cleared and None returned."""
+    try:
+        art = Artifact.load(scratch, verify=True)
+        record = art.manifest.lineage[-1]
+        if (record.stage == "prune" and record.input_hash == source_hash(source)
+                and json.dumps(record.config, sort_keys=True, default=str)
+                == json.dumps(config, sort_keys=True, default=str)):
+            return art
+    except ToolchainError:
+        pass
+    shutil.rmtree(scratch, ignore_errors=True)
+    return None
 
 
 def _structured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, folder: Path) -> dict:
@@ -196,14 +234,13 @@ def _unstructured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task:
 
 
 def _scores(model, tokenizer, cfg: PruneConfig, task: str):
-    from tqdm.auto import tqdm
-
+    from ..console import bar as progress_bar
     from . import importance
 
     if cfg.importance == "magnitude":
         return importance.magnitude(model)
     batches, labels = _calibration(model, tokenizer, cfg, task)
-    bar = lambda it: tqdm(it, desc=f"{cfg.importance} importance", unit="batch", disable=None)  # noqa: E731
+    bar = lambda it: progress_bar(it, desc=f"prune: {cfg.importance} importance", unit="batch")  # noqa: E731
     if cfg.importance == "activation":
         return importance.activation(model, batches, progress=bar)
     if task == "feature-extraction":
@@ -301,10 +338,11 @@ def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path,
                          **{k: getattr(cfg, k) for k in DATA_FIELDS})
     recovered = distill(teacher, dcfg, out, force=force)
     # One stage, one record: the artifact's lineage is the pruned model's, ending in this prune (so a recipe
-    # sees the step it ran and resumes it), with the recovery distillation inside that record.
+    # sees the step it ran and resumes it), with the recovery distillation inside that record. The pruned
+    # model's folder is scratch, removed once this returns: its hash says which model was recovered.
     distilled = recovered.manifest.lineage[-1]
-    record = replace(pruned.manifest.lineage[-1])
-    record.metrics = {**record.metrics, "recovery": {"teacher": teacher, "before_recovery": str(pruned.path),
+    record = replace(pruned.manifest.lineage[-1], finished=time.time())
+    record.metrics = {**record.metrics, "recovery": {"teacher": teacher, "before_recovery": pruned.content_hash,
                                                      "config": distilled.config, "metrics": distilled.metrics}}
     recovered.manifest.lineage = [*pruned.manifest.lineage[:-1], record]
     atomic_write_text(recovered.path / MANIFEST, recovered.manifest.to_json())

@@ -105,7 +105,7 @@ def calibrate(model_path: Path, feeds: list[dict], method: str, op_types: list[s
     """
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
-    from tqdm.auto import tqdm
+    from ..console import bar
 
     calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile}[method]
@@ -118,7 +118,7 @@ def calibrate(model_path: Path, feeds: list[dict], method: str, op_types: list[s
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            for sample in tqdm(feeds, desc=f"calibrate ({method})", leave=False):
+            for sample in bar(feeds, desc=f"quantize: calibrate ({method})", unit="sample"):
                 calibrator.collect_data(_OneAtATime(sample))
             return calibrator.compute_data()
         except (ValueError, FloatingPointError, OverflowError, MemoryError) as exc:

@@ -67,9 +67,9 @@ def accuracy_loop(build: Callable[[list[str]], Path], score: Callable[[Path], fl
                   rank: Callable[[Path], list[dict]], max_iterations: int) -> tuple[LoopResult, Path]:
     """Quantize with no fallback; while over budget, fall back the 1, 2, 4, ... next most sensitive
     activations' nodes. Returns the first model within budget, else the best one tried."""
-    from tqdm.auto import tqdm
+    from ..console import bar as progress_bar
 
-    bar = tqdm(total=max_iterations + 1, desc="accuracy loop", leave=False)
+    bar = progress_bar(desc="quantize: accuracy loop", total=max_iterations + 1, unit="try")
     fallback: list[str] = []
     path = build(fallback)
     value = score(path)

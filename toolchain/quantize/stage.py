@@ -198,13 +198,14 @@ def quantize(src: str | Path | Artifact, cfg: QuantizeConfig, out: str | Path, *
 
     >>> quantize("runs/teacher-onnx", QuantizeConfig(mode="static", max_accuracy_drop=0.01), "runs/int8")  # doctest: +SKIP
     """
+    t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
     out = Path(out)
     check_output(out, force)  # fail now, not after calibrating
     parent = onnx_parent(src, "quantize")
     asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
     cfg = resolve_max_length(cfg, parent)
     with write_artifact(out, stage="quantize", config=asked, format="onnx", task=parent.task,
-                        model_type=parent.manifest.model_type, parent=parent, force=force) as o, \
+                        model_type=parent.manifest.model_type, parent=parent, force=force, started=t0) as o, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-work-") as work:
         started = time.perf_counter()
         if cfg.mode == "weight-only":
