@@ -236,3 +236,18 @@ def test_trade_off_plot_names_each_artifact_once_in_its_legend_not_beside_its_po
     # matplotlib writes each text as a comment before its glyphs: one legend entry per artifact, nothing more.
     assert len(re.findall(r"<!-- fusedonnx: ", svg)) == 1 and len(re.findall(r"<!-- fused: ", svg)) == 1
     assert "<!-- fusedonnx -->" not in svg and "<!-- fused -->" not in svg
+
+
+def test_baseline_notes_name_every_artifact_once_and_say_within_noise():
+    from types import SimpleNamespace as NS
+
+    from toolchain.report import _baseline_notes
+
+    rows = [NS(name="teacher", quality=0.82, ci95=(0.80, 0.84)), NS(name="student", quality=0.79, ci95=(0.77, 0.81)),
+            NS(name="int8", quality=0.785, ci95=(0.76, 0.81)), NS(name="fused", quality=0.75, ci95=(0.72, 0.78))]
+    report = NS(metric="accuracy", rows=rows, baseline={"accuracy": 0.78, "split": "test", "n": 1066})
+    below, noise = _baseline_notes(report)
+    assert below.startswith("fused does not beat the TF-IDF + logistic regression baseline (0.7800 on test, n=1066)")
+    assert noise.startswith("student, int8 beat the TF-IDF") and "within noise" in noise
+    assert "teacher" not in below + noise
+    assert _baseline_notes(NS(metric="perplexity", rows=rows, baseline=report.baseline)) == []

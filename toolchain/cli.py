@@ -696,10 +696,8 @@ def run_recipe(recipe, out, dry_run, force, quick, target, as_json):
         steps = run(r, out, force=force, echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
         report = write_report(out)
     rows, headers = table(report)
-    beaten = "".join(f"{n}\n" for n in report.notes if "baseline" in n)  # said plainly, not only in report.md
     emit({"steps": steps, "report": as_dict(report)}, as_json,
-         "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + beaten
-         + _where(report))
+         "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + _where(report))
 
 
 def _where(report) -> str:

@@ -188,11 +188,25 @@ def _baseline(arts: list[tuple[str, Artifact]], key: str | None) -> dict | None:
 
 
 def _baseline_notes(report: Report) -> list[str]:
-    from .baseline import verdict
+    """One sentence for every artifact that does not beat the TF-IDF baseline: below it, or with the baseline
+    inside its 95% interval (within noise), instead of one repeated sentence per artifact."""
+    from .baseline import NAME
 
-    if report.baseline is None or report.metric != "accuracy":
+    base = report.baseline
+    if base is None or report.metric != "accuracy":
         return []
-    return [v for r in report.rows if r.quality is not None and (v := verdict(r.name, r.quality, report.baseline))]
+    below = [r.name for r in report.rows if r.quality is not None and r.quality <= base["accuracy"]]
+    noise = [r.name for r in report.rows if r.quality is not None and r.quality > base["accuracy"]
+             and r.ci95 is not None and r.ci95[0] <= base["accuracy"]]
+    where = f"{base['accuracy']:.4f} on {base['split']}, n={base['n']}"
+    notes = []
+    if below:
+        notes.append(f"{', '.join(below)} do{'es' if len(below) == 1 else ''} not beat the {NAME} baseline "
+                     f"({where}): not worth {'its' if len(below) == 1 else 'their'} cost on this data")
+    if noise:
+        notes.append(f"{', '.join(noise)} beat{'s' if len(noise) == 1 else ''} the {NAME} baseline ({where}) "
+                     "only within noise: the baseline is inside the 95% interval")
+    return notes
 
 
 def _plan(folder: Path) -> dict | None:
