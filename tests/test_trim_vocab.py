@@ -239,3 +239,58 @@ def test_a_unigram_tokenizer_is_unsupported_with_what_is():
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0)))
     with pytest.raises(Unsupported, match="WordPiece and BPE tokenizers; this one is Unigram"):
         _tokenizer_json(tok)
+
+
+def test_recover_distils_the_trimmed_classifier_from_the_untrimmed_one_in_its_own_tokens(tiny, reviews, tmp_path):
+    cfg = TrimVocabConfig(data=str(reviews), recover=True, recover_min_steps=0)
+    art = trim_vocab(str(tiny("bert")), cfg, tmp_path / "out")
+    record = art.manifest.lineage[-1]  # one trim-vocab record with the recovery inside: a recipe resumes this step
+    assert [r.stage for r in art.manifest.lineage] == ["trim-vocab"] and record.config["recover"] is True
+    rec = record.metrics["recovery"]
+    assert rec["config"]["student"] == str(tmp_path / ".out.before-recovery") and len(rec["before_recovery"]) == 64
+    assert rec["metrics"]["train"]["steps"] > 0 and 0 <= rec["metrics"]["validation"]["accuracy"] <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the trimmed model before recovery was scratch
+    # The student trained and was saved in the trimmed vocabulary, with the trimmed tokenizer beside it.
+    model = AutoModelForSequenceClassification.from_pretrained(art.path)
+    assert model.config.vocab_size == record.metrics["vocab_after"] == len(_tokens(art.path)) < len(_tokens(tiny("bert")))
+    assert art.verify() == []
+
+
+def test_interrupted_trim_recovery_resumes_from_the_hidden_trimmed_model(tiny, reviews, tmp_path, monkeypatch):
+    import toolchain.distill
+    import toolchain.trim_vocab as trim_module
+
+    cfg = TrimVocabConfig(data=str(reviews), recover=True, recover_min_steps=0)
+    real_distill = toolchain.distill.distill
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toolchain.distill, "distill", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trim_vocab(str(tiny("bert")), cfg, tmp_path / "out")
+    scratch = tmp_path / ".out.before-recovery"
+    assert not (tmp_path / "out").exists() and Artifact.load(scratch).verify() == []
+    trimmed_hash = Artifact.load(scratch).content_hash
+    monkeypatch.setattr(toolchain.distill, "distill", real_distill)
+    monkeypatch.setattr(trim_module, "_trim", lambda *a, **k: pytest.fail("trimmed again instead of resuming"))
+    art = trim_vocab(str(tiny("bert")), cfg, tmp_path / "out")
+    assert art.manifest.lineage[-1].metrics["recovery"]["before_recovery"] == trimmed_hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_recover_is_refused_for_a_causal_lm_with_the_reason(tiny, lm_text, tmp_path):
+    from toolchain.errors import Unsupported
+
+    with pytest.raises(Unsupported, match="token by token"):
+        trim_vocab(str(tiny("gpt2")), TrimVocabConfig(data=str(lm_text), recover=True), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_distilling_into_a_trimmed_student_with_feature_losses_is_refused(tiny, trimmed, reviews, tmp_path):
+    from toolchain.distill import DistillConfig, distill
+    from toolchain.errors import BadModel
+
+    cfg = DistillConfig(student=str(trimmed("bert").path), data=str(reviews), hidden_weight=1.0)
+    with pytest.raises(BadModel, match="token by token"):
+        distill(str(tiny("bert")), cfg, tmp_path / "s", progress=False)

@@ -352,6 +352,34 @@ def write_artifact(
         raise
 
 
+# Where a stage that recovers accuracy (prune --recover, trim-vocab --recover) keeps its changed model until
+# the recovery distillation has written `out`; an interrupted run resumes from it (same input and config), so
+# only the recovery is repeated.
+RECOVER_SCRATCH = ".{name}.before-recovery"
+
+
+def recovery_scratch(out: Path) -> Path:
+    return out.parent / RECOVER_SCRATCH.format(name=out.name)
+
+
+def resumable(scratch: Path, stage: str, input_hash: str | None, config: dict) -> Artifact | None:
+    """The artifact an interrupted recovery left in `scratch`, if `stage` made it from this input with this
+    config and its files are intact; otherwise the scratch folder is cleared and None returned."""
+    from .errors import ToolchainError
+
+    try:
+        art = Artifact.load(scratch, verify=True)
+        record = art.manifest.lineage[-1]
+        if (record.stage == stage and record.input_hash == input_hash
+                and json.dumps(record.config, sort_keys=True, default=str)
+                == json.dumps(config, sort_keys=True, default=str)):
+            return art
+    except ToolchainError:
+        pass
+    shutil.rmtree(scratch, ignore_errors=True)
+    return None
+
+
 def check_output(out: Path, force: bool) -> None:
     """Refuse an output that holds an artifact (unless `force`) or anything else; writes nothing.
 

@@ -33,12 +33,12 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from . import students
-from .artifact import Artifact, prepare_output, write_artifact
+from .artifact import MANIFEST, Artifact, atomic_write_text, prepare_output, write_artifact
 from .config import config_to_dict, opt, resolve_max_length
 from .console import epoch_lines, say
 from .errors import BadModel, CheckFailed, DataError, Unsupported
@@ -202,7 +202,10 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     args = training_args(cfg, task, sched)
     set_seed(cfg.seed)
     teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    student, kept = make_student(teacher, cfg, task, tokenizer)
+    student, kept, s_tokenizer = make_student(teacher, cfg, task, tokenizer)
+    # A student with a vocabulary of its own (trim-vocab) reads the same rows in its own tokens; the cached
+    # teacher logits (one row per example) are looked up by row, whatever the tokens.
+    s_data = data if s_tokenizer is tokenizer else prepare_data(cfg, s_tokenizer, source.config, task)
     teacher_info = {"mode": mode, "params": sum(p.numel() for p in teacher.parameters()),
                     "num_layers": students.num_layers(teacher.config)}
     if task == "text-generation":
@@ -215,15 +218,31 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     if mode != "online":
         teacher = None  # not in memory while the student trains
         gc.collect()
-    train_metrics = train(cfg, task, student, teacher, tokenizer, data, cache, args, label=Path(out).name,
+    train_metrics = train(cfg, task, student, teacher, s_tokenizer, s_data, cache, args, label=Path(out).name,
                           progress=progress)
     metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics,
                "max_length": cfg.max_length}
     if args.process_index == 0:
-        write_student(source, cfg, asked, out, force, task, student, tokenizer, data, metrics, started=started)
+        write_student(source, cfg, asked, out, force, task, student, s_tokenizer, s_data, metrics, started=started)
     if args.world_size > 1:
         torch.distributed.barrier()  # the other processes return the artifact process 0 wrote
     return Artifact.load(out)
+
+
+def recover(teacher: ModelSource, changed: Artifact, out: Path, force: bool, **config) -> Artifact:
+    """Distil a model a stage changed (pruned, vocabulary-trimmed) from the model it was made from, as part of
+    that stage: the result's lineage ends in the changed model's own record (so a recipe sees the step it ran
+    and resumes it), with the recovery distillation inside it. `changed` is scratch, removed by the caller:
+    its hash in the record says which model was recovered."""
+    spec = teacher.location if teacher.local else teacher.spec
+    recovered = distill(spec, DistillConfig(student=str(changed.path), **config), out, force=force)
+    distilled = recovered.manifest.lineage[-1]
+    record = replace(changed.manifest.lineage[-1], finished=time.time())
+    record.metrics = {**record.metrics, "recovery": {"teacher": spec, "before_recovery": changed.content_hash,
+                                                     "config": distilled.config, "metrics": distilled.metrics}}
+    recovered.manifest.lineage = [*changed.manifest.lineage[:-1], record]
+    atomic_write_text(recovered.path / MANIFEST, recovered.manifest.to_json())
+    return recovered
 
 
 def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str) -> Artifact:
@@ -237,7 +256,7 @@ def _search(source: ModelSource, cfg: DistillConfig, out, force: bool, task: str
     # Timed at the length the trials will use (each resolves it again: its record keeps what was asked).
     data = prepare_data(resolve_max_length(cfg, source.artifact), tokenizer, source.config, task)
     teacher = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    student, _ = make_student(teacher, cfg, task, tokenizer)
+    student, _, _ = make_student(teacher, cfg, task, tokenizer)
     del teacher
     collate = Collator(tokenizer.pad_token_id, task)
     step = search.time_steps(student, [{k: v for k, v in e.items() if k != "idx"} for e in data.train],
@@ -370,39 +389,57 @@ class Collator:
 
 
 def make_student(teacher, cfg: DistillConfig, task: str, tokenizer):
-    """(student, teacher layers it was built from, or None for a given student)."""
+    """(student, the teacher layers it was built from or None for a ready one, the student's tokenizer)."""
     if cfg.student:
-        return load_student(cfg, teacher, task, tokenizer), None
+        student, s_tokenizer = load_student(cfg, teacher, task, tokenizer)
+        return student, None, s_tokenizer
     kept = students.resolve_layers(cfg.student_layers, students.num_layers(teacher.config))
     student = students.build_student(teacher, kept, hidden=cfg.student_hidden_size, ffn=cfg.student_intermediate_size,
                                      heads=cfg.student_num_heads, init=cfg.student_init)
-    return student, kept
+    return student, kept, tokenizer
 
 
 def load_student(cfg: DistillConfig, teacher, task: str, tokenizer):
-    """A ready student (e.g. a structurally pruned model), checked against the teacher's task, vocabulary, labels."""
+    """A ready student (e.g. a structurally pruned or vocabulary-trimmed model), checked against the teacher's
+    task, vocabulary and labels; with the tokenizer it reads (the teacher's, or its own)."""
     source = resolve_model(cfg.student)
     s_task = source.artifact.task if source.artifact else infer_task(source.config)
     if s_task != task:
         raise BadModel(f"the student {cfg.student} is a {s_task} model, but the teacher is {task}",
                        "pass a student with the same kind of head as the teacher")
     student = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    check_vocab(student, teacher, source, tokenizer)
+    s_tokenizer = student_tokenizer(student, teacher, source, tokenizer, cfg, task)
     if task == "text-classification":
         check_labels(student.config, teacher.config)
-    return student
+    return student, s_tokenizer
 
 
-def check_vocab(student, teacher, source: ModelSource, tokenizer) -> None:
-    """Teacher and student must read the same token ids: their logits and inputs are compared position by position."""
+def student_tokenizer(student, teacher, source: ModelSource, tokenizer, cfg: DistillConfig, task: str):
+    """The tokenizer the student reads. The teacher's when the student has none or the same vocabulary. A
+    classifier student with a vocabulary of its own (a trimmed one) reads its own: cached teacher logits are
+    one row per example, whatever the tokens. Position-by-position losses (an LM's logits, hidden states,
+    attentions) compare token by token, so there teacher and student must share the token ids."""
     s, t = student.config.vocab_size, teacher.config.vocab_size
     fix = "use a student that shares the teacher's tokenizer (e.g. one built from the teacher: --student-layers)"
-    if s != t:
-        raise BadModel(f"the student's vocabulary has {s} tokens, the teacher's {t}", fix)
     if source.local and not any((Path(source.location) / f).is_file() for f in TOKENIZER_FILES):
-        return  # a student folder without a tokenizer uses the teacher's
-    if load_tokenizer(source).get_vocab() != tokenizer.get_vocab():
-        raise BadModel("the student's tokenizer maps tokens to other ids than the teacher's", fix)
+        if s != t:
+            raise BadModel(f"the student's vocabulary has {s} tokens, the teacher's {t}, and it has no tokenizer "
+                           "of its own", fix)
+        return tokenizer  # a student folder without a tokenizer uses the teacher's
+    own = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    if own.get_vocab() == tokenizer.get_vocab() and s == t:
+        return tokenizer
+    if task != "text-classification":
+        raise BadModel("the student's tokenizer maps tokens to other ids than the teacher's, and a causal LM's "
+                       "loss compares their logits token by token", fix)
+    if cfg.mode_for(task) != "cached":
+        raise BadModel("the student's tokenizer maps tokens to other ids than the teacher's, and hidden-state / "
+                       "attention losses or an online teacher compare them token by token",
+                       "drop the feature losses and leave teacher_mode at auto (cached logits)")
+    if len(own) > s:
+        raise BadModel(f"the student's tokenizer has {len(own)} tokens but its embedding {s} rows",
+                       "save the student with the tokenizer it was trained with")
+    return own
 
 
 def check_labels(s_config, t_config) -> None:

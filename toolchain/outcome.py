@@ -89,16 +89,21 @@ def prune(m: dict, art: Artifact) -> str:
     heads = f"heads {sum(m['heads_before'])} -> {sum(m['heads_after'])}"
     ffn = f"ffn {sum(m['ffn_before'])} -> {sum(m['ffn_after'])}"
     layers = m["layers_before"] != m["layers_after"] and f"layers {m['layers_before']} -> {m['layers_after']}"
+    return _join(f"params {_params(m['params_before'])} -> {_params(m['params_after'])}", heads, ffn, layers,
+                 _recovered(m))
+
+
+def _recovered(m: dict) -> str | bool:
+    """prune / trim-vocab --recover: validation accuracy after the recovery distillation."""
     rec = ((m.get("recovery") or {}).get("metrics") or {}).get("validation") or {}
-    recovered = "accuracy" in rec and f"recovered val {rec['accuracy']:.4f}"
-    return _join(f"params {_params(m['params_before'])} -> {_params(m['params_after'])}", heads, ffn, layers, recovered)
+    return "accuracy" in rec and f"recovered val {rec['accuracy']:.4f}"
 
 
 def trim_vocab(m: dict, art: Artifact) -> str:
     before, after = m.get("score_before") or {}, m.get("score_after") or {}
     score = "accuracy" in after and f"val {before.get('accuracy', 0):.4f} -> {after['accuracy']:.4f}"
     return _join(f"vocab {m['vocab_before']:,} -> {m['vocab_after']:,}",
-                 f"params {_params(m['params_before'])} -> {_params(m['params_after'])}", score)
+                 f"params {_params(m['params_before'])} -> {_params(m['params_after'])}", score, _recovered(m))
 
 
 def export(m: dict, art: Artifact) -> str:

@@ -15,6 +15,7 @@ as before (checked), and held-out text only differs where it used a dropped toke
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import TASKS, Artifact, check_output, write_artifact
+from .artifact import TASKS, Artifact, check_output, recovery_scratch, resumable, write_artifact
 from .config import config_to_dict, opt, resolve_max_length
 from .errors import CheckFailed, RecipeError, Unsupported
 from .guard import writes_output
@@ -49,6 +50,10 @@ class TrimVocabConfig:
     max_length: int | None = None  # tokens per example when measuring accuracy before and after
     eval_batch_size: int = opt(32, "Batch size when scoring before and after.")
     max_eval_samples: int | None = opt(None, "Score only the first N held-out examples (causal LMs: tokens).")
+    recover: bool = opt(False, "Then distil the trimmed classifier from the untrimmed one on the training text (each "
+                               "model reading its own tokens) to win back what the dropped tokens cost.")
+    recover_epochs: int = opt(1, "Epochs of recovery distillation.")
+    recover_min_steps: int = opt(300, "Raise recovery epochs until this many updates, best epoch kept (0: off).")
     task: str | None = opt(None, choices=TASKS)
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -62,6 +67,8 @@ class TrimVocabConfig:
             raise ValueError("max_length must be >= 2 and eval_batch_size >= 1")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
             raise ValueError("max_eval_samples must be >= 1")
+        if self.recover_epochs < 1 or self.recover_min_steps < 0:
+            raise ValueError("recover_epochs must be >= 1 and recover_min_steps >= 0")
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
 
@@ -69,23 +76,47 @@ class TrimVocabConfig:
 @writes_output("data")
 def trim_vocab(src: str | Path | ModelSource, cfg: TrimVocabConfig, out: str | Path, *,
                force: bool = False) -> Artifact:
-    """Trim `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`."""
+    """Trim `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`.
+
+    With `cfg.recover`, `out` holds the trimmed classifier after a short distillation from the untrimmed one;
+    the trimmed model lives in a hidden scratch folder beside `out` (artifact.RECOVER_SCRATCH) until then.
+    """
     t0 = time.time()  # the lineage times the whole stage (`toolchain info`), not only the write
-    check_output(Path(out), force)
+    out = Path(out)
+    check_output(out, force)
     source = src if isinstance(src, ModelSource) else resolve_model(src, trust_remote_code=cfg.trust_remote_code)
-    config = source.config
-    task = cfg.task or (source.artifact.task if source.artifact else infer_task(config))
+    task = cfg.task or (source.artifact.task if source.artifact else infer_task(source.config))
     if task not in TASKS:
         raise Unsupported(f"unsupported task {task!r}", f"use one of: {', '.join(TASKS)}")
-    asked = config_to_dict(cfg)  # the record keeps what was asked (a recipe compares it); metrics the length used
+    if cfg.recover and task != "text-classification":
+        raise Unsupported(f"trim-vocab --recover distils a classifier's logits, one row per text; this is a {task} "
+                          "model, whose loss compares the two vocabularies token by token",
+                          "drop --recover (the training text tokenizes exactly as before, so it needs none)")
+    asked = config_to_dict(cfg) | {"source": source.spec}  # what was asked: a recipe compares it
+    if not cfg.recover:
+        return _trim(source, cfg, task, asked, out, force, t0)
+    scratch = recovery_scratch(out)
+    trimmed = (resumable(scratch, "trim-vocab", source_hash(source), asked)
+               or _trim(source, cfg, task, asked, scratch, True, t0))
+    from .distill import recover
+
+    cfg = resolve_max_length(cfg, source.artifact)
+    recovered = recover(source, trimmed, out, force, data=_data_name(cfg, task), epochs=cfg.recover_epochs,
+                        min_steps=cfg.recover_min_steps, max_length=cfg.max_length,
+                        text_column=cfg.text_column, label_column=cfg.label_column, pair_column=cfg.pair_column)
+    shutil.rmtree(scratch, ignore_errors=True)  # recovered: the trimmed model's record is in `out`'s lineage
+    return recovered
+
+
+def _trim(source: ModelSource, cfg: TrimVocabConfig, task: str, asked: dict, out: Path, force: bool,
+          t0: float) -> Artifact:
     cfg = resolve_max_length(cfg, source.artifact)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
     spec = _tokenizer_json(tokenizer)
     text = _texts(cfg, task)
     model = load_model(source, task, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    with write_artifact(out, stage="trim-vocab", config=asked | {"source": source.spec},
-                        format="torch", task=task, model_type=config.model_type, parent=source.artifact,
-                        force=force, started=t0) as o:
+    with write_artifact(out, stage="trim-vocab", config=asked, format="torch", task=task,
+                        model_type=source.config.model_type, parent=source.artifact, force=force, started=t0) as o:
         o.record.input_hash = source_hash(source)
         o.record.metrics["max_length"] = cfg.max_length
         started = time.time()

@@ -14,16 +14,15 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-import json
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..artifact import MANIFEST, TASKS, Artifact, atomic_write_text, check_output, write_artifact
+from ..artifact import TASKS, Artifact, check_output, recovery_scratch, resumable, write_artifact
 from ..config import config_to_dict, opt, resolve_max_length
-from ..errors import CheckFailed, DataError, ToolchainError, Unsupported
+from ..errors import CheckFailed, DataError, Unsupported
 from ..guard import writes_output
 from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
@@ -125,7 +124,7 @@ def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, f
     """Prune `src` (torch artifact, model folder, built-in name or hub id) into a torch artifact at `out`.
 
     With `cfg.recover`, `out` holds the pruned model after a short distillation from the unpruned one; the
-    pruned model lives in a hidden scratch folder beside `out` (RECOVER_SCRATCH) only until then.
+    pruned model lives in a hidden scratch folder beside `out` (artifact.RECOVER_SCRATCH) only until then.
     """
     t0 = time.time()  # the lineage times the whole stage, recovery included
     source = src if isinstance(src, ModelSource) else resolve_model(src)
@@ -145,18 +144,13 @@ def prune(src: str | Path | ModelSource, cfg: PruneConfig, out: str | Path, *, f
     if not cfg.recover:
         return _prune(model, tokenizer, source, cfg, task, out, force, t0, record)
     check_output(out, force)  # fail now, not after pruning
-    scratch = out.parent / RECOVER_SCRATCH.format(name=out.name)
-    pruned = (_resumable(scratch, source, record)
+    scratch = recovery_scratch(out)
+    pruned = (resumable(scratch, "prune", source_hash(source), record)
               or _prune(model, tokenizer, source, cfg, task, scratch, True, t0, record))
     del model
     recovered = _recover(source, pruned, cfg, out, force)
     shutil.rmtree(scratch, ignore_errors=True)  # recovered: the pruned model's record is in `out`'s lineage
     return recovered
-
-
-# Where a recovering prune keeps the pruned model until the recovery distillation has written `out`; an
-# interrupted run resumes from it (same source and config), so only the recovery is repeated.
-RECOVER_SCRATCH = ".{name}.before-recovery"
 
 
 def _prune(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, target: Path, force: bool,
@@ -167,22 +161,6 @@ def _prune(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, t
         run = _unstructured if cfg.kind == "unstructured" else _structured
         o.record.metrics.update(run(model, tokenizer, source, cfg, task, o.folder), max_length=cfg.max_length)
     return Artifact.load(target)
-
-
-def _resumable(scratch: Path, source: ModelSource, config: dict) -> Artifact | None:
-    """The pruned model an interrupted recovery left in `scratch`, if it was pruned from this source with
-    this config and its files are intact; otherwise the scratch folder is cleared and None returned."""
-    try:
-        art = Artifact.load(scratch, verify=True)
-        record = art.manifest.lineage[-1]
-        if (record.stage == "prune" and record.input_hash == source_hash(source)
-                and json.dumps(record.config, sort_keys=True, default=str)
-                == json.dumps(config, sort_keys=True, default=str)):
-            return art
-    except ToolchainError:
-        pass
-    shutil.rmtree(scratch, ignore_errors=True)
-    return None
 
 
 def _structured(model, tokenizer, source: ModelSource, cfg: PruneConfig, task: str, folder: Path) -> dict:
@@ -328,25 +306,12 @@ def _save_and_reload(model, tokenizer, folder: Path, task: str) -> dict:
 
 def _recover(source: ModelSource, pruned: Artifact, cfg: PruneConfig, out: Path, force: bool) -> Artifact:
     """Distil the pruned student from the unpruned model, through the distillation stage."""
-    from ..distill import DistillConfig, distill
-
-    teacher = source.location if source.local else source.spec
+    from ..distill import recover
     from ..evaluate import DATA_FIELDS
 
-    dcfg = DistillConfig(student=str(pruned.path), data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs,
-                         min_steps=cfg.recover_min_steps, max_length=cfg.max_length,
-                         **{k: getattr(cfg, k) for k in DATA_FIELDS})
-    recovered = distill(teacher, dcfg, out, force=force)
-    # One stage, one record: the artifact's lineage is the pruned model's, ending in this prune (so a recipe
-    # sees the step it ran and resumes it), with the recovery distillation inside that record. The pruned
-    # model's folder is scratch, removed once this returns: its hash says which model was recovered.
-    distilled = recovered.manifest.lineage[-1]
-    record = replace(pruned.manifest.lineage[-1], finished=time.time())
-    record.metrics = {**record.metrics, "recovery": {"teacher": teacher, "before_recovery": pruned.content_hash,
-                                                     "config": distilled.config, "metrics": distilled.metrics}}
-    recovered.manifest.lineage = [*pruned.manifest.lineage[:-1], record]
-    atomic_write_text(recovered.path / MANIFEST, recovered.manifest.to_json())
-    return recovered
+    return recover(source, pruned, out, force, data=_data_name(cfg, pruned.task), epochs=cfg.recover_epochs,
+                   min_steps=cfg.recover_min_steps, max_length=cfg.max_length,
+                   **{k: getattr(cfg, k) for k in DATA_FIELDS})
 
 
 def _params(model) -> int:
