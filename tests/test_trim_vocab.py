@@ -294,3 +294,17 @@ def test_distilling_into_a_trimmed_student_with_feature_losses_is_refused(tiny, 
     cfg = DistillConfig(student=str(trimmed("bert").path), data=str(reviews), hidden_weight=1.0)
     with pytest.raises(BadModel, match="token by token"):
         distill(str(tiny("bert")), cfg, tmp_path / "s", progress=False)
+
+
+def test_max_vocab_left_free_by_the_training_text_is_filled_with_the_originally_most_frequent_tokens(tiny, trimmed):
+    plain = trimmed("bert").manifest.lineage[-1].metrics
+    budget = plain["vocab_after"] + 3  # the tiny vocabulary has a few words the training text never uses
+    art = trimmed("bert", max_vocab=budget)
+    m = art.manifest.lineage[-1].metrics
+    assert m["vocab_after"] == budget and m["kept"]["filled_by_original_rank"] == 3
+    old_tok, new_tok = _tokens(tiny("bert")), _tokens(art.path)
+    extra = sorted(set(_kept_ids(old_tok, new_tok)) - set(_kept_ids(old_tok, _tokens(trimmed("bert").path))))
+    free = sorted(set(range(len(old_tok))) - set(_kept_ids(old_tok, _tokens(trimmed("bert").path))))
+    assert extra == [i for i in free if not old_tok.convert_ids_to_tokens(i).startswith("[unused")][:3]
+    unfilled = trimmed("bert", max_vocab=budget, fill=False).manifest.lineage[-1].metrics
+    assert unfilled["vocab_after"] == plain["vocab_after"] and unfilled["kept"]["filled_by_original_rank"] == 0

@@ -4,10 +4,12 @@ loses the dropped rows, and the tokenizer is rewritten so that ids match the new
 What is kept: every special and added token, every token the task's training text produces, and what
 makes any text still tokenize: for WordPiece every single character and its `##` continuation that the
 original vocabulary holds; for byte-level BPE all 256 byte tokens, plus the merge ancestors of every kept
-token (a merge is kept when both its parts and its result are). A dropped token is then handled as the
-original tokenizer handles an out-of-vocabulary word: WordPiece splits the word into the longest kept
-pieces (down to characters, else [UNK]); BPE stops merging earlier. So training text tokenizes exactly
-as before (checked), and held-out text only differs where it used a dropped token (measured).
+token (a merge is kept when both its parts and its result are). With a max_vocab the training text does not
+fill, the rest of the budget goes to the tokens the original vocabulary ranks most frequent (lowest ids), so
+held-out text meets fewer dropped words. A dropped token is then handled as the original tokenizer handles an
+out-of-vocabulary word: WordPiece splits the word into the longest kept pieces (down to characters, else
+[UNK]); BPE stops merging earlier. So training text tokenizes exactly as before (checked), and held-out text
+only differs where it used a dropped token (measured).
 
 >>> trim_vocab("runs/pruned", TrimVocabConfig(data="rotten-tomatoes"), "runs/trimmed")  # doctest: +SKIP
 """
@@ -15,6 +17,7 @@ as before (checked), and held-out text only differs where it used a dropped toke
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections import Counter
@@ -47,6 +50,8 @@ class TrimVocabConfig:
     max_vocab: int | None = opt(None, "Keep at most N rows: specials and characters/bytes first, then the most "
                                       "frequent tokens of the training text.")
     min_count: int = opt(1, "Times a token must occur in the training text to be kept for itself.")
+    fill: bool = opt(True, "With max_vocab: fill the rows the training text leaves free with the tokens the original "
+                           "vocabulary numbers first (WordPiece and BPE vocabularies are built most frequent first).")
     max_length: int | None = None  # tokens per example when measuring accuracy before and after
     eval_batch_size: int = opt(32, "Batch size when scoring before and after.")
     max_eval_samples: int | None = opt(None, "Score only the first N held-out examples (causal LMs: tokens).")
@@ -223,10 +228,24 @@ def choose(spec: dict, tokenizer, config, counts: Counter, cfg: TrimVocabConfig)
             capped += 1
             continue
         kept |= new
-    why = {"special": len(specials), "coverage": fixed - len(specials),
+    ancestors, filled = len(kept) - len(kept & (set(counts) | base)), 0
+    if cfg.fill and cfg.max_vocab is not None:
+        # Small training text uses a fraction of the budget; held-out text then meets fewer dropped words when
+        # the rest goes to the tokens frequent in the corpus the tokenizer was built on (lowest ids first).
+        reserved = re.compile(r"^(\[unused\d+\]|<unused\d+>)$")
+        for t in sorted(set(spec["model"]["vocab"].values()) - kept):
+            if len(kept) >= cfg.max_vocab:
+                break
+            if reserved.match(tokenizer.convert_ids_to_tokens(t) or ""):
+                continue
+            new = _closure({t}, parents) - kept
+            if len(kept) + len(new) <= cfg.max_vocab:
+                kept |= new
+                filled += len(new)
+    why = {"special": len(specials), "coverage": fixed - len(specials), "filled_by_original_rank": filled,
            "used_in_training_text": len([t for t in counts if t in kept]), "used_total": len(counts),
            "dropped_used_by_cap": capped, "dropped_used_below_min_count": len(counts) - len(used),
-           "merge_ancestors": len(kept) - len(kept & (set(counts) | base))}
+           "merge_ancestors": ancestors}
     return sorted(kept), why
 
 
