@@ -78,7 +78,7 @@ def _run(model, x, tmp_path):
 
 
 @pytest.mark.parametrize("algorithm,symmetric,bits", [("rtn", False, 4), ("rtn", True, 4), ("rtn", False, 8),
-                                                       ("hqq", False, 4), ("gptq", False, 4), ("gptq", True, 4),
+                                                       ("minmax", False, 4), ("hqq", False, 4), ("gptq", False, 4), ("gptq", True, 4),
                                                        ("awq", False, 4)])
 def test_dequantized_weight_is_what_the_kernel_computes(tmp_path, algorithm, symmetric, bits):
     model, w, x = _one_matmul()
@@ -87,9 +87,9 @@ def test_dequantized_weight_is_what_the_kernel_computes(tmp_path, algorithm, sym
     q, _ = wo.build(model, spec, feeds=[{"x": x}])
     node = next(n for n in q.graph.node if n.op_type == "MatMulNBits")
     inits = {t.name: t for t in q.graph.initializer}
-    deq = wo.dequantize(node, inits)
+    deq = wo.dequantize(node, inits)  # minmax: with each block's minimum, added by the graph after the node
     xin = x
-    mul = next((n for n in q.graph.node if n.op_type == "Mul"), None)
+    mul = next((n for n in q.graph.node if n.op_type == "Mul"), None)  # (minmax adds with Add, not Mul)
     if mul is not None:  # awq: the kernel sees x / s
         xin = x * numpy_helper.to_array(inits[mul.input[1]])
     y = _run(q, x, tmp_path)
@@ -100,6 +100,45 @@ def test_dequantized_weight_is_what_the_kernel_computes(tmp_path, algorithm, sym
 
 def _output_error(x, w, wq):
     return float(np.linalg.norm(x @ w - x @ wq) / np.linalg.norm(x @ w))
+
+
+def _q4_1(k, n, block, seed=4):
+    """A weight de-quantized from llama.cpp's Q4_1: per block of `block` rows along K, float16 step d and
+    minimum m, codes 0..15 with 0 and 15 both used (Q4_1 maps a block's min to 0 and its max to 15)."""
+    rng = np.random.default_rng(seed)
+    blocks = k // block
+    codes = rng.integers(0, 16, size=(blocks, block, n))
+    codes[:, 0], codes[:, 1] = 0, 15
+    d = rng.uniform(0.002, 0.02, size=(blocks, 1, n)).astype(np.float16).astype(np.float32)
+    m = -rng.uniform(0.0, 0.25, size=(blocks, 1, n)).astype(np.float16).astype(np.float32)
+    return (d * codes + m).reshape(k, n).astype(np.float32)
+
+
+def test_minmax_is_lossless_on_q4_1_weights_where_rtn_shifts_each_block():
+    """The built-in SmolLM2 is a de-quantized GGUF Q4_1: minmax gets its exact weights back, rtn does not
+    (its integer zero point moves each block by up to half a step)."""
+    w = _q4_1(96, 40, 32)
+    codes, scales, lo = wo.minmax_codes(w, 32)
+    back = codes * np.repeat(scales, 32, axis=0) + np.repeat(lo, 32, axis=0)
+    np.testing.assert_allclose(back, w, rtol=0, atol=1e-6)
+    assert np.abs(wo.fake_quantize(w, 4, 32, symmetric=False) - w).max() > 1e-3
+
+
+def test_minmax_graph_computes_the_q4_1_weights_exactly(tmp_path):
+    k, n = 96, 40
+    w = _q4_1(k, n, 32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, n])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(5).normal(size=(2, 3, k)).astype(np.float32)
+    errors = {}
+    for algorithm in ("minmax", "rtn"):
+        q, _ = wo.build(model, wo.WeightOnlySpec(block_size=32, algorithm=algorithm, accuracy_level=1,
+                                                 op_types=("MatMul",)))
+        errors[algorithm] = np.linalg.norm(_run(q, x, tmp_path) - x @ w) / np.linalg.norm(x @ w)
+    assert errors["minmax"] < 1e-5 < 1e-2 < errors["rtn"]
 
 
 def test_gptq_has_less_output_error_than_round_to_nearest():
@@ -128,14 +167,14 @@ def test_awq_scaling_protects_channels_with_large_activations():
     assert np.linalg.norm(x @ w - scaled) < np.linalg.norm(x @ w - x @ wo.fake_quantize(w, 4, 32, False))
 
 
-@pytest.mark.parametrize("algorithm", ["hqq", "gptq", "awq"])
+@pytest.mark.parametrize("algorithm", ["minmax", "hqq", "gptq", "awq"])
 def test_calibrated_algorithms_on_the_tiny_llama(tiny_onnx, tmp_path, algorithm):
     cfg = QuantizeConfig(mode="weight-only", algorithm=algorithm, data="hamlet", calibration_samples=8)
     art = quantize(tiny_onnx("llama-past"), cfg, tmp_path / algorithm)
     m = art.manifest.lineage[-1].metrics
     assert len(_nodes(art, "MatMulNBits")) == LAYERS and m["settings"]["algorithm"] == algorithm
     assert m["parity"]["per_output"]["logits"] < 0.05
-    if algorithm != "hqq":
+    if algorithm not in ("hqq", "minmax"):
         assert m["calibration"]["samples"] == 8
     if algorithm == "awq":
         assert m["weight_only"]["awq"]["inputs"] == 2 * 4 + 1  # qkv, o, gate/up, down inputs per layer; head
@@ -247,17 +286,19 @@ def test_a_tied_lm_head_reading_the_transposed_embedding_is_quantized(tmp_path):
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 64])],
                               [numpy_helper.from_array(table, "table")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    for bits in (4, 8):
-        q, notes = wo.build(model, wo.WeightOnlySpec(bits=bits, block_size=16, accuracy_level=1))  # fp32 compute: exact
+    for bits, algorithm in ((4, "rtn"), (8, "rtn"), (4, "minmax")):
+        spec = wo.WeightOnlySpec(bits=bits, block_size=16, algorithm=algorithm, accuracy_level=1)  # fp32: exact
+        q, notes = wo.build(model, spec)
         assert notes["nodes"] == {f"int{bits}_matmul": 1, f"int{bits}_gather": 1, "float32_matmul": 0,
                                   f"int{12 - bits}_matmul": 0}
-        assert not [n for n in q.graph.node if n.op_type == "Transpose"]
+        # (a minmax head's block minima are gathered by row through a Transpose of their float16 table)
+        assert len([n for n in q.graph.node if n.op_type == "Transpose"]) == (algorithm == "minmax")
         # one copy of the table: the embedding reads the head's blocks
         assert notes["shared_embedding"] == ["embed"]
         gather = next(n for n in q.graph.node if n.op_type == "GatherBlockQuantized")
         head = next(n for n in q.graph.node if n.op_type == "MatMulNBits")
         assert gather.input[0] == head.input[1]
-        path = tmp_path / f"tied{bits}.onnx"
+        path = tmp_path / f"tied{bits}{algorithm}.onnx"
         onnx.save(q, str(path))
         ids = np.arange(10, dtype=np.int64)
         out = make_session(path).run(None, {"ids": ids})[0]

@@ -99,8 +99,10 @@ class QuantizeConfig:
     bits: int | None = opt(None, "Weight-only: bits per weight (when unset, 4).", choices=(4, 8))
     block_size: int | None = opt(None, "Weight-only: weights per scale along K, a power of two >= 16 (when unset, "
                                        "32).")
-    algorithm: str | None = opt(None, "Weight-only int4: rtn (when unset), hqq, gptq (calibrated), awq "
-                                      "(activation-aware scaling + rtn).", choices=("rtn", "hqq", "gptq", "awq"))
+    algorithm: str | None = opt(None, "Weight-only int4: rtn (when unset), minmax (each block's exact minimum: "
+                                      "lossless on GGUF Q4_1 weights), hqq, gptq (calibrated), awq "
+                                      "(activation-aware scaling + rtn).",
+                                choices=("rtn", "minmax", "hqq", "gptq", "awq"))
     accuracy_level: int | None = opt(None, "Weight-only: MatMulNBits compute type, 0 unset, 1 fp32, 2 fp16, 3 bf16, "
                                            "4 int8 (when unset, 4).", choices=(0, 1, 2, 3, 4))
     symmetric: bool | None = opt(None, "Weight-only: symmetric weight blocks (when unset, asymmetric).",

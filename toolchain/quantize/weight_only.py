@@ -8,7 +8,12 @@ rounding; and the error stays in the weights, where calibration algorithms can r
 Algorithms for the 4-bit weights (8-bit weights are always round-to-nearest: nearly lossless):
 - rtn: min/max per block (ORT's DefaultWeightOnlyQuantizer, C++ kernels). No data.
 - hqq: half-quadratic optimisation of each block's zero point (ORT's HQQWeightOnlyQuantizer). No data;
-  float zero points, so asymmetric only.
+  float zero points, so asymmetric only (ORT's CPU kernel for float zero points is ~70x slower).
+- minmax: each block's own min..max in 16 steps with the min kept exactly (llama.cpp's Q4_1 grid), where
+  rtn rounds the zero point to an integer, shifting every weight of the block by up to half a step. The
+  min goes in as one small MatMul of per-block sums of x (x E, E the block indicator, shared by the
+  MatMuls that read the same x) added to MatMulNBits' output. No data; exact for weights that were Q4_1
+  (the built-in SmolLM2 is a de-quantized GGUF Q4_1: rtn costs it +36% perplexity).
 - gptq: ORT's bundled GPTQ (neural_compressor): the Hessian of each MatMul's input on calibration text,
   quantization error compensated column by column.
 - awq: activation-aware scaling (AWQ-style): per input channel s = mean|x|^alpha, alpha searched on
@@ -34,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 BITS = (4, 8)
-ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
+ALGORITHMS = ("rtn", "minmax", "hqq", "gptq", "awq")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations
 # int8 activations inside MatMulNBits (accuracy level 4) is what makes CPU decode fast: the kernels run
 # integer dot products on the unpacked weights (ORT GenAI's builder uses it for CPU too).
@@ -68,8 +73,8 @@ class WeightOnlySpec:
             raise ValueError(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
         if self.algorithm != "rtn" and self.bits != 4:
             raise ValueError(f"{self.algorithm} is a 4-bit algorithm; 8-bit weights use rtn (nearly lossless)")
-        if self.algorithm == "hqq" and self.symmetric:
-            raise ValueError("hqq optimises float zero points: it is asymmetric only")
+        if self.algorithm in ("hqq", "minmax") and self.symmetric:
+            raise ValueError(f"{self.algorithm} keeps each block's own minimum: it is asymmetric only")
         if self.accuracy_level not in ACCURACY_LEVELS:
             raise ValueError(f"accuracy_level must be one of {ACCURACY_LEVELS}")
         unknown = set(self.op_types) - {"MatMul", "Gather"}
@@ -173,6 +178,20 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
                helper.make_node("Concat", [f"{out}/ids_shape", extra[1].name], [f"{out}/shape"],
                                 name=f"{gather_name}_shared/concat", axis=0),
                helper.make_node("Reshape", [f"{out}/blocks", f"{out}/shape"], [out], name=f"{gather_name}_shared/reshape")]
+        if name + OFFSETS_SUFFIX in inits:  # a minmax head: each row's block minima, gathered and added
+            extra.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}/gather_last_axis"))
+            new[-1:-1] = [
+                helper.make_node("Transpose", [name + OFFSETS_SUFFIX], [f"{name}/rows_offsets"],
+                                 name=f"{gather_name}_shared/offsets_rows", perm=[1, 0]),
+                helper.make_node("Gather", [f"{name}/rows_offsets", ids], [f"{out}/offsets16"],
+                                 name=f"{gather_name}_shared/offsets", axis=0),
+                helper.make_node("Cast", [f"{out}/offsets16"], [f"{out}/offsets32"],
+                                 name=f"{gather_name}_shared/offsets_cast", to=TensorProto.FLOAT),
+                helper.make_node("Unsqueeze", [f"{out}/offsets32", extra[-1].name], [f"{out}/offsets"],
+                                 name=f"{gather_name}_shared/offsets_unsqueeze"),
+                helper.make_node("Add", [f"{out}/blocks_q", f"{out}/offsets"], [f"{out}/blocks"],
+                                 name=f"{gather_name}_shared/add_offsets")]
+            new[0].output[0] = f"{out}/blocks_q"
         model.graph.initializer.extend(extra)
         at = list(model.graph.node).index(target)
         model.graph.node.remove(target)
@@ -341,6 +360,8 @@ def _pack(values: np.ndarray, bits: int) -> np.ndarray:
 def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict | None = None):
     if spec.algorithm in ("rtn", "awq"):  # awq has already scaled the weights: RTN on the scaled rows
         return _default(model, 4, spec, only=nodes, op_type="MatMul")
+    if spec.algorithm == "minmax":
+        return _minmax(model, spec, nodes)
     if spec.algorithm == "hqq":
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -350,6 +371,68 @@ def _int4(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict | Non
         q.process()
         return q.model.model
     return _gptq(model, spec, nodes, feeds, {} if cache is None else cache)
+
+
+OFFSETS_SUFFIX = "_offsets"  # a minmax MatMulNBits' block minima: (blocks, N) float16, named after its B
+
+
+def minmax_codes(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(K, N) weight -> (codes (K, N) in [0, 15], scales (blocks, N), minima (blocks, N)) with
+    weight ~ codes * scale + minimum, each block of `block` rows along K on its own min..max."""
+    k, n = w.shape
+    blocks = (k + block - 1) // block
+    t = np.pad(w.astype(np.float32), ((0, blocks * block - k), (0, 0)), constant_values=np.nan)
+    t = t.reshape(blocks, block, n)
+    lo, hi = np.nanmin(t, axis=1), np.nanmax(t, axis=1)
+    lo = lo.astype(np.float16).astype(np.float32)  # stored as float16: exact for GGUF's (float16) minima
+    scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
+    codes = np.clip(np.round((w - np.repeat(lo, block, axis=0)[:k]) / np.repeat(scale, block, axis=0)[:k]), 0, 15)
+    return codes.astype(np.uint8), scale, lo
+
+
+def _minmax(model, spec: WeightOnlySpec, nodes: set[str]):
+    """`nodes` as MatMulNBits on minmax_codes (zero point 0) plus x E M: the per-block sums of x (E, the
+    (K, blocks) block indicator, once per input tensor) times the block minima M (float16, cast once)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    block = spec.block_size
+    sums: dict[str, str] = {}
+    out_nodes = []
+    for node in model.graph.node:
+        if node.name not in nodes:
+            out_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        k, n = w.shape
+        codes, scales, lo = minmax_codes(w, block)
+        q = _nbits_node(model, node, codes, scales, np.zeros_like(scales, dtype=np.uint8), block)
+        y = node.output[0]
+        q.output[0] = f"{y}/q4"
+        x, name = node.input[0], q.input[1]
+        if x not in sums:
+            blocks = scales.shape[0]
+            e = (np.arange(k)[:, None] // block == np.arange(blocks)[None, :]).astype(np.float32)
+            model.graph.initializer.append(numpy_helper.from_array(e, f"{x}/block_indicator"))
+            sums[x] = f"{x}/block_sums"
+            out_nodes.append(helper.make_node("MatMul", [x, f"{x}/block_indicator"], [sums[x]],
+                                              name=f"{x}/block_sums"))
+        model.graph.initializer.append(numpy_helper.from_array(lo.astype(np.float16), name + OFFSETS_SUFFIX))
+        out_nodes += [q,
+                      helper.make_node("Cast", [name + OFFSETS_SUFFIX], [f"{name}{OFFSETS_SUFFIX}/float"],
+                                       name=f"{q.name}/offsets_cast", to=TensorProto.FLOAT),
+                      helper.make_node("MatMul", [sums[x], f"{name}{OFFSETS_SUFFIX}/float"], [f"{y}/offset"],
+                                       name=f"{q.name}/offsets"),
+                      helper.make_node("Add", [f"{y}/q4", f"{y}/offset"], [y], name=f"{q.name}/add_offsets")]
+    del model.graph.node[:]
+    model.graph.node.extend(out_nodes)
+    used = {t for nd in model.graph.node for t in nd.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
 
 
 def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict):
@@ -664,8 +747,10 @@ def dequantize(node, inits: dict) -> np.ndarray:
         else:
             zero = zp.astype(np.float32).reshape(n, blocks)
         zero = zero[..., None]
-    w = ((q - zero) * scale).reshape(n, blocks * block)[:, :k]
-    return w.T.copy()
+    w = (q - zero) * scale
+    if node.input[1] + OFFSETS_SUFFIX in inits:  # minmax: plus each block's minimum
+        w = w + numpy_helper.to_array(inits[node.input[1] + OFFSETS_SUFFIX]).astype(np.float32).T[..., None]
+    return w.reshape(n, blocks * block)[:, :k].T.copy()
 
 
 def sensitivity(float_model, quant_model, feeds: list[dict], nodes: set[str] | None = None,
