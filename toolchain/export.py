@@ -187,26 +187,33 @@ def check_export(model, tokenizer, onnx_path: Path, task: str, with_past: bool, 
     `one_token_steps`: the graph takes several tokens only from an empty cache and one token a call after
     (ONNX Runtime's GroupQueryAttention, as GenAI's builder emits it: "batch_size must be 1 when sequence_length
     > 1 and past context is given"), so each shape checks the prompt from an empty cache and a 1-token step.
+    That graph has no position_ids: GroupQueryAttention reads the attention mask as each row's length only
+    (seqlens_k = its sum - 1), placing a row's tokens at positions 0..length-1 and attending to keys below its
+    length, so a padded batch must be padded on the right. Left padding (how Hugging Face batches generation)
+    makes it attend to the padding and miss the row's last tokens: SmolLM2's fp32 graph, exact on unpadded rows,
+    was off by 28.6 on the left-padded batch (the tiny test models fill every row, so they never showed it).
     """
     from .runtime import make_session
 
     session = make_session(onnx_path)
-    if task == "text-generation":
-        tokenizer.padding_side = "left"  # how batched generation pads
+    if task == "text-generation":  # how batched generation pads; GroupQueryAttention's graph: see above
+        tokenizer.padding_side = "right" if one_token_steps else "left"
     results, same, scored = [], 0, 0
     for batch, seq in parity.SHAPES:
         enc = parity.tokenize(tokenizer, batch, seq)
         checks = []
-        if with_past:
-            checks.append(_torch_with_past(model, enc, session, seq - 1 if one_token_steps else parity.PAST_PREFIX))
+        if with_past and one_token_steps:
+            checks.append(_torch_last_token_step(model, enc, session))
+        elif with_past:
+            checks.append(_torch_with_past(model, enc, session, parity.PAST_PREFIX) + (None,))
         if one_token_steps or not with_past:
             past = {i.name: parity.empty_past(i, batch) for i in session.get_inputs()
                     if i.name.startswith("past_key_values")}
             feeds = parity.onnx_feeds(session, enc, past)
             plain = {k: v for k, v in feeds.items() if not k.startswith("past_key_values")}
-            checks.append((_torch_outputs(model, plain, task), feeds, enc["attention_mask"]))
+            checks.append((_torch_outputs(model, plain, task), feeds, enc["attention_mask"], None))
         names = [o.name for o in session.get_outputs()]
-        for ref, feeds, valid in checks:
+        for ref, feeds, valid, full in checks:
             got = dict(zip(names, session.run(None, feeds)))
             if task == "text-generation":  # next-token agreement at every real position
                 keep = valid.astype(bool)
@@ -214,8 +221,8 @@ def check_export(model, tokenizer, onnx_path: Path, task: str, with_past: bool, 
                 scored += int(keep.sum())
             if relative:  # held on what the model outputs; its KV cache is its own state (see DEFAULT_RTOL)
                 ref, got = parity._log_probs({"logits": ref["logits"]}), parity._log_probs(got)
-            results.append(parity.compare(parity.mask_padding(ref, valid), parity.mask_padding(got, valid), atol,
-                                          relative))
+            results.append(parity.compare(parity.mask_padding(ref, valid, full), parity.mask_padding(got, valid, full),
+                                          atol, relative))
     merged = parity.merge(results)
     merged.top1_agreement = same / scored if scored else None  # causal LMs; export holds quantized graphs to it
     return merged
@@ -254,6 +261,31 @@ def _torch_with_past(model, enc: dict, session, p: int):
     step = {"input_ids": enc["input_ids"][:, p:], "attention_mask": mask}
     feeds = parity.onnx_feeds(session, step, past)
     return ref, feeds, mask[:, p:]
+
+
+def _torch_last_token_step(model, enc: dict, session):
+    """The 1-token step of a right-padded batch, as GroupQueryAttention takes it: each row's last real token,
+    fed with the cache of the tokens before it and the row's attention mask (its length), against PyTorch's
+    logits at that token and its cache; the cache is compared where the mask is 1, the row's own positions."""
+    import torch
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    last = mask.sum(1) - 1  # right padding: a row's tokens are 0..last
+    if not (mask == (np.arange(mask.shape[1]) <= last[:, None])).all():
+        raise ValueError("the 1-token step check needs a right-padded batch")
+    rows = np.arange(len(ids))
+    with torch.inference_mode():
+        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), use_cache=True)
+    ref = {"logits": out.logits.numpy()[rows, last][:, None]}
+    past = {}
+    for i, (k, v) in enumerate(_legacy(out.past_key_values)):
+        ref[f"present.{i}.key"], ref[f"present.{i}.value"] = k.numpy(), v.numpy()
+        # Entries at and after a row's last token are not read: the step writes its own there.
+        past[f"past_key_values.{i}.key"] = k.numpy()[:, :, :-1].copy()
+        past[f"past_key_values.{i}.value"] = v.numpy()[:, :, :-1].copy()
+    step = {"input_ids": np.ascontiguousarray(ids[rows, last][:, None]), "attention_mask": mask}
+    feeds = parity.onnx_feeds(session, step, past)
+    return ref, feeds, np.ones((len(ids), 1), dtype=mask.dtype), mask
 
 
 def _legacy(cache):

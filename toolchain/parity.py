@@ -116,10 +116,11 @@ def mask_padding(outputs: dict, valid: np.ndarray, full: np.ndarray | None = Non
     out = {}
     for k, v in outputs.items():
         v = np.asarray(v)
-        if v.ndim >= 2 and v.shape[:2] == valid.shape:
-            v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 2))
-        elif full is not None and v.ndim == 4 and (v.shape[0], v.shape[2]) == full.shape:
+        # The cache first: with one key/value head, (batch, 1) would also match a 1-token step's `valid`.
+        if full is not None and v.ndim == 4 and (v.shape[0], v.shape[2]) == full.shape:
             v = v * full[:, None, :, None]
+        elif v.ndim >= 2 and v.shape[:2] == valid.shape:
+            v = v * valid.reshape(valid.shape + (1,) * (v.ndim - 2))
         out[k] = v
     return out
 
