@@ -105,6 +105,59 @@ def test_export_cli_takes_the_backend_options(tiny, tmp_path):
     assert out.exit_code == 8 and "apply to backend genai" in out.output
 
 
+class _Inputs:
+    """A stand-in for an onnxruntime session of the builder's graph: only its input names matter here."""
+
+    def __init__(self, layers):
+        names = ["input_ids", "attention_mask"]
+        for i in range(layers):
+            names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        self._inputs = [type("Arg", (), {"name": n})() for n in names]
+
+    def get_inputs(self):
+        return self._inputs
+
+
+def test_the_gqa_step_feeds_each_rows_last_token_after_its_own_cache(tiny):
+    """GroupQueryAttention reads the mask as each row's length: the step is fed every row's last real token of a
+    right-padded batch, and PyTorch's answer for it is the row's own (unpadded) logits and cache."""
+    import torch
+
+    from toolchain import parity
+    from toolchain.export import _torch_last_token_step
+    from toolchain.modeling import load_model, load_tokenizer, resolve_model
+
+    src = resolve_model(str(tiny("llama64")))
+    model, tok = load_model(src, "text-generation"), load_tokenizer(src)
+    tok.padding_side = "right"
+    enc = parity.tokenize(tok, 4, 64)  # the tiny texts are 28..60 tokens: every row is padded
+    lengths = enc["attention_mask"].sum(1)
+    assert (lengths < 64).all() and len(set(lengths)) > 1
+    ref, feeds, valid, full = _torch_last_token_step(model, enc, _Inputs(2))
+    assert feeds["past_key_values.0.key"].shape[2] == 63 and (feeds["attention_mask"] == full).all()
+    assert valid.shape == (4, 1)
+    for b, n in enumerate(lengths):
+        assert feeds["input_ids"][b, 0] == enc["input_ids"][b, n - 1]
+        with torch.inference_mode():
+            alone = model(input_ids=torch.from_numpy(enc["input_ids"][b:b + 1, :n]), use_cache=True)
+        np.testing.assert_allclose(ref["logits"][b, 0], alone.logits[0, -1].numpy(), atol=1e-5)
+        key = alone.past_key_values.to_legacy_cache()[1][0] if hasattr(alone.past_key_values, "to_legacy_cache") \
+            else alone.past_key_values[1][0]
+        np.testing.assert_allclose(ref["present.1.key"][b, :, :n], key[0].numpy(), atol=1e-5)
+    tok.padding_side = "left"  # how the check fed it before: the graph would attend to the padding
+    with pytest.raises(ValueError, match="right-padded"):
+        _torch_last_token_step(model, parity.tokenize(tok, 4, 64), _Inputs(2))
+
+
+def test_a_one_head_cache_is_masked_by_the_full_mask_not_the_steps():
+    from toolchain import parity
+
+    full = np.array([[1, 1, 0], [1, 1, 1]])
+    cache = np.ones((2, 1, 3, 4))  # (batch, one key/value head, positions, head size): shape[:2] == valid's
+    out = parity.mask_padding({"present.0.key": cache}, np.ones((2, 1)), full)["present.0.key"]
+    assert out[0, 0, 2].sum() == 0 and out[1].sum() == 12
+
+
 # ---------------------------------------------------------------- the real builder (creates its environment)
 
 
@@ -153,3 +206,15 @@ def test_genai_int4_is_matmulnbits_evaluates_and_bundles(genai_export, tmp_path)
     out = subprocess.run([sys.executable, "generate.py", "--tokens", "4", "the film"], cwd=bundle.path,
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("the film"), out.stderr
+
+
+@pytest.mark.slow
+def test_genai_parity_holds_on_a_padded_batch(tiny, tmp_path, monkeypatch):
+    """The tiny texts fill parity's (4, 24) batch, so it never pads; at 64 every row is padded, as SmolLM2's
+    tokenizer pads that batch. Left-padded, this graph was off by several units (SmolLM2: 28.6)."""
+    from toolchain import parity
+
+    monkeypatch.setattr(parity, "SHAPES", ((1, 8), (4, 64)))
+    art = export(tiny("llama64"), ExportConfig(backend="genai"), tmp_path / "fp32")
+    p = art.manifest.lineage[-1].metrics["parity"]
+    assert p["max_abs_diff"] <= 1e-3 and p["top1_agreement"] == 1.0 and p["shapes"] == [[1, 8], [4, 64]]
