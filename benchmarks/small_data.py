@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "models" / "minilm-rotten-tomatoes.yaml"
 SEED = 42
-STAGES = ("teacher", "student", "pruned", "int8-dynamic", "int8-static")
+STAGES = ("teacher", "student", "pruned", "trimmed", "int8-dynamic", "int8-static")
 
 
 def rt_1600() -> list[dict]:
@@ -165,8 +165,9 @@ def markdown(rows: list[dict], machine: str) -> str:
     lines = ["# The default recipe on small data", "", machine, "",
              "Test accuracy at batch 1 (the recipe's evaluate step); Δ: points against the teacher. The baseline is",
              "TF-IDF (word 1-2 grams) + logistic regression, C chosen on validation, scored on the same test rows.", "",
-             "| dataset | rows (train/val/test) | baseline | teacher | student (Δ) | pruned (Δ) | int8 dynamic (Δ) | "
-             "int8 static (Δ) | teacher schedule | student schedule |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | rows (train/val/test) | baseline | teacher | student (Δ) | pruned (Δ) | trimmed (Δ) | "
+             "int8 dynamic (Δ) | int8 static (Δ) | teacher schedule | student schedule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, c = r["stages"], r["rows"]
         teacher = (s.get("teacher") or {}).get("test")
@@ -183,7 +184,7 @@ def markdown(rows: list[dict], machine: str) -> str:
         base = r["baseline"]["accuracy"]
         lines.append(f"| {r['dataset']} | {c.get('train')}/{c.get('validation')}/{c.get('test')} | "
                      f"{'' if base is None else f'{base:.4f}'} | {cell('teacher')} | {cell('student')} | "
-                     f"{cell('pruned')} | {cell('int8-dynamic')} | {cell('int8-static')} | {sched('teacher')} | "
+                     f"{cell('pruned')} | {cell('trimmed')} | {cell('int8-dynamic')} | {cell('int8-static')} | {sched('teacher')} | "
                      f"{sched('student')} |")
     if not any(r["stages"] for r in rows):
         lines += ["", "Baselines only (--baseline-only): no transformer was trained in this run."]

@@ -89,3 +89,11 @@ def test_export_builtin_models(tmp_path, name, with_past):
     art = export(name, ExportConfig(with_past=with_past), tmp_path / name)
     p = art.manifest.lineage[-1].metrics["parity"]
     assert p["max_abs_diff"] <= p["atol"]
+
+
+def test_min_top1_is_a_share():
+    from toolchain.export import MIN_TOP1, ExportConfig
+
+    assert ExportConfig().min_top1 == MIN_TOP1
+    with pytest.raises(ValueError, match="share of positions"):
+        ExportConfig(backend="genai", precision="int4", min_top1=1.5)
