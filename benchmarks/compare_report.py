@@ -271,7 +271,7 @@ def self_check_note(rows: list[dict]) -> list[str]:
     if not checked:
         return []
     bad = [r for r in checked if r["b1_self_check"] == "disagree"]
-    head = (f"Self-check: after the interleaved runs, each model's batch-1 p50 was timed again with no other worker "
+    head = ("Self-check: after the interleaved runs, each model's batch-1 p50 was timed again with no other worker "
             "alive ('b1 p50 alone'). ")
     if not bad:
         return [head + f"All {len(checked)} agree within {SELF_CHECK:.0%}."]

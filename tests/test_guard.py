@@ -14,7 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from bad_inputs import Kit, snapshot
+from bad_inputs import snapshot
 from toolchain.cli import main
 from toolchain.errors import INTERNAL_ERROR_EXIT, OutputExists
 from toolchain.guard import output_lock, refuse_overlap

@@ -6,7 +6,6 @@ checkpoints it keeps beside the output folder until the artifact is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
