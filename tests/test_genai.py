@@ -218,3 +218,26 @@ def test_genai_parity_holds_on_a_padded_batch(tiny, tmp_path, monkeypatch):
     art = export(tiny("llama64"), ExportConfig(backend="genai"), tmp_path / "fp32")
     p = art.manifest.lineage[-1].metrics["parity"]
     assert p["max_abs_diff"] <= 1e-3 and p["top1_agreement"] == 1.0 and p["shapes"] == [[1, 8], [4, 64]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["rtn", "minmax"])
+def test_weight_only_quantize_of_the_genai_graph_checks_parity_unpadded(genai_export, tmp_path, algorithm):
+    """The quantize stage's parity check feeds GroupQueryAttention's graph rows without padding and a one-token
+    step (left padding gave a row an all-zero prefix mask: seqlens_k -1, and onnxruntime refused the run)."""
+    from toolchain.quantize import QuantizeConfig, quantize
+
+    cfg = QuantizeConfig(mode="weight-only", bits=4, algorithm=algorithm, data="hamlet", calibration_samples=4)
+    art = quantize(genai_export["fp32"].path, cfg, tmp_path / algorithm)
+    parity = art.manifest.lineage[-1].metrics["parity"]  # the stage raises when it fails; this says what it compared
+    assert parity["rel_l2_diff"] <= parity["rtol"] and "logits" in parity["per_output"]
+
+
+def test_parity_cuts_rows_to_the_shortest_for_a_graph_with_implicit_positions():
+    from toolchain import parity
+
+    right = {"input_ids": np.array([[5, 6, 7, 0], [5, 6, 7, 8]]), "attention_mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    left = {"input_ids": np.array([[0, 5, 6, 7], [5, 6, 7, 8]]), "attention_mask": np.array([[0, 1, 1, 1], [1, 1, 1, 1]])}
+    assert parity._unpadded(right)["input_ids"].tolist() == [[5, 6, 7], [5, 6, 7]]
+    assert parity._unpadded(left)["input_ids"].tolist() == [[5, 6, 7], [6, 7, 8]]
+    assert parity._unpadded(left)["attention_mask"].all()

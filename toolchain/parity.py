@@ -134,6 +134,8 @@ def compare_onnx(reference, candidate, tokenizer, task: str, atol: float, relati
     results = []
     for batch, seq in SHAPES:
         enc = tokenize(tokenizer, batch, seq)
+        if _implicit_positions(reference):
+            enc = _unpadded(enc)
         feeds, valid = _onnx_step(reference, enc)
         ref = _run(reference, feeds)
         got = _run(candidate, {k: v for k, v in feeds.items() if k in {i.name for i in candidate.get_inputs()}})
@@ -154,12 +156,28 @@ def _log_probs(outputs: dict) -> dict:
     return outputs | {"logits": z - np.log(np.exp(z).sum(-1, keepdims=True))}
 
 
+def _implicit_positions(session) -> bool:
+    """A with-past graph without position ids (GroupQueryAttention, ORT GenAI's builder): it places a row's
+    tokens at 0..length-1 from the mask's sum, so it takes right padding only and steps one token at a time."""
+    names = {i.name for i in session.get_inputs()}
+    return "position_ids" not in names and any(n.startswith("past_key_values") for n in names)
+
+
+def _unpadded(enc: dict) -> dict:
+    """Every row cut to the shortest row's length: no padding at all."""
+    shortest = max(int(enc["attention_mask"].sum(1).min()), 2)
+    if enc["attention_mask"][:, :shortest].all():  # right padding
+        return {k: v[:, :shortest] for k, v in enc.items()}
+    return {k: v[:, -shortest:] for k, v in enc.items()}  # left padding
+
+
 def _onnx_step(session, enc: dict) -> tuple[dict, np.ndarray]:
-    """Feeds for one step; for a with-past session, the step after a PAST_PREFIX-token prefix."""
+    """Feeds for one step; for a with-past session, the step after a PAST_PREFIX-token prefix (a graph with
+    implicit positions: a one-token step after the rest of the row)."""
     past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values")]
     if not past_names:
         return onnx_feeds(session, enc), enc["attention_mask"]
-    p = PAST_PREFIX
+    p = enc["input_ids"].shape[1] - 1 if _implicit_positions(session) else PAST_PREFIX
     empty = {i.name: empty_past(i, enc["input_ids"].shape[0]) for i in session.get_inputs() if i.name in past_names}
     prefix = {"input_ids": enc["input_ids"][:, :p], "attention_mask": enc["attention_mask"][:, :p]}
     first = _run(session, onnx_feeds(session, prefix, empty))
