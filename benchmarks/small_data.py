@@ -125,8 +125,13 @@ def run_dataset(name: str, work: Path, train: bool, baseline_only: bool = False)
     recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
     out = work / name
     if train and not baseline_only:
+        from toolchain.errors import ToolchainError
+
         started = time.time()
-        run(load_recipe(recipe), out, echo=lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True))
+        try:
+            run(load_recipe(recipe), out, echo=lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True))
+        except ToolchainError as exc:  # e.g. nothing within the accuracy budget to package: the rows still count
+            print(f"{name}: the recipe stopped: {exc.problem}", file=sys.stderr)
         print(f"{name}: recipe done in {(time.time() - started) / 60:.1f} min", file=sys.stderr)
     return summarise(name, csv_path, out, baseline_only)
 

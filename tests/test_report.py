@@ -251,3 +251,18 @@ def test_baseline_notes_name_every_artifact_once_and_say_within_noise():
     assert noise.startswith("student, int8 beat the TF-IDF") and "within noise" in noise
     assert "teacher" not in below + noise
     assert _baseline_notes(NS(metric="perplexity", rows=rows, baseline=report.baseline)) == []
+
+
+def test_nothing_within_the_budget_is_said_plainly_with_the_best_and_its_gap(tiny_onnx, tmp_path):
+    """Small data (benchmarks/small_data.py, rt-1600): the PyTorch teacher is the original and no ONNX artifact
+    came within 2 points; the error names the best and its gap, and the recipe key to change."""
+    from toolchain.artifact import MANIFEST
+    from toolchain.errors import CheckFailed
+
+    run = make_run(tiny_onnx, tmp_path / "run", {"teacher": (0.78, 10.0), "int8": (0.73, 1.0), "fp32": (0.72, 2.0)})
+    manifest = json.loads((run / "teacher" / MANIFEST).read_text())
+    manifest["format"] = "torch"  # the fine-tuned teacher: a bundle holds an ONNX model, so it cannot ship
+    (run / "teacher" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckFailed, match=r"the best, int8, has 0\.7300 \(-5\.0 points\)") as err:
+        recommend(run, ReportConfig(original="teacher", accuracy_budget=0.02))
+    assert "accuracy_budget" in err.value.fix and "2 points from the original teacher" in err.value.problem

@@ -483,10 +483,34 @@ def recommend(folder: str | Path, cfg: ReportConfig | None = None) -> str:
     """The name of the artifact the report recommends for `folder`; CheckFailed when none qualifies."""
     report = collect(folder, cfg=cfg)
     if report.recommended is None:
+        over = _over_budget(report)
+        if over:
+            raise CheckFailed(*over)
         raise CheckFailed(f"no artifact in {folder} is both measured and within the budget"
                           + (f" ({report.notes[-1]})" if report.notes else ""),
                           "add evaluate (and bench) steps before the step whose input is `recommended`")
     return report.recommended.name
+
+
+def _over_budget(report: Report) -> tuple[str, str] | None:
+    """(problem, fix) when artifacts were measured but none a bundle can hold is within the budget: the run
+    says so plainly and ships nothing, rather than an artifact that lost more than the user allowed."""
+    rows = [r for r in report.rows if r.quality is not None and r.format == "onnx"]
+    if not rows or report.original is None or report.original.quality is None:
+        return None
+    perplexity = report.metric == "perplexity"
+    best = min(rows, key=lambda r: r.quality) if perplexity else max(rows, key=lambda r: r.quality)
+    ref = report.original.quality
+    if perplexity:
+        gap, budget = f"{best.quality / ref - 1:+.1%}", f"+{report.cfg.perplexity_budget:.1%} perplexity"
+        key = "perplexity_budget"
+    else:
+        gap, budget = f"{(best.quality - ref) * 100:+.1f} points", f"{report.cfg.accuracy_budget * 100:g} points"
+        key = "accuracy_budget"
+    return (f"no ONNX artifact is within the budget ({budget} from the original {report.original.name}, "
+            f"{report.metric} {ref:.4f}): the best, {best.name}, has {best.quality:.4f} ({gap})",
+            f"raise report: {key} in the recipe if that loss is acceptable, or give the student more to learn "
+            f"from (more data, longer schedules: docs/guide.md); nothing is packaged over budget")
 
 
 # ---------------------------------------------------------------- table and summary (plain text: the terminal,
