@@ -354,7 +354,9 @@ def lm_variants(lm: str, lm_run: Path | None, work: Path, quick: bool, echo, gen
         made = run_steps(LM_RECIPE, LM_STEPS, lm, work / "lm", quick, echo)
     rows = [Variant("lm-torch", "PyTorch eager fp32", "transformers, eager (the baseline)", path=lm),
             _from_made("lm-onnx", made["onnx"], "toolchain ONNX fp32", "toolchain export with KV cache"),
-            _from_made("lm-int8", made["int8"], "toolchain int8", "toolchain quantize dynamic (per-channel), down_proj kept fp32")]
+            _from_made("lm-int8", made["int8"], "toolchain int8",
+                       "the smollm2 recipe's int8 step: quantize --mode weight-only --bits 8 on the optimum export "
+                       "(one shared table for the tied embedding)")]
     if rows[2].error and "differs from float32" in rows[2].error and rows[1].path is not None:
         rows.append(_loosened_int8(Path(rows[1].path), work / "lm" / f"int8-rtol{LOOSE_RTOL:g}", quick, echo))
     if not genai:

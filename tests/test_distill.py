@@ -453,3 +453,21 @@ def test_distill_smollm2_to_a_third_of_its_layers(tmp_path):
     m = _metrics(distill("smollm2-135m", cfg, tmp_path / "s", progress=False))
     assert m["student"]["num_layers"] == 10
     assert m["validation"]["perplexity"] > m["teacher"]["validation"]["perplexity"] > 1.0
+
+
+def test_augment_adds_perturbed_copies_the_teacher_labels(tiny, reviews, tmp_path):
+    import numpy as np
+
+    from toolchain.data import Split, load_classification
+    from toolchain.distill import augmented
+
+    split = Split(["the film is good and moving", "a boring mess"], np.array([1, 0]))
+    out = augmented(split, 3, seed=0, mask="[MASK]")
+    assert len(out) == 8 and out.texts[:2] == split.texts and out.labels.tolist() == [1, 0] * 4
+    assert any(t != split.texts[i % 2] for i, t in enumerate(out.texts[2:]))
+    assert augmented(split, 3, 0, "[MASK]").texts == out.texts  # seeded
+    art = distill(str(tiny("bert")), DistillConfig(student_layers=1, data=str(reviews), augment=2, max_steps=2),
+                  tmp_path / "s", progress=False)
+    m = art.manifest.lineage[-1].metrics
+    assert m["train"]["examples"] == 3 * len(load_classification(str(reviews)).split("train"))
+    assert art.manifest.lineage[-1].config["augment"] == 2

@@ -308,6 +308,31 @@ def test_a_tied_lm_head_reading_the_transposed_embedding_is_quantized(tmp_path):
         np.testing.assert_allclose(out, deq.T[ids] @ deq, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("algorithm", ["rtn", "minmax"])
+def test_a_genai_style_tie_gather_of_the_transposed_head_weight_shares_the_head_blocks(tmp_path, algorithm):
+    """ORT GenAI's builder ties the embedding as Gather(Transpose(lm_head weight)): the Gather reads the head's
+    quantized blocks and the float table (and its Transpose) leave the file."""
+    rng = np.random.default_rng(6)
+    head = rng.normal(size=(32, 64)).astype(np.float32)  # (hidden, vocab), as the builder stores lm_head
+    nodes = [helper.make_node("Transpose", ["w"], ["table"], name="embed/Transpose", perm=[1, 0]),
+             helper.make_node("Gather", ["table", "ids"], ["h"], name="embed/Gather"),
+             helper.make_node("MatMul", ["h", "w"], ["logits"], name="lm_head")]
+    graph = helper.make_graph(nodes, "genai", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 64])],
+                              [numpy_helper.from_array(head, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    q, notes = wo.build(model, wo.WeightOnlySpec(bits=4, block_size=16, algorithm=algorithm, accuracy_level=1))
+    assert notes["shared_embedding"] == ["embed/Gather"]
+    assert "w" not in {t.name for t in q.graph.initializer}  # one table in the file: the head's blocks
+    ids = np.arange(10, dtype=np.int64)
+    path = tmp_path / "genai.onnx"
+    onnx.save(q, str(path))
+    out = make_session(path).run(None, {"ids": ids})[0]
+    deq = wo.dequantize(next(n for n in q.graph.node if n.op_type == "MatMulNBits"),
+                        {t.name: t for t in q.graph.initializer})
+    np.testing.assert_allclose(out, deq.T[ids] @ deq, rtol=1e-3, atol=1e-3)
+
+
 def test_a_weight_only_bundle_loads_in_ort_format_and_verifies(int4, tmp_path):
     """4-bit tensors are stored as packed uint8: ORT-format bundles cannot hold ONNX's UINT4 type."""
     from toolchain.package import PackageConfig, package

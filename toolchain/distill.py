@@ -41,7 +41,7 @@ from . import students
 from .artifact import MANIFEST, Artifact, atomic_write_text, prepare_output, write_artifact
 from .config import config_to_dict, opt, resolve_max_length
 from .console import epoch_lines, say
-from .errors import BadModel, CheckFailed, DataError, Unsupported
+from .errors import BadModel, CheckFailed, DataError, RecipeError, Unsupported
 from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, model_inputs, resolve_model, source_hash
 from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE, best_epoch_callback
@@ -102,6 +102,8 @@ class DistillConfig:
     layer_map: tuple[int, ...] | None = opt(None, "Teacher layer per student layer for feature losses, e.g. 1,3,5; "
                                                   "when unset, spread uniformly.")
     boundary_weight: float = opt(0.0, "Up-weight examples near the teacher's decision boundary (beta; 0: off).")
+    augment: int = opt(0, "Classifiers: add N perturbed copies of each training text (words masked or dropped), "
+                          "which the teacher labels: more to distil from on small data (0: off).")
     # Opt-in search (toolchain/search.py, classifiers), `trials` runs chosen by validation accuracy.
     search: tuple[str, ...] = opt((), "Search these by validation accuracy (Optuna, classifiers): "
                                       f"{','.join(SPACES['distill'])}.")
@@ -127,6 +129,8 @@ class DistillConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError("epochs must be positive")
+        if not 0 <= self.augment <= 32:
+            raise ValueError("augment is a number of copies per training text, 0..32")
         if self.min_steps < 0 or self.patience < 1 or not self.max_epochs > 0:
             raise ValueError("min_steps must be >= 0, patience >= 1 and max_epochs positive")
         from .search import check_params
@@ -295,6 +299,9 @@ class DistillData:
 def prepare_data(cfg: DistillConfig, tokenizer, teacher_config, task: str) -> DistillData:
     """Tokenized train and validation examples for the teacher's task."""
     if task == "text-generation":
+        if cfg.augment:
+            raise RecipeError("augment perturbs a classifier's training texts; a causal LM learns from windows of "
+                              "its text", "drop augment for a causal LM")
         return _text_data(cfg, tokenizer)
     return _classification_data(cfg, tokenizer, teacher_config)
 
@@ -307,14 +314,42 @@ def _classification_data(cfg: DistillConfig, tokenizer, teacher_config) -> Disti
     data = load_classification(spec)
     to_teacher = map_labels(data.label_names, teacher_config)  # the teacher's ids, matched by label name
 
-    def encode(split: str, n: int | None, indexed: bool) -> list[dict]:
-        part = data.split(split).subset(n)
-        enc = tokenize_split(tokenizer, part, cfg.max_length)
-        rows = [e | {"label": to_teacher[int(y)]} for e, y in zip(enc, part.labels)]
-        return [r | {"idx": i} for i, r in enumerate(rows)] if indexed else rows
+    train = data.split("train").subset(cfg.max_train_samples)
+    if cfg.augment:
+        train = augmented(train, cfg.augment, cfg.seed, tokenizer.mask_token)
+    enc = tokenize_split(tokenizer, train, cfg.max_length)
+    rows = [e | {"label": to_teacher[int(y)], "idx": i} for i, (e, y) in enumerate(zip(enc, train.labels))]
+    val = data.split("validation").subset(cfg.max_eval_samples)
+    val_rows = [e | {"label": to_teacher[int(y)]} for e, y in zip(tokenize_split(tokenizer, val, cfg.max_length),
+                                                                   val.labels)]
+    return DistillData(spec.source, rows, val_rows)
 
-    return DistillData(spec.source, encode("train", cfg.max_train_samples, True),
-                       encode("validation", cfg.max_eval_samples, False))
+
+AUGMENT_MASK, AUGMENT_DROP = 0.1, 0.1  # per word: replaced by the mask token / removed
+
+
+def augmented(split, copies: int, seed: int, mask: str | None):
+    """`split` followed by `copies` perturbed copies of each text (each word masked or dropped at random,
+    seeded). The teacher's soft targets on a perturbed text are what the student learns from it (TinyBERT's
+    augmentation, without its embedding search); the copy keeps the text's label for the hard loss."""
+    import numpy as np
+
+    from .data import Split
+
+    rng = np.random.default_rng(seed)
+
+    def perturb(text: str) -> str:
+        out = []
+        for word in text.split():
+            r = rng.random()
+            if r < AUGMENT_DROP:
+                continue
+            out.append(mask if mask and r < AUGMENT_DROP + AUGMENT_MASK else word)
+        return " ".join(out) or text
+
+    texts = list(split.texts) + [perturb(t) for _ in range(copies) for t in split.texts]
+    pairs = (list(split.pairs) + [perturb(t) for _ in range(copies) for t in split.pairs]) if split.pairs else None
+    return Split(texts, np.concatenate([split.labels] * (copies + 1)), pairs)
 
 
 def _text_data(cfg: DistillConfig, tokenizer) -> DistillData:
@@ -453,8 +488,6 @@ def check_labels(s_config, t_config) -> None:
 
 def feature_layer_map(cfg: DistillConfig, n_teacher: int, n_student: int) -> tuple[int, ...]:
     """Teacher layer matched to each student layer: the config's, or uniform with the last layers aligned."""
-    from .errors import RecipeError
-
     if cfg.layer_map is None:
         return tuple((layer + 1) * n_teacher // n_student - 1 for layer in range(n_student))
     if len(cfg.layer_map) != n_student:

@@ -130,10 +130,23 @@ def materialize_transposed_weights(model) -> list[str]:
 
 
 def tied_pairs(model) -> dict[str, str]:
-    """Gather node -> MatMul node of a tied LM head: the MatMul reads the table's transposed copy."""
+    """Gather node -> MatMul node of a tied LM head: the MatMul reads the table's transposed copy (optimum's
+    export, after materialize_transposed_weights), or the Gather reads the head's weight transposed at run
+    time (ORT GenAI's builder: Gather(Transpose(lm_head weight)))."""
     readers = {n.input[1]: n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
-    return {n.name: readers[n.input[0] + TIED_SUFFIX] for n in model.graph.node
-            if n.op_type == "Gather" and n.input[0] + TIED_SUFFIX in readers}
+    inits = {t.name for t in model.graph.initializer}
+    transposed = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Transpose"
+                  and n.input[0] in inits and next((list(a.ints) for a in n.attribute if a.name == "perm"), [1, 0])
+                  == [1, 0]}
+    pairs = {}
+    for n in model.graph.node:
+        if n.op_type != "Gather":
+            continue
+        if n.input[0] + TIED_SUFFIX in readers:
+            pairs[n.name] = readers[n.input[0] + TIED_SUFFIX]
+        elif transposed.get(n.input[0]) in readers:
+            pairs[n.name] = readers[transposed[n.input[0]]]
+    return pairs
 
 
 def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None = None) -> list[str]:
@@ -199,11 +212,23 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
             model.graph.node.insert(at + k, n)
         shared.append(gather_name)
     if shared:
+        _drop_dead_nodes(model)  # the run-time Transpose that fed a GenAI graph's embedding
         used = {t for n in model.graph.node for t in n.input}
         keep = [t for t in model.graph.initializer if t.name in used]
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
     return shared
+
+
+def _drop_dead_nodes(model) -> None:
+    """Remove nodes none of whose outputs is read by a node or is a graph output, until none is left."""
+    while True:
+        needed = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if not any(o in needed for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)
 
 
 def embedding_gathers(model) -> dict[str, tuple[int, int]]:
