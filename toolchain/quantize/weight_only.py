@@ -170,10 +170,10 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
         bits, vocab, hidden = attr.get("bits", 4), attr["N"], attr["K"]
         blocks = tuple(inits[head.input[1]].dims)[1]
         name = head.input[1]
-        scales = numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, blocks, 1)
-        extra = [numpy_helper.from_array(scales, f"{name}/gather_scales"),
+        # The head's own scales, reshaped by a node (folded when the session loads): one copy in the file.
+        extra = [numpy_helper.from_array(np.array([vocab, blocks, 1], dtype=np.int64), f"{name}/gather_scales_shape"),
                  numpy_helper.from_array(np.array([hidden], dtype=np.int64), f"{name}/gather_width")]
-        inputs = [name, None, extra[0].name]
+        inputs = [name, None, f"{name}/gather_scales"]
         if zp is not None:
             zeros = numpy_helper.to_array(zp)
             if bits == 4:
@@ -184,7 +184,9 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
         target = old if old is not None else next(n for n in model.graph.node if n.name == gather_name)
         out = target.output[0]
         inputs[1] = ids
-        new = [helper.make_node("GatherBlockQuantized", inputs, [f"{out}/blocks"], name=f"{gather_name}_shared",
+        new = [helper.make_node("Reshape", [head.input[2], extra[0].name], [f"{name}/gather_scales"],
+                                name=f"{gather_name}_shared/scales"),
+               helper.make_node("GatherBlockQuantized", inputs, [f"{out}/blocks"], name=f"{gather_name}_shared",
                                 domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=attr["block_size"],
                                 bits=bits),
                helper.make_node("Shape", [ids], [f"{out}/ids_shape"], name=f"{gather_name}_shared/shape"),
@@ -204,7 +206,7 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
                                  name=f"{gather_name}_shared/offsets_unsqueeze"),
                 helper.make_node("Add", [f"{out}/blocks_q", f"{out}/offsets"], [f"{out}/blocks"],
                                  name=f"{gather_name}_shared/add_offsets")]
-            new[0].output[0] = f"{out}/blocks_q"
+            new[1].output[0] = f"{out}/blocks_q"
         model.graph.initializer.extend(extra)
         at = list(model.graph.node).index(target)
         model.graph.node.remove(target)
@@ -417,12 +419,14 @@ def minmax_codes(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.
 
 def _minmax(model, spec: WeightOnlySpec, nodes: set[str]):
     """`nodes` as MatMulNBits on minmax_codes (zero point 0) plus x E M: the per-block sums of x (E, the
-    (K, blocks) block indicator, once per input tensor) times the block minima M (float16, cast once)."""
+    (K, blocks) block indicator, one table per shape; x E once per input tensor) times the block minima M
+    (float16, cast once)."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     block = spec.block_size
     sums: dict[str, str] = {}
+    indicators: set[str] = set()
     out_nodes = []
     for node in model.graph.node:
         if node.name not in nodes:
@@ -437,11 +441,13 @@ def _minmax(model, spec: WeightOnlySpec, nodes: set[str]):
         x, name = node.input[0], q.input[1]
         if x not in sums:
             blocks = scales.shape[0]
-            e = (np.arange(k)[:, None] // block == np.arange(blocks)[None, :]).astype(np.float32)
-            model.graph.initializer.append(numpy_helper.from_array(e, f"{x}/block_indicator"))
+            e = f"block_indicator_{k}x{blocks}"  # one per shape, shared by every layer
+            if e not in indicators:
+                table = (np.arange(k)[:, None] // block == np.arange(blocks)[None, :]).astype(np.float32)
+                model.graph.initializer.append(numpy_helper.from_array(table, e))
+                indicators.add(e)
             sums[x] = f"{x}/block_sums"
-            out_nodes.append(helper.make_node("MatMul", [x, f"{x}/block_indicator"], [sums[x]],
-                                              name=f"{x}/block_sums"))
+            out_nodes.append(helper.make_node("MatMul", [x, e], [sums[x]], name=f"{x}/block_sums"))
         model.graph.initializer.append(numpy_helper.from_array(lo.astype(np.float16), name + OFFSETS_SUFFIX))
         out_nodes += [q,
                       helper.make_node("Cast", [name + OFFSETS_SUFFIX], [f"{name}{OFFSETS_SUFFIX}/float"],
