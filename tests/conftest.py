@@ -34,6 +34,18 @@ def pinned_int8_preset():
         yield PINNED_PRESET
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_default_augmentation():
+    """distill's default adds perturbed copies until the teacher labels 8,000 texts: on the tests' 20-60-row CSVs
+    that is 8 copies, and the suite 7x slower. Tests that mean it ask for it (augment=N), and
+    test_distill.py tests the default's arithmetic."""
+    from toolchain import distill
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distill, "AUGMENT_TARGET", 0)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A function name -> folder of a saved tiny model: 'bert', 'distilbert', 'roberta' (classifiers), 'gpt2', 'llama'."""

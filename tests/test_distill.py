@@ -471,3 +471,14 @@ def test_augment_adds_perturbed_copies_the_teacher_labels(tiny, reviews, tmp_pat
     m = art.manifest.lineage[-1].metrics
     assert m["train"]["examples"] == 3 * len(load_classification(str(reviews)).split("train"))
     assert art.manifest.lineage[-1].config["augment"] == 2
+
+
+def test_augment_default_makes_small_data_up_to_8000_texts_and_leaves_larger_data_alone(monkeypatch):
+    from toolchain import distill as distill_module
+    from toolchain.distill import augment_copies
+
+    monkeypatch.setattr(distill_module, "AUGMENT_TARGET", 8000)  # the default (the suite pins it to 0: conftest)
+    assert augment_copies(None, 1600)[0] == 4 and "8,000" in augment_copies(None, 1600)[1]
+    assert augment_copies(None, 491)[0] == 8  # capped
+    assert augment_copies(None, 8530) == (0, "8530 training texts: at least 8,000, no copies needed")
+    assert augment_copies(2, 8530) == (2, "as asked")

@@ -52,6 +52,10 @@ RELOAD_ATOL = 1e-4
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")  # saved-and-reloaded student vs the trained one, fp32 logits
 
 
+# Small data: perturbed copies of the training texts until the teacher labels this many (distill --augment).
+AUGMENT_TARGET, AUGMENT_MAX = 8000, 8
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     # The student: a ready model, or one built from the teacher.
@@ -102,8 +106,9 @@ class DistillConfig:
     layer_map: tuple[int, ...] | None = opt(None, "Teacher layer per student layer for feature losses, e.g. 1,3,5; "
                                                   "when unset, spread uniformly.")
     boundary_weight: float = opt(0.0, "Up-weight examples near the teacher's decision boundary (beta; 0: off).")
-    augment: int = opt(0, "Classifiers: add N perturbed copies of each training text (words masked or dropped), "
-                          "which the teacher labels: more to distil from on small data (0: off).")
+    augment: int | None = opt(None, "Classifiers: add N perturbed copies of each training text (words masked or "
+                                    "dropped), which the teacher labels; when unset, enough that the teacher labels "
+                                    f"{AUGMENT_TARGET:,} texts (none on larger data).")
     # Opt-in search (toolchain/search.py, classifiers), `trials` runs chosen by validation accuracy.
     search: tuple[str, ...] = opt((), "Search these by validation accuracy (Optuna, classifiers): "
                                       f"{','.join(SPACES['distill'])}.")
@@ -129,7 +134,7 @@ class DistillConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError("epochs must be positive")
-        if not 0 <= self.augment <= 32:
+        if self.augment is not None and not 0 <= self.augment <= 32:
             raise ValueError("augment is a number of copies per training text, 0..32")
         if self.min_steps < 0 or self.patience < 1 or not self.max_epochs > 0:
             raise ValueError("min_steps must be >= 0, patience >= 1 and max_epochs positive")
@@ -225,7 +230,7 @@ def distill(src: str | Path | ModelSource, cfg: DistillConfig, out: str | Path, 
     train_metrics = train(cfg, task, student, teacher, s_tokenizer, s_data, cache, args, label=Path(out).name,
                           progress=progress)
     metrics = {"teacher": teacher_info, "student": student_summary(student, kept), "train": train_metrics,
-               "max_length": cfg.max_length}
+               "max_length": cfg.max_length, "augment": s_data.augment}
     if args.process_index == 0:
         write_student(source, cfg, asked, out, force, task, student, s_tokenizer, s_data, metrics, started=started)
     if args.world_size > 1:
@@ -294,12 +299,13 @@ class DistillData:
     source: str
     train: list[dict]  # token lists + "label" (classifier) + "idx" (row of the teacher cache)
     validation: list[dict]
+    augment: dict | None = None  # classifiers: perturbed copies added to train, and why
 
 
 def prepare_data(cfg: DistillConfig, tokenizer, teacher_config, task: str) -> DistillData:
     """Tokenized train and validation examples for the teacher's task."""
     if task == "text-generation":
-        if cfg.augment:
+        if cfg.augment:  # unset or 0: nothing to refuse
             raise RecipeError("augment perturbs a classifier's training texts; a causal LM learns from windows of "
                               "its text", "drop augment for a causal LM")
         return _text_data(cfg, tokenizer)
@@ -315,17 +321,31 @@ def _classification_data(cfg: DistillConfig, tokenizer, teacher_config) -> Disti
     to_teacher = map_labels(data.label_names, teacher_config)  # the teacher's ids, matched by label name
 
     train = data.split("train").subset(cfg.max_train_samples)
-    if cfg.augment:
-        train = augmented(train, cfg.augment, cfg.seed, tokenizer.mask_token)
+    copies, why = augment_copies(cfg.augment, len(train))
+    if copies:
+        train = augmented(train, copies, cfg.seed, tokenizer.mask_token)
     enc = tokenize_split(tokenizer, train, cfg.max_length)
     rows = [e | {"label": to_teacher[int(y)], "idx": i} for i, (e, y) in enumerate(zip(enc, train.labels))]
     val = data.split("validation").subset(cfg.max_eval_samples)
     val_rows = [e | {"label": to_teacher[int(y)]} for e, y in zip(tokenize_split(tokenizer, val, cfg.max_length),
                                                                    val.labels)]
-    return DistillData(spec.source, rows, val_rows)
+    return DistillData(spec.source, rows, val_rows, {"copies": copies, "texts": len(train), "why": why})
 
 
 AUGMENT_MASK, AUGMENT_DROP = 0.1, 0.1  # per word: replaced by the mask token / removed
+
+
+def augment_copies(asked: int | None, examples: int) -> tuple[int, str]:
+    """Perturbed copies per training text, and why. Unset: enough that the teacher labels AUGMENT_TARGET
+    texts, at most AUGMENT_MAX copies (rt-1600: a 3-layer student 3.1 points below its teacher without
+    copies, 0.2 below with 4; docs/results.md, small data)."""
+    if asked is not None:
+        return asked, "as asked"
+    copies = min(max(math.ceil(AUGMENT_TARGET / max(examples, 1)) - 1, 0), AUGMENT_MAX)
+    if not copies:
+        return 0, f"{examples} training texts: at least {AUGMENT_TARGET:,}, no copies needed"
+    return copies, (f"{examples} training texts: {copies} perturbed copies each, so the teacher labels "
+                    f"{examples * (copies + 1):,} (small data: the student learns from the teacher's soft targets)")
 
 
 def augmented(split, copies: int, seed: int, mask: str | None):
