@@ -419,7 +419,8 @@ def quantize(artifact, out, force, as_json, **options):
     m = art.manifest.lineage[-1].metrics
     emit({"artifact": str(art.path), **m}, as_json, _quantize_report(artifact, art, m))
     if m.get("within_budget") is False:
-        click.secho(f"error: accuracy budget not met; the best model found is at {art.path}", fg="red", err=True)
+        which = "perplexity" if cfg.max_perplexity_increase is not None else "accuracy"
+        click.secho(f"error: {which} budget not met; the best model found is at {art.path}", fg="red", err=True)
         fix = ("more --max-iterations (more int4 layers go to int8), or --bits 8" if cfg.mode == "weight-only"
                else "use --mode dynamic, or calibrate on more samples")
         click.echo(f"  fix: raise the budget, {fix}", err=True)
