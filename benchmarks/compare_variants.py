@@ -27,7 +27,7 @@ CLASSIFIER_RECIPE = ROOT / "models" / "minilm-rotten-tomatoes.yaml"
 LM_RECIPE = ROOT / "models" / "smollm2-hamlet.yaml"
 DATA = "rotten-tomatoes"
 TEACHER_STEPS = ("onnx", "fused", "int8-dynamic", "int8-static")  # the recipe's steps after pruning
-LM_STEPS = ("onnx", "int8")
+LM_STEPS = ("onnx", "int8", "int4")
 # Tokenizer and config files beside an ONNX model: what evaluate and bench read besides model.onnx.
 SIDECARS = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
             "merges.txt", "vocab.json", "added_tokens.json", "generation_config.json")
@@ -356,32 +356,41 @@ def lm_variants(lm: str, lm_run: Path | None, work: Path, quick: bool, echo, gen
             _from_made("lm-onnx", made["onnx"], "toolchain ONNX fp32", "toolchain export with KV cache"),
             _from_made("lm-int8", made["int8"], "toolchain int8",
                        "the smollm2 recipe's int8 step: quantize --mode weight-only --bits 8 on the optimum export "
-                       "(one shared table for the tied embedding)")]
+                       "(one shared table for the tied embedding)"),
+            _from_made("lm-int4", made["int4"], "toolchain int4",
+                       "the smollm2 recipe's int4 step: minmax int4 on the optimum export, the tied head at int8 "
+                       "(the loop's first round)")]
     if rows[2].error and "differs from float32" in rows[2].error and rows[1].path is not None:
         rows.append(_loosened_int8(Path(rows[1].path), work / "lm" / f"int8-rtol{LOOSE_RTOL:g}", quick, echo))
     if not genai:
         return rows
     rows += [genai_variant(lm, p, work / "lm" / f"genai-{p}", echo) for p in GENAI_PRECISIONS]
     base = rows[-len(GENAI_PRECISIONS)]  # GenAI's fp32 graph: what the toolchain's weight-only rows quantize
-    return rows + [weight_only_variant(base, key, cfg, work / "lm" / key, echo) for key, cfg in WEIGHT_ONLY.items()]
+    return rows + [weight_only_variant(base, key, name, cfg, work / "lm" / key, echo)
+                   for key, (name, cfg) in WEIGHT_ONLY.items()]
 
 
 # The toolchain's weight-only quantization (toolchain/quantize/weight_only.py) of GenAI's fp32 graph: the
 # fused GroupQueryAttention graph decodes faster than optimum's, so it is the export worth quantizing.
 # int4: minmax keeps each block's minimum exactly, so the built-in's GGUF Q4_1 weights come back as they were
-# (hqq's float zero points ran ~70x slower in ORT 1.32's CPU kernel: not a decode contender).
-WEIGHT_ONLY = {"lm-wo-int8": {"mode": "weight-only", "bits": 8},
-               "lm-wo-int4": {"mode": "weight-only", "bits": 4, "algorithm": "minmax"}}
+# (hqq's float zero points ran ~70x slower in ORT 1.32's CPU kernel: not a decode contender). The tied head was
+# Q8_0 in the GGUF: "head int8" lets the loop's first round (the lowest output SQNR) put it at 8 bits.
+WEIGHT_ONLY = {"lm-wo-int8": ("toolchain weight-only int8", {"mode": "weight-only", "bits": 8}),
+               "lm-wo-int4": ("toolchain weight-only int4", {"mode": "weight-only", "bits": 4, "algorithm": "minmax"}),
+               "lm-wo-int4-head8": ("toolchain weight-only int4, head int8",
+                                    {"mode": "weight-only", "bits": 4, "algorithm": "minmax",
+                                     "max_perplexity_increase": 0.02, "max_eval_tokens": 1024, "max_iterations": 2})}
 
 
-def weight_only_variant(base: Variant, key: str, settings: dict, out: Path, echo) -> Variant:
+def weight_only_variant(base: Variant, key: str, name: str, settings: dict, out: Path, echo) -> Variant:
     """toolchain quantize --mode weight-only on GenAI's fp32 graph (reused when built with this config)."""
     from toolchain.quantize import QuantizeConfig
 
     bits, algo = settings["bits"], settings.get("algorithm", "rtn")
-    v = Variant(key, f"toolchain weight-only int{bits}",
+    loop = settings.get("max_perplexity_increase")
+    v = Variant(key, name,
                 f"toolchain quantize --mode weight-only --bits {bits}" + (f" --algorithm {algo}" if bits == 4 else "")
-                + " on GenAI's fp32 graph")
+                + (f" --max-perplexity-increase {loop:g}" if loop else "") + " on GenAI's fp32 graph")
     if base.path is None:
         v.error = f"no GenAI fp32 graph to quantize ({base.error})"
         return v
