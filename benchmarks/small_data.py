@@ -158,6 +158,10 @@ def summarise(name: str, csv_path: Path, out: Path, baseline_only: bool = False)
         m = record.metrics
         sched = (m.get("schedule") or (m.get("train") or {}).get("schedule")
                  or ((m.get("recovery") or {}).get("metrics", {}).get("train") or {}).get("schedule"))
+        if sched and "best_epoch" not in sched and m.get("best_checkpoint") and sched.get("steps_per_epoch"):
+            # finetune names its kept checkpoint by step, not by epoch
+            step = int(str(m["best_checkpoint"]).rsplit("-", 1)[-1])
+            sched = sched | {"best_epoch": round(step / sched["steps_per_epoch"])}
         val = next((v["accuracy"] for k, v in art.manifest.results.items() if k.endswith("/validation")), None)
         val = val if val is not None else (m.get("validation") or {}).get("accuracy")
         row["stages"][stage] = {"test": test and test["accuracy"], "n": test and test["n"], "validation": val,
