@@ -500,7 +500,7 @@ def _run(job: _Job) -> tuple[Path, dict]:
     result, chosen = loop.accuracy_loop(build, score, budget, rank, job.cfg.max_iterations)
     it = result.chosen
     if not it.within_budget:
-        _warn(job.warnings, f"accuracy budget not met: best {budget.metric} {it.value:.4g} "
+        _warn(job.warnings, f"{budget.metric} budget not met: best {budget.metric} {it.value:.4g} "
                             f"({budget.metric} cost {it.cost:.4g} > {budget.limit:g}) with {len(it.fp32_nodes)} fp32 nodes")
     metrics = {"budget": {"metric": budget.metric, "parent": budget.parent, "limit": budget.limit,
                           "split": "validation" if budget.metric == "accuracy" else job.cfg.data or "hamlet",
