@@ -624,6 +624,8 @@ ROWS: list[Row] = [
         8, "max_vocab 3 is below the", "at least"),
     Row("trim-vocab {bert} {out} --data {data} --min-count 0", "min count 0", 8, "min_count must be >= 1",
         "correct the value"),
+    Row("trim-vocab {gpt2} {out} --data {data} --recover", "--recover on a causal LM", 12,
+        "distils a classifier's logits", "drop --recover"),
     Row("trim-vocab {bert} {out_artifact} --data {data}", "output already holds an artifact", 6,
         "already holds an artifact", "--force"),
     # info ARTIFACT
