@@ -127,10 +127,12 @@ def quantize(m: dict, art: Artifact) -> str:
     else:
         kind = f"int8 {s.get('mode')}, preset {s.get('preset')}"
     tried = m.get("iterations") or []
-    acc = tried and "accuracy" in tried[m.get("chosen_iteration", -1)] and \
-        f"val acc {tried[m.get('chosen_iteration', -1)]['accuracy']:.4f}"
-    return _join(kind, f"{_mb(m.get('size_bytes_before'))} -> {_mb(m.get('size_bytes_after'))}", acc,
-                 f"fp32 fallbacks {len(m.get('fp32_nodes') or [])}")
+    chosen = tried[m.get("chosen_iteration", -1)] if tried else {}
+    score = ("accuracy" in chosen and f"val acc {chosen['accuracy']:.4f}"
+             or "perplexity" in chosen and f"perplexity {chosen['perplexity']:.2f}")
+    kept = (f"int8 layers {len(m.get('int8_nodes') or [])}" if s.get("mode") == "weight-only" and s.get("bits") == 4
+            else f"fp32 fallbacks {len(m.get('fp32_nodes') or [])}")
+    return _join(kind, f"{_mb(m.get('size_bytes_before'))} -> {_mb(m.get('size_bytes_after'))}", score, kept)
 
 
 def package(m: dict, art: Artifact) -> str:
