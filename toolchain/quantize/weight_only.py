@@ -215,10 +215,7 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
         shared.append(gather_name)
     if shared:
         _drop_dead_nodes(model)  # the run-time Transpose that fed a GenAI graph's embedding
-        used = {t for n in model.graph.node for t in n.input}
-        keep = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+        _drop_unused_initializers(model)
     return shared
 
 
@@ -231,6 +228,22 @@ def _drop_dead_nodes(model) -> None:
             return
         for n in dead:
             model.graph.node.remove(n)
+
+
+def _drop_unused_initializers(model) -> None:
+    used = {t for n in model.graph.node for t in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def _tidy(model) -> None:
+    """After replacing nodes: the float weights nothing reads leave, and the contrib-op domain is declared."""
+    from onnx import helper
+
+    _drop_unused_initializers(model)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def embedding_gathers(model) -> dict[str, tuple[int, int]]:
@@ -348,12 +361,7 @@ def _quantize_gathers(model, names: set[str], spec: WeightOnlySpec) -> None:
                              list(node.output), name=f"{node.name}_Q{spec.bits}", domain="com.microsoft",
                              gather_axis=0, quantize_axis=1, block_size=spec.block_size, bits=spec.bits)
         model.graph.node[i].CopyFrom(q)
-    used = {t for n in model.graph.node for t in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _tidy(model)
 
 
 def block_codes(table: np.ndarray, bits: int, block: int, symmetric: bool):
@@ -457,12 +465,7 @@ def _minmax(model, spec: WeightOnlySpec, nodes: set[str]):
                       helper.make_node("Add", [f"{y}/q4", f"{y}/offset"], [y], name=f"{q.name}/add_offsets")]
     del model.graph.node[:]
     model.graph.node.extend(out_nodes)
-    used = {t for nd in model.graph.node for t in nd.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _tidy(model)
     return model
 
 
@@ -473,7 +476,7 @@ def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict):
     ORT's bundled gptq_quantize runs the whole model once per input tensor per sample, re-fits a grid to
     the already-rounded weights, and mis-packs zero points when K / block_size is odd; this keeps its
     algorithm (Frantar et al., lazy batch updates, dampening 1% of the mean diagonal) without those."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     readers = [n for n in model.graph.node if n.name in nodes]
@@ -489,12 +492,7 @@ def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict):
     for i, n in enumerate(model.graph.node):
         if n.name in replaced:
             model.graph.node[i].CopyFrom(replaced[n.name])
-    used = {t for n in model.graph.node for t in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _tidy(model)
     return model
 
 
