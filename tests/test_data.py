@@ -90,6 +90,22 @@ def test_dynamic_padding_pads_to_the_longest_in_the_batch(tiny):
     assert batch["input_ids"].dtype == np.int64 and max(len(e["input_ids"]) for e in enc) <= 16
 
 
+def test_fitted_max_length_keeps_99_percent_of_the_texts_whole_in_multiples_of_16(tiny):
+    from transformers import AutoTokenizer
+
+    from toolchain.data import Split, fitted_max_length
+
+    tok = AutoTokenizer.from_pretrained(tiny("bert"))
+    short = [" ".join(["a"] * 10)] * 99 + [" ".join(["a"] * 300)]  # 12 tokens with [CLS]/[SEP]; one of 302
+    length, why = fitted_max_length(tok, Split(short, np.zeros(100, dtype=np.int64)))
+    assert length == 16 and "99% are at most 12 tokens" in why  # the one long text is cut, not padded to
+    long = [" ".join(["a"] * n) for n in range(100, 700, 6)]
+    length, why = fitted_max_length(tok, Split(long, np.zeros(len(long), dtype=np.int64)), ceiling=512)
+    assert length == 512 and "capped at the model's 512 positions" in why
+    length, _ = fitted_max_length(tok, Split(long[:10], np.zeros(10, dtype=np.int64)))
+    assert length % 16 == 0 and length >= max(len(tok(t)["input_ids"]) for t in long[:9])
+
+
 def test_calibration_batches_are_single_examples_of_task_data(tiny):
     from transformers import AutoTokenizer
 

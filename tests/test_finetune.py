@@ -149,3 +149,15 @@ def test_the_same_seed_gives_the_same_model(tiny, tmp_path):
     a, b, c = weights(7, "a"), weights(7, "b"), weights(8, "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["classifier.weight"], c["classifier.weight"])
+
+
+def test_an_unset_max_length_is_fitted_to_the_training_texts_and_inherited(tiny, tmp_path):
+    """No max_length given and a model with no lineage: the teacher trains at the length that keeps its texts
+    whole (not a fixed 64 or 128 that cuts a user's long texts), and records it, so every later stage uses it."""
+    data = _dataset(tmp_path, n=20)
+    art = finetune(tiny("bert"), FinetuneConfig(data=str(data), epochs=1, batch_size=16), tmp_path / "out")
+    metrics = art.manifest.lineage[-1].metrics
+    assert art.max_length == metrics["max_length"] == 16 and "fitted to the 16 training texts" in metrics["max_length_why"]
+    assert art.manifest.lineage[-1].config["max_length"] is None  # the record keeps what was asked
+    again = finetune(art.path, FinetuneConfig(data=str(data), epochs=1, batch_size=16), tmp_path / "again")
+    assert again.max_length == 16 and "trained at" in again.manifest.lineage[-1].metrics["max_length_why"]
