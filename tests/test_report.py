@@ -178,6 +178,14 @@ def test_accuracy_has_its_interval_and_a_paired_verdict_against_the_original(tin
     assert rows["d"][headers.index("vs original")] == "+0.0 pt (not paired)"
     assert rows["a"][headers.index("95% interval")] == "0.774-0.824"
     assert report.recommended.name == "b"  # within the budget; c is 3 points below it
+    from toolchain.report import table
+
+    compact, short_headers = table(report, compact=True)  # the terminal's: what decides, ~110 columns
+    assert "95% interval" not in short_headers and not any("p90" in h or "throughput" in h for h in short_headers)
+    short = {r[1]: r for r in compact}
+    assert short["b"][short_headers.index("vs original")] == "-0.3 pt (p 0.51)"
+    assert short["c"][short_headers.index("vs original")] == "-3.0 pt, worse (p < 0.001)"
+    assert all(len(r) == len(short_headers) for r in compact)
     text = summary_of(report)
     assert "95% interval 0.771-0.821) vs 0.8000 for the original a, -0.3 pt, within noise (p 0.51)" in text
 

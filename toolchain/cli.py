@@ -696,7 +696,7 @@ def run_recipe(recipe, out, dry_run, force, quick, target, as_json):
     with output_lock(out):  # the report too: another run must not write the folder in between
         steps = run(r, out, force=force, echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
         report = write_report(out)
-    rows, headers = table(report)
+    rows, headers = table(report, compact=True)
     emit({"steps": steps, "report": as_dict(report)}, as_json,
          "\n" + format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n" + _where(report))
 
@@ -707,7 +707,7 @@ def _where(report) -> str:
     lines = [f"target: {report.target}"]
     lines += [f"quantized {r.name}: {r.int8}" for r in report.rows if r.int8]
     lines += [f"machine {label}: {_machine_line(m)}" for label, m in report.machines.items() if m]
-    lines += [f"report: {report.folder / 'report.html'} (and report.md)"]
+    lines += [f"report: {report.folder / 'report.html'} (and report.md: every column, 95% intervals, p90, throughput)"]
     lines += [f"bundle: {b} (check it: toolchain verify {b})" for b in report.bundles]
     return "\n".join(lines + [f"note: {n}" for n in report.notes])
 
@@ -724,7 +724,7 @@ def report_cmd(folder, other, as_json):
     from .report import as_dict, summary, table
 
     report = write_report(folder, list(other))
-    rows, headers = table(report)
+    rows, headers = table(report, compact=True)
     emit(as_dict(report), as_json, format_table(rows, headers) + "\n\n" + summary(report).replace("**", "") + "\n"
          + _where(report))
 

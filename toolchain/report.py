@@ -517,24 +517,27 @@ def _over_budget(report: Report) -> tuple[str, str] | None:
 # report.md and report.html all show these cells; toolchain/render.py lays them out)
 
 
-def table(report: Report) -> tuple[list[list], list[str]]:
-    """Rows and headers of the artifact table."""
+def table(report: Report, compact: bool = False) -> tuple[list[list], list[str]]:
+    """Rows and headers of the artifact table. `compact` (the terminal) keeps what decides, about 110
+    characters wide: no format, interval, p90 or throughput columns (report.md and .html have them)."""
     accuracy = report.metric == "accuracy"
-    headers = ["", "artifact", "stage", "format", report.metric]
-    headers += ["95% interval", "vs original"] if accuracy else []
+    headers = ["", "artifact", "stage"] + ([] if compact else ["format"]) + [report.metric]
+    headers += ([] if compact else ["95% interval"]) + ["vs original"] if accuracy else []
     headers += ["size MB", "size vs original"]
     mobile = _mobile(report)
     if mobile:
         headers.append(f"{report.target} EP nodes")
     for i, (machine, provider) in enumerate(report.groups):
         g = f"{machine}/{provider}"
-        headers += [f"{g} p50 ms", f"{g} p90 ms", f"{g} throughput"] + (["speed vs original"] if i == 0 else [])
+        headers += [f"{g} p50 ms"] + ([] if compact else [f"{g} p90 ms", f"{g} throughput"])
+        headers += ["speed vs original"] if i == 0 else []
     orig = report.original
     out = []
     for r in report.rows:
         mark = "★" if r is report.recommended else ("front" if r.pareto else "")
-        cells = [mark, r.name, r.stage, r.format, _quality(r.quality, report.metric)]
-        cells += [interval_text(r.ci95), vs_original_text(r, report)] if accuracy else []
+        cells = [mark, r.name, r.stage] + ([] if compact else [r.format]) + [_quality(r.quality, report.metric)]
+        cells += ([] if compact else [interval_text(r.ci95)]) + [vs_original_text(r, report, short=compact)] \
+            if accuracy else []
         cells += [_num(r.size_mb), times(orig.size_mb if orig else None, r.size_mb, "smaller", "larger")
                   if r is not orig else "original"]
         if mobile:
@@ -542,8 +545,9 @@ def table(report: Report) -> tuple[list[list], list[str]]:
             cells.append(f"{x['share']:.0%} ({x['partitions']} part.)" if x else "")
         for i, g in enumerate(report.groups):
             s = r.speed.get(g)
-            cells += [_num(s.p50_ms if s else None), _num(s.p90_ms if s else None),
-                      f"{_num(s.throughput)} {s.unit}" if s and s.throughput else ""]
+            cells += [_num(s.p50_ms if s else None)]
+            cells += [] if compact else [_num(s.p90_ms if s else None),
+                                         f"{_num(s.throughput)} {s.unit}" if s and s.throughput else ""]
             if i == 0:
                 base = orig.speed.get(g) if orig else None
                 cells.append("original" if r is orig else
@@ -552,8 +556,10 @@ def table(report: Report) -> tuple[list[list], list[str]]:
     if report.baseline is not None and accuracy:
         b = report.baseline
         ci = wilson(round(b["accuracy"] * b["n"]), b["n"]) if isinstance(b.get("n"), int) and b["n"] > 0 else None
-        out.append(["", f"baseline ({b['model']}, C={b['C']:g})", "baseline", "sklearn", _quality(b["accuracy"]),
-                    interval_text(ci)] + [""] * (len(headers) - 6))
+        name = f"TF-IDF baseline (C={b['C']:g})" if compact else f"baseline ({b['model']}, C={b['C']:g})"
+        cells = ["", name, "baseline"] + ([] if compact else ["sklearn"]) + [_quality(b["accuracy"])]
+        cells += [] if compact else [interval_text(ci)]
+        out.append(cells + [""] * (len(headers) - len(cells)))
     return out, headers
 
 
@@ -582,8 +588,9 @@ def interval_text(ci: tuple[float, float] | None) -> str:
     return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
 
 
-def vs_original_text(r: Row, report: Report) -> str:
-    """'-0.4 pt, within noise (p 0.52)': the difference in points, and what the paired test says of it."""
+def vs_original_text(r: Row, report: Report, short: bool = False) -> str:
+    """'-0.4 pt, within noise (p 0.52)': the difference in points, and what the paired test says of it
+    (`short`: '-0.4 pt (p 0.52)' when within noise)."""
     if r is report.original:
         return "original"
     v = r.vs_original
@@ -593,6 +600,8 @@ def vs_original_text(r: Row, report: Report) -> str:
     if v["p"] is None:
         return f"{diff} (not paired)"
     verdict = "within noise" if v["within_noise"] else ("worse" if v["diff"] < 0 else "better")
+    if short and v["within_noise"]:
+        return f"{diff} ({p_text(v['p'])})"
     return f"{diff}, {verdict} ({p_text(v['p'])})"
 
 
