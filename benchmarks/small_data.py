@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "models" / "minilm-rotten-tomatoes.yaml"
 SEED = 42
-STAGES = ("teacher", "student", "pruned", "trimmed", "int8-dynamic", "int8-static")
+STAGES = ("teacher", "student", "pruned", "trimmed", "int8-dynamic", "int8-static", "student-int8")
 
 
 def rt_1600() -> list[dict]:
@@ -167,16 +167,32 @@ def summarise(name: str, csv_path: Path, out: Path, baseline_only: bool = False)
         row["stages"][stage] = {"test": test and test["accuracy"], "n": test and test["n"], "validation": val,
                                 "schedule": sched,
                                 "train_seconds": m.get("train_seconds") or (m.get("train") or {}).get("wall_seconds")}
+        if stage == "teacher":
+            row["max_length"] = art.max_length  # fitted to the training texts unless the recipe pins it
+            row["max_length_why"] = m.get("max_length_why")
+    row["shipped"] = _shipped(out)
     return row
+
+
+def _shipped(out: Path) -> str | None:
+    """The artifact the run's report recommends (the one its bundle holds), or None when none is within budget."""
+    from toolchain.errors import ToolchainError
+    from toolchain.report import recommend
+
+    try:
+        return recommend(out)
+    except ToolchainError:
+        return None
 
 
 def markdown(rows: list[dict], machine: str) -> str:
     lines = ["# The default recipe on small data", "", machine, "",
              "Test accuracy at batch 1 (the recipe's evaluate step); Δ: points against the teacher. The baseline is",
              "TF-IDF (word 1-2 grams) + logistic regression, C chosen on validation, scored on the same test rows.", "",
-             "| dataset | rows (train/val/test) | baseline | teacher | student (Δ) | pruned (Δ) | trimmed (Δ) | "
-             "int8 dynamic (Δ) | int8 static (Δ) | teacher schedule | student schedule |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | rows (train/val/test) | max_length | baseline | teacher | student (Δ) | pruned (Δ) | "
+             "trimmed (Δ) | int8 dynamic (Δ) | int8 static (Δ) | student int8 (Δ) | shipped | teacher schedule | "
+             "student schedule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, c = r["stages"], r["rows"]
         teacher = (s.get("teacher") or {}).get("test")
@@ -192,9 +208,10 @@ def markdown(rows: list[dict], machine: str) -> str:
 
         base = r["baseline"]["accuracy"]
         lines.append(f"| {r['dataset']} | {c.get('train')}/{c.get('validation')}/{c.get('test')} | "
-                     f"{'' if base is None else f'{base:.4f}'} | {cell('teacher')} | {cell('student')} | "
-                     f"{cell('pruned')} | {cell('trimmed')} | {cell('int8-dynamic')} | {cell('int8-static')} | {sched('teacher')} | "
-                     f"{sched('student')} |")
+                     f"{r.get('max_length') or ''} | {'' if base is None else f'{base:.4f}'} | {cell('teacher')} | "
+                     f"{cell('student')} | {cell('pruned')} | {cell('trimmed')} | {cell('int8-dynamic')} | "
+                     f"{cell('int8-static')} | {cell('student-int8')} | {r.get('shipped') or 'nothing'} | "
+                     f"{sched('teacher')} | {sched('student')} |")
     if not any(r["stages"] for r in rows):
         lines += ["", "Baselines only (--baseline-only): no transformer was trained in this run."]
     return "\n".join(lines) + "\n"
