@@ -444,8 +444,8 @@ def fitted_max_length(tokenizer, split: Split, ceiling: int = 512) -> tuple[int,
     keeps 99% of its texts whole, at most `ceiling` (the model's positions).
 
     A fixed 64 or 128 is a guess about someone else's data: rotten-tomatoes reviews fit in 64 (99% are at
-    most 55 tokens), but a third of the 2016 debate statements are longer than 64, and cutting them lost the
-    teacher 13 points to a TF-IDF model that reads every word (docs/results.md, Small data).
+    most 55 tokens), but a third of the 2016 debate statements are longer than 64, and the teacher that read
+    them whole scored 4-8 points more (docs/results.md, Small data).
     """
     lengths = np.array([len(ids) for ids in tokenizer(split.texts, split.pairs, verbose=False)["input_ids"]])
     if not len(lengths):
