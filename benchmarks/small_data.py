@@ -238,6 +238,9 @@ def main() -> None:
     machine = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, torch on "
                f"{args.threads} thread(s); load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end "
                "(a shared machine: times are indicative).")
+    if args.no_train:  # nothing ran now: the figures are those of the runs in --work, whenever they were made
+        machine = (f"Summarised {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the runs in {args.work} "
+                   f"(--no-train: each artifact's manifest records when and where it was made).")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "small_data.json").write_text(json.dumps({"machine": machine, "datasets": rows}, indent=2,
                                                              default=str) + "\n")
