@@ -17,7 +17,10 @@ from .report import Report, ReportConfig, Row, _machine_line, collect, interval_
 
 # The mark of a file `report` wrote: one without it is the user's, and never replaced.
 MARK = "<!-- written by toolchain report; replaced on every run -->"
-COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728"]
+# tab10 without its orange (the recommended artifact's), then tab20b's dark tones: a recipe with a branch has 11+
+# artifacts, and a repeated colour makes two of them one in the legend.
+COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728",
+          "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a3"]
 RECOMMENDED = "#ff7f0e"
 
 
