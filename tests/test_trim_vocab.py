@@ -308,3 +308,35 @@ def test_max_vocab_left_free_by_the_training_text_is_filled_with_the_originally_
     assert extra == [i for i in free if not old_tok.convert_ids_to_tokens(i).startswith("[unused")][:3]
     unfilled = trimmed("bert", max_vocab=budget, fill=False).manifest.lineage[-1].metrics
     assert unfilled["vocab_after"] == plain["vocab_after"] and unfilled["kept"]["filled_by_original_rank"] == 0
+
+
+def test_alias_keeps_every_texts_pieces_and_survives_export_and_the_bundle(tiny, trimmed, reviews, tmp_path):
+    """--alias: dropped tokens stay in tokenizer.json, each pointing at its nearest kept row, so held-out text splits
+    as before; the later stages' save_pretrained (one string per id) must not lose them: export, fuse, int8 and the
+    bundle carry the file byte for byte, without a vocab.txt that could not hold it."""
+    from toolchain.modeling import aliased_tokenizer_json
+
+    art = trimmed("bert", alias=True)
+    m = art.manifest.lineage[-1].metrics
+    assert m["aliased"] == m["vocab_before"] - m["vocab_after"] > 0
+    assert aliased_tokenizer_json(art.path / "tokenizer.json") and not (art.path / "vocab.txt").exists()
+    old_tok, new_tok = _tokens(tiny("bert")), _tokens(art.path)
+    texts = [f"the {w} film" for w in UNSEEN]
+    assert [new_tok.tokenize(t) for t in texts] == [old_tok.tokenize(t) for t in texts]  # the same pieces
+    assert m["held_out"]["texts_changed_share"] == 0 and m["held_out"]["tokens_dropped_share"] > 0
+    ids = new_tok(texts[0])["input_ids"]
+    assert max(ids) < m["vocab_after"]  # every id is a row of the trimmed embedding
+    onnx_art = export(str(art.path), ExportConfig(), tmp_path / "onnx")
+    fused = optimize(str(onnx_art.path), OptimizeConfig(), tmp_path / "fused")
+    int8 = quantize(str(fused.path), QuantizeConfig(mode="dynamic"), tmp_path / "int8")
+    bundle = package(str(int8.path), PackageConfig(max_length=16), tmp_path / "bundle")
+    for folder in (onnx_art.path, fused.path, int8.path, bundle.path):
+        assert (folder / "tokenizer.json").read_bytes() == (art.path / "tokenizer.json").read_bytes(), folder
+        assert not (folder / "vocab.txt").exists()
+
+
+def test_alias_is_refused_for_a_causal_lm(tiny, lm_text, tmp_path):
+    from toolchain.errors import Unsupported
+
+    with pytest.raises(Unsupported, match="--alias"):
+        trim_vocab(str(tiny("gpt2")), TrimVocabConfig(data=str(lm_text), alias=True), tmp_path / "out")

@@ -43,7 +43,8 @@ from .config import config_to_dict, opt, resolve_max_length
 from .console import epoch_lines, say
 from .errors import BadModel, CheckFailed, DataError, RecipeError, Unsupported
 from .guard import writes_output
-from .modeling import ModelSource, infer_task, load_model, load_tokenizer, model_inputs, resolve_model, source_hash
+from .modeling import (ModelSource, infer_task, load_model, load_tokenizer, model_inputs, resolve_model, save_tokenizer,
+                       source_hash)
 from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE, best_epoch_callback
 from .search import SPACES
 
@@ -708,7 +709,7 @@ def write_student(source: ModelSource, cfg: DistillConfig, asked: dict, out, for
                         started=started) as o:  # the lineage times the whole stage, training included
         o.record.input_hash = source_hash(source)
         student.save_pretrained(o.folder, safe_serialization=True)
-        tokenizer.save_pretrained(o.folder)
+        save_tokenizer(tokenizer, o.folder)
         runner = Runner(o.folder)  # the saved folder, loaded as any user would load it
         o.record.metrics.update(metrics)
         o.record.metrics["reload"] = check_reload(student, runner.model, task, data, tokenizer)

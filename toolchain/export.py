@@ -15,7 +15,7 @@ from .artifact import TASKS, Artifact, check_output, write_artifact
 from .config import config_to_dict, opt
 from .errors import CheckFailed, Unsupported
 from .guard import writes_output
-from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
+from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, save_tokenizer, source_hash
 
 # Parity tolerances, as optimum's ATOL_FOR_VALIDATION: fp32 graph rewrites move logits by ~1e-6..1e-4;
 # deep decoders with 50k-wide logits accumulate more.
@@ -113,7 +113,7 @@ def export(src: str | Path | ModelSource, cfg: ExportConfig, out: str | Path, *,
         else:
             _optimum_export(model, o.folder, task, cfg)
         o.record.metrics["export_seconds"] = round(time.perf_counter() - started, 3)
-        tokenizer.save_pretrained(o.folder)
+        save_tokenizer(tokenizer, o.folder)  # an aliased tokenizer.json (trim-vocab --alias) verbatim
         model.config.save_pretrained(o.folder)
         relative = cfg.precision != "fp32"  # weight-only int8/int4: log-probabilities within a relative L2 error
         atol = cfg.atol or (DEFAULT_RTOL if relative else atol)

@@ -22,7 +22,7 @@ from .console import epoch_lines, say
 from .data import data_fingerprint, data_spec, fitted_max_length, load_classification, tokenize_split
 from .evaluate import Runner, eval_config, evaluate, result_key
 from .guard import writes_output
-from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, source_hash
+from .modeling import ModelSource, load_model, load_tokenizer, resolve_model, save_tokenizer, source_hash
 from .schedule import MAX_EPOCHS, MIN_STEPS, PATIENCE
 from .search import SPACES
 
@@ -112,7 +112,7 @@ def finetune(src: str | Path | ModelSource, cfg: FinetuneConfig, out: str | Path
                         parent=source.artifact, force=force, started=t0) as o:
         o.record.input_hash = source_hash(source)  # a plain folder too, so a recipe can tell it changed
         trainer.model.eval().save_pretrained(o.folder, safe_serialization=True)
-        tokenizer.save_pretrained(o.folder)
+        save_tokenizer(tokenizer, o.folder)
         o.record.metrics |= {"train_seconds": round(train_seconds, 1), "resumed": resume is not None,
                              "max_length": cfg.max_length, "max_length_why": length_why,
                              "started_fresh_because": fresh_because,

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,7 +380,31 @@ def load_tokenizer(src: ModelSource, *, trust_remote_code: bool = False):
     if tok.pad_token is None:
         # Decoder-only tokenizers ship without a pad token; padding positions are masked anyway.
         tok.pad_token = tok.eos_token
+    if src.local and aliased_tokenizer_json(Path(src.location) / "tokenizer.json"):
+        tok.aliased_tokenizer_json = Path(src.location) / "tokenizer.json"  # save_tokenizer carries it verbatim
     return tok
+
+
+def aliased_tokenizer_json(path: Path) -> bool:
+    """Whether a tokenizer.json maps several strings to one id (trim-vocab --alias)."""
+    if not path.is_file():
+        return False
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("vocab")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(vocab, dict) and len(set(vocab.values())) < len(vocab)
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """tokenizer.save_pretrained, except that an aliased tokenizer.json is copied byte for byte: `tokenizers`
+    writes one string per id, so a re-save would drop every alias and split text differently. Its vocab.txt
+    could not hold the aliases either (a line per id), so none is written beside it."""
+    tokenizer.save_pretrained(folder)
+    src = getattr(tokenizer, "aliased_tokenizer_json", None)
+    if src is not None:
+        shutil.copyfile(src, Path(folder) / "tokenizer.json")
+        (Path(folder) / "vocab.txt").unlink(missing_ok=True)
 
 
 def _raise_if_remote_code(src: ModelSource, exc: Exception) -> None:

@@ -24,7 +24,7 @@ from ..artifact import TASKS, Artifact, check_output, recovery_scratch, resumabl
 from ..config import config_to_dict, opt, resolve_max_length
 from ..errors import CheckFailed, DataError, Unsupported
 from ..guard import writes_output
-from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
+from ..modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, save_tokenizer, source_hash
 
 # Both checks run in float64, where summing the same terms in another order (a narrower GEMM, a
 # different attention kernel) moves outputs by ~1e-12: anything near these tolerances is a real bug.
@@ -299,7 +299,7 @@ def _outputs(model, tokenizer) -> dict:
 def _save_and_reload(model, tokenizer, folder: Path, task: str) -> dict:
     """Save the pruned model, load it back through the toolchain's loader, and demand the same outputs."""
     model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
     reloaded = load_model(ModelSource(str(folder), str(folder), local=True), task)
     return _check(model, reloaded, tokenizer, RELOAD_ATOL, "saved and reloaded pruned model")
 
