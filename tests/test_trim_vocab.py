@@ -335,6 +335,23 @@ def test_alias_keeps_every_texts_pieces_and_survives_export_and_the_bundle(tiny,
         assert not (folder / "vocab.txt").exists()
 
 
+def test_alias_keeps_a_byte_level_bpe_classifiers_pieces(tiny, trimmed):
+    art = trimmed("roberta", alias=True)
+    m = art.manifest.lineage[-1].metrics
+    assert m["aliased"] > 0 and m["held_out"]["texts_changed_share"] == 0
+    old_tok, new_tok = _tokens(tiny("roberta")), _tokens(art.path)
+    texts = [f"the {w} film" for w in UNSEEN] + ["Zürich, quite brilliant"]
+    # BPE names a token by its id, and an aliased id has several names: compare ids, each old token's string
+    # looked up in the new vocabulary (the same merges, so the same pieces)
+    string_of = {i: t for t, i in old_tok.backend_tokenizer.get_vocab().items()}
+    new_vocab = new_tok.backend_tokenizer.get_vocab()
+    for t in texts:
+        old_ids = old_tok(t, add_special_tokens=False)["input_ids"]
+        assert new_tok(t, add_special_tokens=False)["input_ids"] == [new_vocab[string_of[i]] for i in old_ids]
+    assert max(max(new_tok(t)["input_ids"]) for t in texts) < m["vocab_after"]
+    assert not any((art.path / f).exists() for f in ("vocab.json", "merges.txt"))
+
+
 def test_alias_is_refused_for_a_causal_lm(tiny, lm_text, tmp_path):
     from toolchain.errors import Unsupported
 

@@ -404,7 +404,8 @@ def save_tokenizer(tokenizer, folder: str | Path) -> None:
     src = getattr(tokenizer, "aliased_tokenizer_json", None)
     if src is not None:
         shutil.copyfile(src, Path(folder) / "tokenizer.json")
-        (Path(folder) / "vocab.txt").unlink(missing_ok=True)
+        for stale in ("vocab.txt", "vocab.json", "merges.txt"):
+            (Path(folder) / stale).unlink(missing_ok=True)
 
 
 def _raise_if_remote_code(src: ModelSource, exc: Exception) -> None:

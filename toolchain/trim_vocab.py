@@ -55,7 +55,7 @@ class TrimVocabConfig:
     max_length: int | None = None  # tokens per example when measuring accuracy before and after
     eval_batch_size: int = opt(32, "Batch size when scoring before and after.")
     max_eval_samples: int | None = opt(None, "Score only the first N held-out examples (causal LMs: tokens).")
-    alias: bool = opt(False, "WordPiece classifiers: keep every dropped token in tokenizer.json, pointing at the kept "
+    alias: bool = opt(False, "Classifiers: keep every dropped token in tokenizer.json, pointing at the kept "
                              "row nearest its embedding (cosine), so any text splits into the same pieces as before.")
     recover: bool = opt(False, "Then distil the trimmed classifier from the untrimmed one on the training text (each "
                                "model reading its own tokens) to win back what the dropped tokens cost.")
@@ -137,7 +137,8 @@ def _trim(source: ModelSource, cfg: TrimVocabConfig, task: str, asked: dict, out
         before = _score(model, tokenizer, text, task, cfg)
         new_spec = rewrite_tokenizer(spec, keep)
         aliases = _aliases(spec, keep, model.get_input_embeddings().weight.detach().numpy()) if cfg.alias else {}
-        new_tok = _save_tokenizer(tokenizer, new_spec, keep, o.folder, aliases)
+        merges = spec["model"].get("merges") if aliases else None  # BPE: with every token aliased, every merge stays
+        new_tok = _save_tokenizer(tokenizer, new_spec, keep, o.folder, aliases, merges)
         params_before = _params(model)
         shrink_embeddings(model, keep)
         model.save_pretrained(o.folder, safe_serialization=True)
@@ -341,9 +342,6 @@ def _aliases(spec: dict, keep: list[int], embedding) -> dict[str, int]:
     re-splitting half of them (benchmarks/trim_alias.py)."""
     import numpy as np
 
-    if spec["model"]["type"] != "WordPiece":
-        raise Unsupported(f"trim-vocab --alias is for WordPiece tokenizers; this one is {spec['model']['type']}",
-                          "drop --alias")
     unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
     rows = unit[keep]
     kept = set(keep)
@@ -374,7 +372,8 @@ def _remap_ids(node, new_id: dict[int, int]) -> None:
             _remap_ids(child, new_id)
 
 
-def _save_tokenizer(tokenizer, spec: dict, keep: list[int], folder: Path, aliases: dict[str, int] | None = None):
+def _save_tokenizer(tokenizer, spec: dict, keep: list[int], folder: Path, aliases: dict[str, int] | None = None,
+                    merges: list | None = None):
     """Save a tokenizer of the same class around the rewritten tokenizer.json, and load it back. `aliases`
     (dropped token -> kept id) go into tokenizer.json as written here; `tokenizers` itself would keep one string
     per id, so that file is written as JSON and vocab.txt (a line per id) is not written."""
@@ -399,8 +398,11 @@ def _save_tokenizer(tokenizer, spec: dict, keep: list[int], folder: Path, aliase
     if aliases:
         spec = json.loads(json.dumps(spec))
         spec["model"]["vocab"] |= aliases
+        if merges is not None:  # BPE: the original merges, so every word merges as before
+            spec["model"]["merges"] = merges
         (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-        (folder / "vocab.txt").unlink(missing_ok=True)
+        for stale in ("vocab.txt", "vocab.json", "merges.txt"):  # one line per id: they cannot hold aliases
+            (folder / stale).unlink(missing_ok=True)
         with quiet_transformers():
             new = AutoTokenizer.from_pretrained(folder)
         new.aliased_tokenizer_json = folder / "tokenizer.json"
