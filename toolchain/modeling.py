@@ -380,9 +380,11 @@ def load_tokenizer(src: ModelSource, *, trust_remote_code: bool = False):
     if tok.pad_token is None:
         # Decoder-only tokenizers ship without a pad token; padding positions are masked anyway.
         tok.pad_token = tok.eos_token
-    if src.local and aliased_tokenizer_json(Path(src.location) / "tokenizer.json"):
-        tok.aliased_tokenizer_json = Path(src.location) / "tokenizer.json"  # save_tokenizer carries it verbatim
     return tok
+
+
+# A slow tokenizer's vocabulary files: one line (or entry) per id, so they cannot hold trim-vocab's aliases.
+SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt")
 
 
 def aliased_tokenizer_json(path: Path) -> bool:
@@ -397,14 +399,14 @@ def aliased_tokenizer_json(path: Path) -> bool:
 
 
 def save_tokenizer(tokenizer, folder: str | Path) -> None:
-    """tokenizer.save_pretrained, except that an aliased tokenizer.json is copied byte for byte: `tokenizers`
-    writes one string per id, so a re-save would drop every alias and split text differently. Its vocab.txt
-    could not hold the aliases either (a line per id), so none is written beside it."""
+    """tokenizer.save_pretrained, except that an aliased tokenizer.json (the folder the tokenizer was loaded from)
+    is copied byte for byte: `tokenizers` writes one string per id, so a re-save would drop every alias and split
+    text differently. Nor are the slow tokenizer's files written beside it (SLOW_TOKENIZER_FILES)."""
     tokenizer.save_pretrained(folder)
-    src = getattr(tokenizer, "aliased_tokenizer_json", None)
-    if src is not None:
-        shutil.copyfile(src, Path(folder) / "tokenizer.json")
-        for stale in ("vocab.txt", "vocab.json", "merges.txt"):
+    src, dst = Path(tokenizer.name_or_path) / "tokenizer.json", Path(folder) / "tokenizer.json"
+    if aliased_tokenizer_json(src) and src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
+        for stale in SLOW_TOKENIZER_FILES:
             (Path(folder) / stale).unlink(missing_ok=True)
 
 

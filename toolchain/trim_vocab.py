@@ -380,11 +380,11 @@ def _save_tokenizer(tokenizer, spec: dict, keep: list[int], folder: Path, aliase
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from .modeling import quiet_transformers
+    from .modeling import SLOW_TOKENIZER_FILES, quiet_transformers
 
     new_id = {old: new for new, old in enumerate(keep)}
     tokenizer.save_pretrained(folder)
-    for stale in ("vocab.txt", "vocab.json", "merges.txt"):  # the slow files would hold the old ids
+    for stale in SLOW_TOKENIZER_FILES:  # the slow files would hold the old ids
         (folder / stale).unlink(missing_ok=True)
     Tokenizer.from_str(json.dumps(spec)).save(str(folder / "tokenizer.json"))
     cfg_path = folder / "tokenizer_config.json"
@@ -401,11 +401,10 @@ def _save_tokenizer(tokenizer, spec: dict, keep: list[int], folder: Path, aliase
         if merges is not None:  # BPE: the original merges, so every word merges as before
             spec["model"]["merges"] = merges
         (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-        for stale in ("vocab.txt", "vocab.json", "merges.txt"):  # one line per id: they cannot hold aliases
+        for stale in SLOW_TOKENIZER_FILES:  # one line per id: they cannot hold aliases
             (folder / stale).unlink(missing_ok=True)
         with quiet_transformers():
             new = AutoTokenizer.from_pretrained(folder)
-        new.aliased_tokenizer_json = folder / "tokenizer.json"
     if new.pad_token is None:
         new.pad_token = new.eos_token
     return new
@@ -512,21 +511,21 @@ def _held_out(old_tok, new_tok, keep: list[int], texts: list[str], aliases: dict
     and a text whose tokens were all kept tokenizes exactly as before (aliased: every text, dropped tokens
     reading their alias's row)."""
     new_id = {old: new for new, old in enumerate(keep)}
-    if aliases:  # an aliased id decodes to any of its strings: check the kept ones through the vocabulary
-        vocab = new_tok.backend_tokenizer.get_vocab()
+    if aliases:  # an aliased id decodes to any of its strings: check every string through the vocabulary
         old_vocab = old_tok.backend_tokenizer.get_vocab()
         new_id |= {old_vocab[t]: i for t, i in aliases.items()}
-        old_strings = new_strings = [None]
+        vocab = new_tok.backend_tokenizer.get_vocab()
         if any(vocab.get(t) != new_id[i] for t, i in old_vocab.items()):
             raise CheckFailed("the aliased tokenizer.json lost or moved a token",
                               "this is a toolchain bug for this tokenizer; please report it with the model")
     else:
         old_strings = old_tok.convert_ids_to_tokens(keep)
         new_strings = new_tok.convert_ids_to_tokens(list(range(len(keep))))
-    if old_strings != new_strings:
-        bad = next(i for i, (a, b) in enumerate(zip(old_strings, new_strings)) if a != b)
-        raise CheckFailed(f"trimmed id {bad} is {new_strings[bad]!r} but its embedding row is {old_strings[bad]!r}",
-                          "this is a toolchain bug for this tokenizer; please report it with the model")
+        if old_strings != new_strings:
+            bad = next(i for i, (a, b) in enumerate(zip(old_strings, new_strings)) if a != b)
+            raise CheckFailed(f"trimmed id {bad} is {new_strings[bad]!r} but its embedding row is "
+                              f"{old_strings[bad]!r}",
+                              "this is a toolchain bug for this tokenizer; please report it with the model")
     kept = set(keep)
     olds = old_tok(texts, add_special_tokens=False)["input_ids"]
     news = new_tok(texts, add_special_tokens=False)["input_ids"]
