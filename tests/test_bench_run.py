@@ -1,5 +1,6 @@
 """Benchmarks end to end: real worker processes on the tiny models (a few seconds each)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from toolchain.bench.client import WorkerClient
 from toolchain.bench.peak import measured_peak
 from toolchain.bench.machine import machine_record, usable_cores
 from toolchain.bench.runner import worker_env
+from toolchain.bench.workload import TokenizerJson
 from toolchain.cli import main
 
 QUICK = dict(batch=(1, 2), seq=(8,), runs=3, warmup=1, block=2, peak=False)
@@ -86,6 +88,18 @@ def test_data_workload_pads_each_batch_to_its_longest_text(bert_onnx, tmp_path):
     row = bench([str(bert_onnx)], cfg)["rows"][0]
     assert row["status"] == "ok" and row["seq"] is None and row["workload"] == f"data={data}"
     assert 4 <= row["mean_padded_len"] < 128
+
+
+def test_a_sentence_pair_dataset_is_timed_on_both_texts(bert_onnx, tmp_path):
+    rows = [{"premise": "the film is good", "hypothesis": "it is " + "very " * 6 + "fine", "label": ["pos", "neg"][i % 2]}
+            for i in range(40)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = BenchConfig(batch=(2,), data=str(data), text_column="premise", runs=2, warmup=0, store=False, peak=False)
+    alone = bench([str(bert_onnx)], cfg)["rows"][0]["mean_padded_len"]
+    paired = bench([str(bert_onnx)], dataclasses.replace(cfg, pair_column="hypothesis"))["rows"][0]["mean_padded_len"]
+    both = TokenizerJson(bert_onnx, left_pad=False).encode([(rows[0]["premise"], rows[0]["hypothesis"])], 128)[0]
+    assert alone == 6 and paired == len(both) > alone  # [CLS] premise [SEP] hypothesis [SEP]
 
 
 def test_worker_survives_a_bad_request_and_measures_a_gemm_peak(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from toolchain.bundle_predict import BundleError, Predictor
 from toolchain.package import BUNDLE_FILE, PackageConfig, package
 
 
@@ -159,3 +160,52 @@ def test_generate_py_refuses_a_classifier_bundle(classifier, tmp_path):
 
     shutil.copy2(GENERATE, bundle / "generate.py")  # as if a classifier bundle carried one
     assert_refused(run(bundle, "generate.py", "a film"), 2, "text-classification", "use predict.py")
+
+
+@pytest.fixture(scope="module")
+def pair_classifier(tiny, tmp_path_factory):
+    """A tiny BERT fine-tuned on (premise, hypothesis) pairs, exported and packaged."""
+    from toolchain.export import ExportConfig, export
+    from toolchain.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("pairs")
+    rows = [f"the film is {'good' if i % 2 else 'bad'} {i},it is {'fine' if i % 3 else 'dull'},"
+            f"{'positive' if i % 2 else 'negative'}" for i in range(48)]
+    (root / "pairs.csv").write_text("premise,hypothesis,verdict\n" + "\n".join(rows) + "\n")
+    cfg = FinetuneConfig(data=str(root / "pairs.csv"), text_column="premise", pair_column="hypothesis",
+                         label_column="verdict", epochs=1, min_steps=0, batch_size=16, max_length=24)
+    model = finetune(tiny("bert"), cfg, root / "model")
+    onnx = export(model.path, ExportConfig(), root / "onnx")
+    return package(onnx.path, PackageConfig(mobile_check=False, ort_format=False), root / "bundle").path
+
+
+def test_a_sentence_pair_bundle_classifies_pairs_and_says_how_to_give_them(pair_classifier):
+    info = json.loads((pair_classifier / BUNDLE_FILE).read_text())
+    assert info["text_pair"] == ["premise", "hypothesis"]
+    assert len(info["smoke"]["pairs"]) == len(info["smoke"]["texts"])  # the smoke test runs pairs too
+    assert run(pair_classifier, "predict.py", "--smoke").returncode == 0
+    helped = out(run(pair_classifier, "predict.py", "--help"))
+    assert "pair of texts (premise, hypothesis)" in " ".join(helped.split())
+    assert "predict.py --file pairs.tsv" in (pair_classifier / "README.md").read_text()
+
+    direct = run(pair_classifier, "predict.py", "--json", "a good film", "it is fine", "a bad film", "it is dull")
+    assert direct.returncode == 0, err(direct)
+    rows = json.loads(out(direct))
+    assert [(r["text"], r["pair"]) for r in rows] == [("a good film", "it is fine"), ("a bad film", "it is dull")]
+    lines = run(pair_classifier, "predict.py", "--json", "-", stdin="a good film\tit is fine\na bad film\tit is dull\n")
+    assert json.loads(out(lines)) == rows
+    # both texts reach the model as BERT reads a pair (second segment typed 1), and a text alone is refused
+    p = Predictor(pair_classifier)
+    feeds = p.encode(["a good film"], ["it is fine"])
+    assert feeds["token_type_ids"].max() == 1 and (feeds["input_ids"] == p.tokenizer.token_to_id("[SEP]")).sum() == 2
+    with pytest.raises(BundleError, match="pairs of texts"):
+        p.classify(["a good film"])
+
+
+@pytest.mark.parametrize("args, stdin, code, words", [
+    (["a good film", "it is fine", "a bad film"], None, 2, ["3 text(s)", "two at a time"]),
+    (["-"], "a good film\n", 5, ["line 1 is not a pair", "premise<TAB>hypothesis"]),
+    (["-"], "a good film\t \n", 5, ["line 1 is not a pair"]),
+])
+def test_a_sentence_pair_bundle_refuses_a_text_without_its_pair(pair_classifier, args, stdin, code, words):
+    assert_refused(run(pair_classifier, "predict.py", *args, stdin=stdin), code, *words)

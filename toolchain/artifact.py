@@ -220,6 +220,16 @@ class Artifact:
         return None
 
     @property
+    def text_columns(self) -> tuple[str, str] | None:
+        """(text column, pair column) when this model was trained on sentence pairs (NLI, paraphrase), else None:
+        the latest step of its lineage that read a pair column names them."""
+        for record in reversed(self.manifest.lineage):
+            pair = record.config.get("pair_column")
+            if isinstance(pair, str) and pair:
+                return str(record.config.get("text_column") or "text"), pair
+        return None
+
+    @property
     def onnx_path(self) -> Path:
         return self.path / "model.onnx"
 

@@ -2,6 +2,8 @@
 
     python predict.py "A charming, moving film." "A waste of two hours."   # classifier: label + probabilities
     cat reviews.txt | python predict.py -          # one text per line from stdin (or --file reviews.txt)
+    python predict.py "A man sleeps." "A person rests."   # a sentence-pair classifier: (text, pair) two at a time
+    python predict.py --file pairs.tsv             # ... or one pair a line, text<TAB>pair
     python predict.py --tokens 20 "To be, or not to be"                     # causal LM: greedy continuation
     python predict.py --model model.ort --json "..."                        # the ORT-format model, JSON out
     python predict.py --smoke                  # this machine gives the outputs stored in bundle.json (exit 1 if not)
@@ -59,9 +61,10 @@ class Predictor:
         shape = self.inputs["input_ids"].shape if "input_ids" in self.inputs else []
         self.fixed_length = shape[1] if len(shape) == 2 and all(isinstance(d, int) for d in shape) else None
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Token ids, attention mask and token types, right-padded to the longest text (or the fixed length)."""
-        encs = self.tokenizer.encode_batch(list(texts))
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Token ids, attention mask and token types, right-padded to the longest text (or the fixed length);
+        with `pairs`, each text and its pair as one input ([CLS] text [SEP] pair [SEP] for BERT)."""
+        encs = self.tokenizer.encode_batch(list(zip(texts, pairs)) if pairs is not None else list(texts))
         width = self.fixed_length or max(len(e.ids) for e in encs)
         pad = self.info.get("pad_token_id") or 0
         batch = {"input_ids": np.full((len(encs), width), pad, dtype=np.int64),
@@ -81,14 +84,20 @@ class Predictor:
         rows = [self.session.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
         return {name: np.concatenate([r[j] for r in rows]) for j, name in enumerate(self.outputs)}
 
-    def classify(self, texts: list[str]) -> list[dict]:
-        """Label and probability of every label for each text."""
-        logits = self.run(self.encode(texts))["logits"].astype(np.float64)
+    def classify(self, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+        """Label and probability of every label for each text (and its pair, for sentence-pair models)."""
+        if self.info.get("text_pair") and pairs is None:
+            raise BundleError("this model classifies pairs of texts: a text alone is not its input",
+                              "give each text with its pair (classify(texts, pairs))", "usage")
+        logits = self.run(self.encode(texts, pairs))["logits"].astype(np.float64)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         labels = self.info.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[-1])]
-        return [{"text": t, "label": labels[int(p.argmax())], "probabilities": dict(zip(labels, map(float, p))),
-                 "logits": [float(v) for v in row]} for t, p, row in zip(texts, probs, logits)]
+        out = [{"text": t, "label": labels[int(p.argmax())], "probabilities": dict(zip(labels, map(float, p))),
+                "logits": [float(v) for v in row]} for t, p, row in zip(texts, probs, logits)]
+        for row, pair in zip(out, pairs or []):
+            row["pair"] = pair
+        return out
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled last hidden state per text (feature-extraction models)."""
@@ -155,7 +164,7 @@ def smoke_diff(p: Predictor, smoke: dict) -> tuple[float, str]:
     greedy tokens differ, with the token where they part."""
     texts, task = smoke["texts"], p.info["task"]
     if task == "text-classification":
-        got = np.array([r["logits"] for r in p.classify(texts)])
+        got = np.array([r["logits"] for r in p.classify(texts, smoke.get("pairs"))])
         return float(np.abs(got - np.array(smoke["logits"])).max()), ""
     if task == "text-generation":
         want = smoke["token_ids"]
@@ -275,6 +284,22 @@ def read_texts(texts: list[str], file: str | None, stdin=None) -> list[str]:
     return lines
 
 
+def split_pairs(texts: list[str], from_lines: bool, columns: list[str]) -> tuple[list[str], list[str]]:
+    """(texts, pairs) for a sentence-pair model: arguments two at a time, or lines as text<TAB>pair."""
+    first, second = columns
+    if from_lines:
+        rows = [t.split("\t", 1) for t in texts]
+        for i, row in enumerate(rows, 1):
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise BundleError(f"line {i} is not a pair: this model classifies ({first}, {second}) pairs",
+                                  f"write each line as {first}<TAB>{second}", "bad input")
+        return [r[0] for r in rows], [r[1] for r in rows]
+    if len(texts) % 2:
+        raise BundleError(f"{len(texts)} text(s) given: this model classifies ({first}, {second}) pairs",
+                          "give the texts two at a time: TEXT PAIR [TEXT PAIR ...]", "usage")
+    return texts[0::2], texts[1::2]
+
+
 def _lines_of(file: str) -> list[str]:
     path = pathlib.Path(file)
     if not path.is_file():
@@ -301,8 +326,12 @@ def describe(info: dict) -> str:
              f"{TASK_WORDS.get(task, 'run')} it with onnxruntime, tokenizers and numpy only."]
     if info.get("labels"):
         lines.append(f"Labels: {', '.join(map(str, info['labels']))}.")
+    if info.get("text_pair"):
+        first, second = info["text_pair"]
+        lines.append(f"Each input is a pair of texts ({first}, {second}): give them two at a time, or one pair a "
+                     "line as text<TAB>pair.")
     if info.get("max_length"):
-        lines.append(f"Each text is cut to {info['max_length']} tokens.")
+        lines.append(f"Each {'pair' if info.get('text_pair') else 'text'} is cut to {info['max_length']} tokens.")
     target = (info.get("target") or {}).get("target")
     if target:
         lines.append(f"Built for {target}.")
@@ -318,8 +347,11 @@ def build_parser(info: dict | None) -> argparse.ArgumentParser:
                                      "Run this bundle's model on text (bundle.json is missing or unreadable).")
     what = {"text-classification": "texts to classify", "text-generation": "the prompt to continue (the "
             "words are joined)", "feature-extraction": "texts to embed"}.get(task, "texts to run")
-    parser.add_argument("texts", nargs="*", metavar="TEXT", help=f"{what}; - reads one text per line from stdin")
-    parser.add_argument("--file", metavar="F", help="read one text per line from F (UTF-8)")
+    per_line = "one text per line"
+    if (info or {}).get("text_pair"):
+        what, per_line = "text pairs to classify, two at a time (TEXT PAIR TEXT PAIR ...)", "one text<TAB>pair per line"
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help=f"{what}; - reads {per_line} from stdin")
+    parser.add_argument("--file", metavar="F", help=f"read {per_line} from F (UTF-8)")
     if task in (None, "text-generation"):
         parser.add_argument("--tokens", type=_positive, default=20, help="new tokens to generate (default 20)")
     parser.add_argument("--model", default="model.onnx", help=f"the model file: {' or '.join(model_files(info))}")
@@ -341,12 +373,13 @@ def _positive(value: str) -> int:
     return int(value)
 
 
-def run_task(p: Predictor, texts: list[str], tokens: int) -> tuple[list, list[str]]:
-    """(JSON-able results, text lines) of this bundle's task on `texts`."""
+def run_task(p: Predictor, texts: list[str], tokens: int, pairs: list[str] | None = None) -> tuple[list, list[str]]:
+    """(JSON-able results, text lines) of this bundle's task on `texts` (and their `pairs`)."""
     task = p.info["task"]
     if task == "text-classification":
-        out = p.classify(texts)
-        return out, [f"{r['label']}\t{r['probabilities'][r['label']]:.3f}\t{r['text']}" for r in out]
+        out = p.classify(texts, pairs)
+        return out, ["\t".join([r["label"], f"{r['probabilities'][r['label']]:.3f}", r["text"]]
+                               + ([r["pair"]] if "pair" in r else [])) for r in out]
     if task == "text-generation":
         out = [p.generate(t, tokens) for t in texts]
         return out, [r["prompt"] + r["text"] for r in out]
@@ -389,8 +422,11 @@ def _main(args: argparse.Namespace, info: dict) -> int:
     texts = read_texts(args.texts, args.file)
     if info["task"] == "text-generation" and args.texts and args.texts != ["-"]:
         texts = [" ".join(texts)]  # the words of one prompt, as a shell splits them
+    pairs = None
+    if info["task"] == "text-classification" and info.get("text_pair"):
+        texts, pairs = split_pairs(texts, args.file is not None or args.texts == ["-"], info["text_pair"])
     p = open_predictor(HERE, args.model, args.threads)
-    out, lines = run_task(p, texts, getattr(args, "tokens", 20))
+    out, lines = run_task(p, texts, getattr(args, "tokens", 20), pairs)
     print(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0
 

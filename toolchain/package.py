@@ -205,6 +205,8 @@ def describe(folder: Path, art: Artifact, cfg: PackageConfig) -> dict:
     return {
         "format": "toolchain.bundle", "schema_version": BUNDLE_SCHEMA, "task": art.task,
         "model_type": art.manifest.model_type, "labels": labels, "max_length": cfg.max_length,
+        # sentence-pair classifiers (NLI, paraphrase): predict.py takes (text, pair) and says which column is which
+        "text_pair": list(art.text_columns) if art.task == "text-classification" and art.text_columns else None,
         "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
         "onnx": {"opsets": opsets, "ir_version": model.ir_version, "producer": f"{model.producer_name} "
                  f"{model.producer_version}".strip(), "inputs": _signature(session.get_inputs()),
@@ -478,7 +480,10 @@ def reference_outputs(art: Artifact, cfg: PackageConfig, info: dict) -> dict:
     smoke = {"atol": cfg.atol, "texts": list(cfg.smoke_texts)}
     if art.task == "text-generation":
         return smoke | reference_generation(runner, cfg.smoke_texts[0], cfg.generate_tokens, info["eos_token_id"])
-    enc = runner.tokenizer(list(cfg.smoke_texts), padding=True, truncation=True, max_length=cfg.max_length,
+    pairs = None
+    if info.get("text_pair"):  # each smoke text paired with the next one
+        pairs = smoke["pairs"] = list(cfg.smoke_texts[1:] + cfg.smoke_texts[:1])
+    enc = runner.tokenizer(list(cfg.smoke_texts), pairs, padding=True, truncation=True, max_length=cfg.max_length,
                            return_tensors="np")
     batch = {k: v.astype(np.int64) for k, v in enc.items()}
     if art.task == "text-classification":
@@ -578,8 +583,14 @@ def _readme(info: dict, name: str) -> str:
     example = ('python predict.py "A charming, moving film." "A waste of two hours."' if task == "text-classification"
                else 'python predict.py --tokens 20 "To be, or not to be"' if task == "text-generation"
                else 'python predict.py "some text"')
-    example += ("\n    python predict.py --file texts.txt   # one text per line; - reads them from stdin"
-                "\n    python predict.py --help             # this bundle's labels and options")
+    if info.get("text_pair"):  # a sentence-pair classifier: (text, pair) two at a time, or text<TAB>pair lines
+        first, second = info["text_pair"]
+        example = (f'python predict.py "A man is sleeping." "A person rests."   # ({first}, {second}) pairs, two '
+                   "at a time\n    python predict.py --file pairs.tsv   # one text<TAB>pair per line; - reads them "
+                   "from stdin")
+    else:
+        example += "\n    python predict.py --file texts.txt   # one text per line; - reads them from stdin"
+    example += "\n    python predict.py --help             # this bundle's labels and options"
     ort_line = ("- `model.ort` + `required_operators.config`: ORT format for a reduced build "
                 "(`--include_ops_by_config required_operators.config`), onnxruntime >= "
                 f"{info['min_onnxruntime'].get('model.ort')}\n" if "model.ort" in info["min_onnxruntime"] else "")

@@ -176,7 +176,8 @@ class TokenizerJson:
                 return self.tok.token_to_id(token)
         return 0
 
-    def encode(self, texts: list[str], max_length: int) -> list[list[int]]:
+    def encode(self, texts: list, max_length: int) -> list[list[int]]:
+        """Token ids of each text (or (text, pair) tuple: both segments, as the model reads them), cut to max_length."""
         return [e.ids[:max_length] for e in self.tok.encode_batch(texts)]
 
     def pad(self, rows: list[list[int]], length: int | None = None) -> dict[str, list[list[int]]]:
@@ -209,8 +210,9 @@ def data_workload(tok: TokenizerJson, texts: list[str], name: str, batch: int, m
     return Workload(f"data={name}", batch, None, batches)
 
 
-def data_texts(cfg) -> list[str]:
-    """Texts of a dataset's test split (classification data) or the lines of plain text (hamlet, .txt).
+def data_texts(cfg) -> list:
+    """Texts of a dataset's test split (classification data; (text, pair) tuples for sentence-pair data, so a
+    pair model is timed on what it reads) or the lines of plain text (hamlet, .txt).
 
     `cfg`: a BenchConfig (its data and column fields), or a data source name.
     """
@@ -221,7 +223,8 @@ def data_texts(cfg) -> list[str]:
         lines = [line.strip() for line in load_text(source).splitlines()]
         texts = [line for line in lines if len(line.split()) >= 4]  # verse and prose, not speaker names
     else:
-        texts = load_classification(source if isinstance(cfg, str) else data_spec(cfg)).split("test").texts
+        test = load_classification(source if isinstance(cfg, str) else data_spec(cfg)).split("test")
+        texts = list(zip(test.texts, test.pairs)) if test.pairs else test.texts
     if not texts:
         raise DataError(f"{source} has no texts to benchmark on", "pass a dataset with a test split")
     return texts
