@@ -83,11 +83,12 @@ def test_evaluate_scores_a_held_out_test_file_whole_and_says_how(tiny, tmp_path)
     assert "no train split" in r["baseline_skipped"] or "has none" in r["baseline_skipped"]
 
 
-def _default_recipe_on(model: Path, csv: Path, test: Path) -> dict:
+def _default_recipe_on(model: Path, csv: Path, test: Path, validation: Path) -> dict:
     """models/minilm-rotten-tomatoes.yaml with a tiny model, the user's columns and files, tiny budgets."""
     doc = yaml.safe_load((ROOT / "models" / "minilm-rotten-tomatoes.yaml").read_text())
     doc["model"] = str(model)
-    doc["data"] = {"source": str(csv), "test": str(test), "text_column": "body", "label_column": "topic"}
+    doc["data"] = {"source": str(csv), "validation": str(validation), "test": str(test), "text_column": "body",
+                   "label_column": "topic"}
     doc["report"]["accuracy_budget"] = 0.9
     doc.pop("quick")
     tweaks = {"teacher": {"epochs": 1, "batch_size": 8, "max_length": 16, "min_steps": 0},
@@ -104,17 +105,22 @@ def _default_recipe_on(model: Path, csv: Path, test: Path) -> dict:
 def test_every_stage_of_the_default_recipe_reads_the_users_columns_and_test_file(tiny, tmp_path):
     csv = _csv(tmp_path / "mine.csv", _rows(40))
     test = _csv(tmp_path / "held-out.csv", _rows(10, 40))
+    val = _csv(tmp_path / "dev.csv", _rows(8, 50))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(_default_recipe_on(tiny("bert"), csv, test)))
+    recipe.write_text(yaml.safe_dump(_default_recipe_on(tiny("bert"), csv, test, val)))
     result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
     teacher = Artifact.load(run / "teacher")
-    assert teacher.manifest.lineage[-1].metrics["splits"].startswith("files: train mine.csv, test held-out.csv")
+    assert teacher.manifest.lineage[-1].metrics["splits"].startswith(
+        "files: train mine.csv, validation dev.csv, test held-out.csv")
     for name in ("teacher", "student", "pruned", "int8-dynamic", "int8-static"):
         scored = Artifact.load(run / name).manifest.results["evaluate/held-out.csv/test"]
         assert scored["n"] == 10 and scored["config"]["text_column"] == "body"
     pruned = Artifact.load(run / "pruned").manifest.lineage[-1]
     assert pruned.config["label_column"] == "topic"
     assert pruned.metrics["recovery"]["config"]["text_column"] == "body"
+    assert pruned.metrics["recovery"]["config"]["validation_data"] == str(val)
+    trimmed = Artifact.load(run / "trimmed").manifest.lineage[-1]  # scored on the user's validation file, all of it
+    assert trimmed.config["validation_data"] == str(val) and trimmed.metrics["score_before"]["examples"] == 8
     assert Artifact.load(run / "bundle").verify() == []

@@ -47,6 +47,9 @@ class TrimVocabConfig:
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
+    validation_data: str | None = None  # the held-out split the accuracy is measured on, in a file of its own
+    test_data: str | None = None
+    split_column: str | None = "split"
     max_vocab: int | None = opt(None, "Keep at most N rows: specials and characters/bytes first, then the most "
                                       "frequent tokens of the training text.")
     min_count: int = opt(1, "Times a token must occur in the training text to be kept for itself.")
@@ -109,11 +112,12 @@ def trim_vocab(src: str | Path | ModelSource, cfg: TrimVocabConfig, out: str | P
     trimmed = (resumable(scratch, "trim-vocab", source_hash(source), asked)
                or _trim(source, cfg, task, asked, scratch, True, t0))
     from .distill import recover
+    from .evaluate import DATA_FIELDS
 
     cfg = resolve_max_length(cfg, source.artifact)
     recovered = recover(source, trimmed, out, force, data=_data_name(cfg, task), epochs=cfg.recover_epochs,
                         min_steps=cfg.recover_min_steps, max_length=cfg.max_length,
-                        text_column=cfg.text_column, label_column=cfg.label_column, pair_column=cfg.pair_column)
+                        **{k: getattr(cfg, k) for k in DATA_FIELDS})
     shutil.rmtree(scratch, ignore_errors=True)  # recovered: the trimmed model's record is in `out`'s lineage
     return recovered
 
@@ -175,14 +179,14 @@ class TaskText:
 
 def _texts(cfg: TrimVocabConfig, task: str) -> TaskText:
     """A classifier's train and validation splits, or plain text cut 90/10 at a line break."""
-    from .data import DataSpec, load_classification, load_text
+    from .data import data_spec, load_classification, load_text
 
     name = _data_name(cfg, task)
     if task == "text-generation":
         text = load_text(name)
         cut = text.rfind("\n", 0, int(len(text) * (1 - HELD_OUT_SHARE))) + 1 or int(len(text) * (1 - HELD_OUT_SHARE))
         return TaskText([line for line in text[:cut].splitlines() if line.strip()], [text[cut:]])
-    data = load_classification(DataSpec(name, cfg.text_column, cfg.label_column, cfg.pair_column))
+    data = load_classification(data_spec(cfg, name))  # the user's splits: only train texts choose the vocabulary
     train, val = data.split("train"), data.split("validation").subset(cfg.max_eval_samples)
     return TaskText(train.texts + (train.pairs or []), val.texts + (val.pairs or []), val, data.label_names)
 
