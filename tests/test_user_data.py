@@ -124,3 +124,19 @@ def test_every_stage_of_the_default_recipe_reads_the_users_columns_and_test_file
     trimmed = Artifact.load(run / "trimmed").manifest.lineage[-1]  # scored on the user's validation file, all of it
     assert trimmed.config["validation_data"] == str(val) and trimmed.metrics["score_before"]["examples"] == 8
     assert Artifact.load(run / "bundle").verify() == []
+
+
+def test_every_stage_that_reads_data_takes_every_field_of_the_data_block():
+    """A stage config without, say, split_column silently re-splits the user's file (trim-vocab did)."""
+    import dataclasses
+
+    from toolchain.evaluate import DATA_FIELDS
+    from toolchain.recipe import DATA_KEYS
+    from toolchain.stages import STAGES, stage
+
+    assert set(DATA_KEYS.values()) == {"data", *DATA_FIELDS}
+    readers = {name: {f.name for f in dataclasses.fields(stage(name).config)} for name in STAGES}
+    readers = {name: fields for name, fields in readers.items() if "data" in fields}
+    assert {"finetune", "distill", "prune", "trim-vocab", "quantize", "evaluate", "bench"} <= set(readers)
+    for name, fields in readers.items():
+        assert set(DATA_FIELDS) <= fields, f"{name} lacks {set(DATA_FIELDS) - fields}"
