@@ -274,3 +274,26 @@ def test_nothing_within_the_budget_is_said_plainly_with_the_best_and_its_gap(tin
     with pytest.raises(CheckFailed, match=r"the best, int8, has 0\.7300 \(-5\.0 points\)") as err:
         recommend(run, ReportConfig(original="teacher", accuracy_budget=0.02))
     assert "accuracy_budget" in err.value.fix and "2 points from the original teacher" in err.value.problem
+
+
+def test_latencies_within_the_speed_tie_go_to_the_smaller_file_then_the_better_one(tiny_onnx, tmp_path):
+    run = make_run(tiny_onnx, tmp_path / "run", {"orig": (0.85, 10.0), "fast": (0.845, 5.0), "close": (0.85, 5.1)})
+    report = collect(run, cfg=ReportConfig(original="orig", accuracy_budget=0.02))
+    assert report.recommended.name == "close"  # as small, 2% slower: a tie the more accurate wins
+    assert any("close is recommended over the fastest, fast" in n and "higher accuracy" in n for n in report.notes)
+    assert recommend(run, ReportConfig(original="orig", accuracy_budget=0.02, speed_tie=0)) == "fast"
+    # a smaller file wins a tie even against a more accurate one: what a device downloads and holds
+    from toolchain.quantize import QuantizeConfig, quantize
+
+    small = quantize(run / "orig", QuantizeConfig(mode="dynamic"), run / "small")
+    small.record_result("evaluate/rotten-tomatoes/test", {"accuracy": 0.84, "n": 100, "split": "test",
+                                                          "data": "rotten-tomatoes", "batch_size": 1})
+    small.record_result("bench/cpu/data-rotten-tomatoes", {"machine": MACHINE, "config": {},
+                                                           "rows": bench_rows("small", {1: 5.2, 8: 20.8})})
+    report = collect(run, cfg=ReportConfig(original="orig", accuracy_budget=0.02))
+    assert report.recommended.name == "small" and any("small is recommended" in n and "smaller" in n
+                                                      for n in report.notes)
+    assert collect(run, cfg=ReportConfig(original="orig", accuracy_budget=0.02, speed_tie=0.01)).recommended.name \
+        == "fast"
+    with pytest.raises(ValueError, match="speed_tie"):
+        ReportConfig(speed_tie=1.5)

@@ -65,7 +65,9 @@ def _legend(report: Report) -> list:
     cost = "p50 latency" if report.cost == "latency" else "model size"
     orig = report.original.name if report.original else "?"
     items = [[Strong("★"), f" recommended: on the Pareto front of {report.metric} against {cost}, within the budget "
-              f"of the original ({orig}), the lowest {cost} among ONNX artifacts (what a bundle holds). ",
+              f"of the original ({orig}), the lowest {cost} among ONNX artifacts (what a bundle holds)"
+              + (f"; p50s within {report.cfg.speed_tie:.0%} of it tie, and a tie goes to the smaller file, then the "
+                 f"better {report.metric}. " if report.cost == "latency" and report.cfg.speed_tie else ". "),
               Strong("front"), ": on the Pareto front."]]
     if report.metric == "accuracy":
         items.append("95% interval: the Wilson score interval of the accuracy over the test examples; two artifacts "

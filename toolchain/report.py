@@ -9,7 +9,8 @@ name). This module is the data: rows, intervals, paired tests, the recommendatio
 turns a Report into report.md (plots beside it as SVG) and a self-contained report.html.
 
 The recommended artifact: on the Pareto front of quality against latency (or file size where no
-latency was measured), within the accuracy budget of the original, the one with the lowest latency.
+latency was measured), within the accuracy budget of the original, the one with the lowest latency;
+latencies within `speed_tie` of it count as a tie, which the smaller file wins, then the better quality.
 """
 
 from __future__ import annotations
@@ -42,10 +43,15 @@ class ReportConfig:
     perplexity_budget: float = 0.05  # causal LMs: at most this relative perplexity increase over the original
     provider: str = "cpu"  # the execution provider whose latency ranks artifacts
     batch: int = 1  # the batch size whose latency ranks them: 1 is per-request serving
+    # Medians on a shared machine move by a few percent from run to run: latencies this close to the fastest's
+    # count as a tie, won by the smaller file (what a device downloads and holds), then the better quality.
+    speed_tie: float = 0.05
 
     def __post_init__(self):
         if not 0 <= self.accuracy_budget < 1 or not 0 <= self.perplexity_budget:
             raise ValueError("accuracy_budget must be in [0, 1) and perplexity_budget >= 0")
+        if not 0 <= self.speed_tie < 1:
+            raise ValueError("speed_tie must be in [0, 1): the fraction of the fastest p50 that counts as a tie")
         if self.batch < 1:
             raise ValueError("batch must be at least 1")
 
@@ -450,6 +456,26 @@ def _rank(report: Report) -> None:
         shippable = ready or shippable
     fits = [r for r in shippable if r.within_budget and not _dominated(r, shippable, loss, cost)]
     report.recommended = min(fits, key=lambda r: (cost(r), loss(r))) if fits else None
+    if report.recommended is not None and report.cost == "latency":
+        report.recommended = _break_tie(report, [r for r in shippable if r.within_budget], cost, loss)
+
+
+def _break_tie(report: Report, candidates: list[Row], cost, loss) -> Row:
+    """The fastest artifact, unless others within `speed_tie` of its latency (a tie: timing noise) are
+    smaller, or as small and better: then the smallest of them, the best of those; the run notes why."""
+    fastest, tol = report.recommended, report.cfg.speed_tie
+    size = lambda r: r.size_mb if r.size_mb else float("inf")  # noqa: E731
+    tied = [r for r in candidates if cost(r) <= cost(fastest) * (1 + tol)]
+    small = min(size(r) for r in tied)
+    pick = min((r for r in tied if size(r) <= small * (1 + tol)), key=lambda r: (loss(r), cost(r)))
+    if pick is not fastest:
+        why = (f"smaller ({pick.size_mb:.3g} MB against {fastest.size_mb:.3g})" if size(pick) < size(fastest) / (1 + tol)
+               else f"{'lower' if report.metric == 'perplexity' else 'higher'} {report.metric} "
+                    f"({_quality(pick.quality, report.metric)} against {_quality(fastest.quality, report.metric)})")
+        report.notes.append(f"{pick.name} is recommended over the fastest, {fastest.name}: their p50s "
+                            f"({cost(pick):.3g} and {cost(fastest):.3g} ms) are within {tol:.0%}, a tie on a shared "
+                            f"machine, and {pick.name} is {why} (report: speed_tie)")
+    return pick
 
 
 def _mobile(report: Report) -> bool:
