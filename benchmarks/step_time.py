@@ -65,10 +65,12 @@ class Clock(TrainerCallback):
         control.should_save = False
 
 with tempfile.TemporaryDirectory() as tmp:
-    trainer = _trainer(model, tok, data, cfg, __import__("pathlib").Path(tmp))
+    trainer, _ = _trainer(model, tok, data, cfg, __import__("pathlib").Path(tmp))
     trainer.args.eval_strategy = "no"
     trainer.args.save_strategy = "no"
     trainer.args.load_best_model_at_end = False
+    from transformers import EarlyStoppingCallback
+    trainer.remove_callback(EarlyStoppingCallback)  # it needs evaluation, which is off here
     clock = Clock()
     trainer.add_callback(clock)
     trainer.train()
