@@ -297,3 +297,14 @@ def test_latencies_within_the_speed_tie_go_to_the_smaller_file_then_the_better_o
         == "fast"
     with pytest.raises(ValueError, match="speed_tie"):
         ReportConfig(speed_tie=1.5)
+
+
+def test_a_bundle_that_holds_another_artifact_than_the_recommended_one_is_noted(tiny_onnx, tmp_path):
+    from toolchain.package import PackageConfig, package
+
+    run = make_run(tiny_onnx, tmp_path / "run", {"a": (0.85, 10.0), "b": (0.85, 5.0)})
+    package(run / "a", PackageConfig(mobile_check=False, ort_format=False), run / "bundle")
+    report = collect(run, cfg=ReportConfig(original="a"))
+    assert report.recommended.name == "b" and report.bundle_info[0].source == "a"
+    assert any("the bundle bundle holds a, while this report recommends b" in n and "--force" in n
+               for n in report.notes)

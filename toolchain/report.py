@@ -161,6 +161,12 @@ def collect(folder: str | Path, others: list[str | Path] = (), cfg: ReportConfig
     report.bundle_info = [_bundle(path, report.bundle_sources.get(path.name)) for path in report.bundles]
     _compare(report)
     _rank(report)
+    rec = report.recommended
+    for b in report.bundle_info:
+        if rec is not None and b.source and b.source != rec.name:  # a new budget or new timings since packaging
+            report.notes.append(f"the bundle {b.path.name} holds {b.source}, while this report recommends {rec.name}: "
+                                f"re-run the recipe (its package step follows the recommendation) or `toolchain "
+                                f"package {folder}/{rec.name} {folder}/{b.path.name} --force` to ship {rec.name}")
     return report
 
 
