@@ -40,7 +40,8 @@ def test_int4_replaces_every_weight_matmul_and_the_embedding(int4):
     assert wo.weight_matmuls(onnx.load(str(int4.onnx_path))) == {}  # no float weight left in a MatMul
     m = int4.manifest.lineage[-1].metrics
     assert m["settings"] == {"mode": "weight-only", "target": "host", "bits": 4, "block_size": 32, "algorithm": "rtn",
-                             "accuracy_level": 4, "symmetric": False, "op_types": ["MatMul", "Gather"]}
+                             "accuracy_level": 4, "symmetric": False, "op_types": ["MatMul", "Gather"],
+                             "bias_correction": False}
     assert m["weight_only"]["nodes"] == {"int4_matmul": LAYERS, "int8_matmul": 0, "float32_matmul": 0, "int4_gather": 1}
     assert m["size_bytes_after"] < m["size_bytes_before"]
     assert m["parity"]["rel_l2_diff"] < 0.5
@@ -353,3 +354,29 @@ def test_gptq_codes_are_reused_between_builds(monkeypatch):
     monkeypatch.setattr(wo, "gptq_codes", lambda *a, **k: pytest.fail("solved again"))
     second, _ = wo.build(model, spec, feeds=[{"x": x}], cache=cache)
     assert [t.raw_data for t in first.graph.initializer] == [t.raw_data for t in second.graph.initializer]
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+def test_bias_correction_takes_back_the_mean_of_the_rounding_error(tmp_path, algorithm):
+    model, w, x = _one_matmul()
+    x = x + np.linspace(-2.0, 2.0, x.shape[1], dtype=np.float32)  # channels with a mean, as LLM activations have
+    plain, with_bias = (wo.WeightOnlySpec(block_size=16, algorithm=algorithm, accuracy_level=1, op_types=("MatMul",),
+                                          bias_correction=on) for on in (False, True))
+    q, _ = wo.build(model, plain, feeds=[{"x": x}])
+    qb, notes = wo.build(model, with_bias, feeds=[{"x": x}])
+    node = next(n for n in qb.graph.node if n.op_type == "MatMulNBits")
+    assert notes["bias_correction"] == {"matmuls": 1, "samples": 1} and node.input[5] == "mm_Q4/bias_correction"
+    error, corrected = (x @ w - _run(q, x, tmp_path)).mean(axis=0), (x @ w - _run(qb, x, tmp_path)).mean(axis=0)
+    assert np.abs(corrected).max() < 1e-3 < np.abs(error).max()  # the mean error over the calibration rows is gone
+    assert np.linalg.norm(x @ w - _run(qb, x, tmp_path)) < np.linalg.norm(x @ w - _run(q, x, tmp_path))
+
+
+def test_bias_correction_through_the_stage_on_the_tiny_llama(tiny_onnx, tmp_path):
+    cfg = QuantizeConfig(mode="weight-only", bias_correction=True, data="hamlet", calibration_samples=4)
+    art = quantize(tiny_onnx("llama-past"), cfg, tmp_path / "bc")
+    m = art.manifest.lineage[-1].metrics
+    assert m["settings"]["bias_correction"] and m["weight_only"]["bias_correction"]["matmuls"] == LAYERS
+    assert m["calibration"]["samples"] == 4 and m["parity"]["per_output"]["logits"] < 0.05
+    assert all(len(n.input) == 6 for n in _nodes(art, "MatMulNBits"))
+    with pytest.raises(ValueError, match="bias_correction apply to --mode weight-only"):
+        QuantizeConfig(mode="dynamic", bias_correction=True)

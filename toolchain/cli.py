@@ -468,7 +468,8 @@ def _weight_only_report(artifact, art, m: dict) -> str:
     s, nodes = m["settings"], m["weight_only"]["nodes"]
     layers = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in nodes.items() if v)
     lines = [f"quantized {artifact} -> {art.onnx_path} (weight-only {s['bits']}-bit {s['algorithm']}, block {s['block_size']}, "
-             f"{'symmetric' if s['symmetric'] else 'asymmetric'}, accuracy level {s['accuracy_level']}) in {m['quantize_seconds']:.0f}s",
+             f"{'symmetric' if s['symmetric'] else 'asymmetric'}, accuracy level {s['accuracy_level']}"
+             f"{', bias-corrected' if s.get('bias_correction') else ''}) in {m['quantize_seconds']:.0f}s",
              f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "
              f"({m['size_ratio']:.2f}x smaller); layers: {layers}",
              f"parity vs float32: relative L2 error {m['parity']['rel_l2_diff']:.3g} on {m['parity']['worst_output']} "

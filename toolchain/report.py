@@ -290,7 +290,8 @@ def _row(name: str, art: Artifact, key: str | None) -> Row:
     settings = last.get("settings") or {}
     if row.stage == "quantize" and settings.get("mode") == "weight-only":
         row.int8 = (f"weight-only int{settings.get('bits')} ({settings.get('algorithm')}, blocks of "
-                    f"{settings.get('block_size')}, accuracy level {settings.get('accuracy_level')}), "
+                    f"{settings.get('block_size')}, accuracy level {settings.get('accuracy_level')}"
+                    f"{', bias-corrected' if settings.get('bias_correction') else ''}), "
                     f"target {settings.get('target', 'host')}")
     elif row.stage == "quantize" and settings:
         row.int8 = (f"{settings.get('mode')} int8, preset {settings.get('preset')} ({settings.get('activation_type')} "
