@@ -95,7 +95,7 @@ def unique_labels(targets: list[Target]) -> None:
 
 
 def _describe_onnx(t: Target) -> None:
-    from ..runtime import check_onnx_file, external_tensors
+    from ..runtime import check_onnx_file, onnx_file_bytes
 
     model = check_onnx_file(t.path / "model.onnx")
     t.onnx_inputs = [i.name for i in model.graph.input]
@@ -103,8 +103,7 @@ def _describe_onnx(t: Target) -> None:
     ops = {n.op_type for n in model.graph.node}
     fp16 = any(i.data_type == 10 for i in model.graph.initializer)  # TensorProto.FLOAT16
     t.precision = "int8" if ops & INT8_OPS else "fp16" if fp16 else "fp32"
-    extra = {e.value for tensor in external_tensors(model) for e in tensor.external_data if e.key == "location"}
-    t.file_bytes = (t.path / "model.onnx").stat().st_size + sum((t.path / f).stat().st_size for f in extra)
+    t.file_bytes = onnx_file_bytes(t.path / "model.onnx", model)
 
 
 def _describe_torch(t: Target) -> None:

@@ -558,20 +558,13 @@ def _budget(job: _Job):
     return loop.Budget(metric, parent_value, cfg.budget_limit), score
 
 
-def _onnx_bytes(path: Path) -> int:
-    """An ONNX file's size with the external data files its tensors name (a 539 MB LM is a 0.2 MB graph)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    files = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
-
-
 def _model_metrics(parent: Path, path: Path) -> dict:
     import onnx
 
     model = onnx.load(str(path))
-    before, after = _onnx_bytes(parent), _onnx_bytes(path)
+    from ..runtime import onnx_file_bytes
+
+    before, after = onnx_file_bytes(parent), onnx_file_bytes(path)
     return {"size_bytes_before": before, "size_bytes_after": after, "size_ratio": round(before / after, 2),
             "quantized_ops": graph.quantized_ops(model), "weights": graph.int8_weight_stats(model)}
 

@@ -506,13 +506,11 @@ def _hessians(model, tensors: list[str], feeds) -> dict[str, np.ndarray]:
     hold ~0.4 GB of them; gptq_codes works in float64)."""
     acc = {t: None for t in tensors}
     rows = 0
-    with _probe(model, tensors) as session:
-        for feed in feeds:
-            for t, v in zip(tensors, session.run(tensors, feed)):
-                x = np.asarray(v, dtype=np.float32).reshape(-1, v.shape[-1])
-                xtx = x.T @ x
-                acc[t] = xtx if acc[t] is None else acc[t] + xtx
-            rows += x.shape[0]
+    for values in _probed(model, tensors, feeds):
+        for t, x in values.items():
+            xtx = x.T @ x
+            acc[t] = xtx if acc[t] is None else acc[t] + xtx
+        rows += x.shape[0]
     return {t: h / max(rows, 1) for t, h in acc.items()}
 
 
@@ -740,14 +738,20 @@ def _probe(model, tensors: list[str]):
         yield make_session(path)
 
 
+def _probed(model, tensors: list[str], feeds: list[dict]):
+    """For each feed, {tensor: its float32 values as (tokens, channels)} for each of `tensors`."""
+    with _probe(model, tensors) as session:
+        for feed in feeds:
+            yield {t: np.asarray(v, dtype=np.float32).reshape(-1, np.shape(v)[-1])
+                   for t, v in zip(tensors, session.run(tensors, feed))}
+
+
 def activations(model, tensors: list[str], feeds: list[dict], rows: int = AWQ_ROWS) -> dict[str, np.ndarray]:
     """The float values of `tensors` on `feeds` as (tokens, channels), at most `rows` tokens each."""
     out: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    with _probe(model, tensors) as session:
-        for feed in feeds:
-            for t, v in zip(tensors, session.run(tensors, feed)):
-                v = np.asarray(v, dtype=np.float32)
-                out[t].append(v.reshape(-1, v.shape[-1]))
+    for values in _probed(model, tensors, feeds):
+        for t, x in values.items():
+            out[t].append(x)
     result = {}
     for t, parts in out.items():
         x = np.concatenate(parts)
@@ -759,12 +763,10 @@ def input_means(model, tensors: list[str], feeds: list[dict]) -> dict[str, np.nd
     """The mean over every token of every feed of each of `tensors` (per channel), in float64."""
     sums: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
-    with _probe(model, tensors) as session:
-        for feed in feeds:
-            for t, v in zip(tensors, session.run(tensors, feed)):
-                v = np.asarray(v, dtype=np.float64).reshape(-1, np.shape(v)[-1])
-                sums[t] = sums.get(t, 0.0) + v.sum(axis=0)
-                count[t] = count.get(t, 0) + len(v)
+    for values in _probed(model, tensors, feeds):
+        for t, x in values.items():
+            sums[t] = sums.get(t, 0.0) + x.sum(axis=0, dtype=np.float64)
+            count[t] = count.get(t, 0) + len(x)
     return {t: sums[t] / count[t] for t in tensors}
 
 
@@ -773,7 +775,7 @@ def correct_bias(model, source, feeds: list[dict], cache: dict | None = None) ->
     calibration feeds in the float graph `source`: the mean of the rounding error's effect, taken back at no
     cost (MatMulNBits adds a bias itself). The rest of the error, which varies with x, stays.
 
-    SmolLM2-135M on GenAI's graph (docs/results.md): RTN int4 +33.7% -> +24.0% perplexity, GPTQ +12.2% -> +11.2%.
+    SmolLM2-135M on GenAI's graph (docs/results.md): RTN int4 +33.7% -> +24.0% perplexity, GPTQ +12.2% -> +11.1%.
     """
     from onnx import numpy_helper
 
