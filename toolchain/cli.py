@@ -467,7 +467,8 @@ def _quantize_report(artifact, art, m: dict) -> str:
 def _weight_only_report(artifact, art, m: dict) -> str:
     s, nodes = m["settings"], m["weight_only"]["nodes"]
     layers = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in nodes.items() if v)
-    lines = [f"quantized {artifact} -> {art.onnx_path} (weight-only {s['bits']}-bit {s['algorithm']}, block {s['block_size']}, "
+    lines = [f"quantized {artifact} -> {art.onnx_path} (weight-only {s['bits']}-bit {s['algorithm']}"
+             f"{' act-order' if s.get('act_order') else ''}, block {s['block_size']}, "
              f"{'symmetric' if s['symmetric'] else 'asymmetric'}, accuracy level {s['accuracy_level']}"
              f"{', bias-corrected' if s.get('bias_correction') else ''}) in {m['quantize_seconds']:.0f}s",
              f"size {m['size_bytes_before'] / 1e6:.1f} MB -> {m['size_bytes_after'] / 1e6:.1f} MB "

@@ -289,7 +289,8 @@ def _row(name: str, art: Artifact, key: str | None) -> Row:
     row.readiness = last.get("readiness")
     settings = last.get("settings") or {}
     if row.stage == "quantize" and settings.get("mode") == "weight-only":
-        row.int8 = (f"weight-only int{settings.get('bits')} ({settings.get('algorithm')}, blocks of "
+        row.int8 = (f"weight-only int{settings.get('bits')} ({settings.get('algorithm')}"
+                    f"{' act-order' if settings.get('act_order') else ''}, blocks of "
                     f"{settings.get('block_size')}, accuracy level {settings.get('accuracy_level')}"
                     f"{', bias-corrected' if settings.get('bias_correction') else ''}), "
                     f"target {settings.get('target', 'host')}")

@@ -110,6 +110,9 @@ class QuantizeConfig:
     bias_correction: bool | None = opt(None, "Weight-only: add E[x] (W - W_quantized) as each MatMulNBits' bias, "
                                              "E[x] from the calibration text: the rounding error's mean, free at "
                                              "run time (when unset, off).")
+    act_order: bool | None = opt(None, "Weight-only gptq: quantize rows largest Hessian diagonal first, each "
+                                       "block's grid fitted beforehand (static groups: no g_idx, no run-time "
+                                       "cost) (when unset, on).")
     # Needs an unfused embedding (optimize with embed_layer_norm false).
     embedding_bits: int | None = opt(None, "Dynamic/static: embedding tables as 4-bit blocks (GatherBlockQuantized), "
                                            "MatMuls int8.", choices=(4,))
@@ -149,7 +152,7 @@ class QuantizeConfig:
 
     def _check_weight_only(self) -> None:
         own = {k: getattr(self, k) for k in ("bits", "block_size", "algorithm", "accuracy_level", "symmetric",
-                                             "bias_correction")}
+                                             "bias_correction", "act_order")}
         if self.mode != "weight-only":
             given = [k for k, v in own.items() if v is not None]
             if given:
@@ -160,6 +163,8 @@ class QuantizeConfig:
         given = [k for k, v in int8_only.items() if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} apply to int8 modes (dynamic, static), not weight-only")
+        if self.act_order is not None and self.algorithm != "gptq":
+            raise ValueError("act_order is GPTQ's row order: it applies to --algorithm gptq")
         if self.weight_only_spec.bits != 4 and self.budget_limit is not None:
             raise ValueError("the mixed-precision loop moves int4 layers to int8: give --bits 4 with a budget")
 
@@ -170,6 +175,8 @@ class QuantizeConfig:
         ops = self.op_types or ("MatMul", "Gather")
         given = {"block_size": self.block_size, "algorithm": self.algorithm, "accuracy_level": self.accuracy_level,
                  "symmetric": self.symmetric, "bias_correction": self.bias_correction}
+        if self.act_order is not None:
+            given["act_order"] = self.act_order
         return weight_only.WeightOnlySpec(bits=bits, op_types=tuple(ops), **{k: v for k, v in given.items() if v is not None})
 
     @property

@@ -65,6 +65,7 @@ class WeightOnlySpec:
     symmetric: bool = False  # asymmetric blocks fit skewed weight blocks better at 4 bits
     op_types: tuple[str, ...] = ("MatMul", "Gather")
     bias_correction: bool = False  # MatMulNBits' bias = E[x] (W - W_quantized): the error's mean, from calibration
+    act_order: bool = True  # gptq: rows by decreasing Hessian diagonal, grids fitted beforehand (no g_idx, no cost)
 
     def __post_init__(self):
         if self.bits not in BITS:
@@ -491,7 +492,8 @@ def _gptq(model, spec: WeightOnlySpec, nodes: set[str], feeds, cache: dict):
     for node in readers:
         if node.name not in cache:
             w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-            cache[node.name] = gptq_codes(w, hessians[node.input[0]], spec.block_size, spec.symmetric)
+            cache[node.name] = gptq_codes(w, hessians[node.input[0]], spec.block_size, spec.symmetric,
+                                          act_order=spec.act_order)
         codes, scales, zeros = cache[node.name]
         replaced[node.name] = _nbits_node(model, node, codes, scales, None if spec.symmetric else zeros, spec.block_size)
     for i, n in enumerate(model.graph.node):
@@ -515,30 +517,38 @@ def _hessians(model, tensors: list[str], feeds) -> dict[str, np.ndarray]:
 
 
 def gptq_codes(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool, percdamp: float = 0.01,
-               lazy: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               lazy: int = 128, act_order: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ of a (K, N) weight given the (K, K) Hessian of its input: (codes (K, N) uint8 in [0, 15],
     scales and zero points (K / block, N)); weight ~ (codes - zero) * scale, block by block along K.
-    Each block's grid is fitted to the rows as GPTQ has already updated them."""
+    Each block's grid is fitted to the rows as GPTQ has already updated them; with `act_order` the rows
+    go largest Hessian diagonal first and each block's grid is fitted to the original rows beforehand
+    ("static groups": the blocks stay contiguous along K, so MatMulNBits needs no g_idx)."""
     k, n = w.shape
     w, h = w.astype(np.float64), h.astype(np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[dead] = 0.0
+    blocks = (k + block - 1) // block
+    scales, zeros = np.zeros((blocks, n)), np.zeros((blocks, n))
+    order = np.arange(k)
+    if act_order:
+        for b in range(blocks):
+            scales[b], zeros[b] = _grid(w[b * block:(b + 1) * block], symmetric)
+        order = np.argsort(-np.diag(h), kind="stable")
+        w, h = w[order], h[np.ix_(order, order)]
     h[np.arange(k), np.arange(k)] += percdamp * float(np.mean(np.diag(h)))
     hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
     lazy = max(lazy // block, 1) * block  # a grid's rows never straddle two lazy batches
-    blocks = (k + block - 1) // block
     codes = np.zeros((k, n), dtype=np.uint8)
-    scales, zeros = np.zeros((blocks, n)), np.zeros((blocks, n))
     for i1 in range(0, k, lazy):
         i2 = min(i1 + lazy, k)
         w1, err = w[i1:i2].copy(), np.zeros((i2 - i1, n))
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            row = i1 + i
-            if row % block == 0:
-                scale, zero = _grid(w1[i:i + block], symmetric)
-                scales[row // block], zeros[row // block] = scale, zero
+            row = order[i1 + i]
+            if not act_order and row % block == 0:
+                scales[row // block], zeros[row // block] = _grid(w1[i:i + block], symmetric)
+            scale, zero = scales[row // block], zeros[row // block]
             q = np.clip(np.round(w1[i] / scale) + zero, 0, 15)
             codes[row] = q
             e = (w1[i] - (q - zero) * scale) / hinv1[i, i]
@@ -863,7 +873,11 @@ def sensitivity(float_model, quant_model, feeds: list[dict], nodes: set[str] | N
 
 
 def spec_dict(spec: WeightOnlySpec) -> dict:
-    return asdict(spec) | {"op_types": list(spec.op_types)}
+    """The settings a manifest records (act_order only where it means something: gptq)."""
+    d = asdict(spec) | {"op_types": list(spec.op_types)}
+    if spec.algorithm != "gptq":
+        del d["act_order"]
+    return d
 
 
 # --- the quantize stage's weight-only mode ------------------------------------------------------------
