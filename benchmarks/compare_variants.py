@@ -375,15 +375,15 @@ def lm_variants(lm: str, lm_run: Path | None, work: Path, quick: bool, echo, gen
 # int4: minmax keeps each block's minimum exactly, so the built-in's GGUF Q4_1 weights come back as they were
 # (hqq's float zero points ran ~70x slower in ORT 1.32's CPU kernel: not a decode contender). The tied head was
 # Q8_0 in the GGUF: "head int8" lets the loop's first round (the lowest output SQNR) put it at 8 bits. minmax's
-# extra nodes (the minima) cost decode speed; "gptq" is the int4 with GenAI's layout (integer zero points, no
-# extra node): act-order GPTQ with each layer's mean rounding error given back as its bias.
+# extra nodes (the minima) cost decode speed; "gptq" is int4 with integer zero points and no extra node, as GenAI's
+# int4 (act-order GPTQ; --bias-correction would add 0.05 perplexity points for ~3% of decode speed: docs/results.md).
 WEIGHT_ONLY = {"lm-wo-int8": ("toolchain weight-only int8", {"mode": "weight-only", "bits": 8}),
                "lm-wo-int4": ("toolchain weight-only int4", {"mode": "weight-only", "bits": 4, "algorithm": "minmax"}),
                "lm-wo-int4-head8": ("toolchain weight-only int4, head int8",
                                     {"mode": "weight-only", "bits": 4, "algorithm": "minmax",
                                      "max_perplexity_increase": 0.02, "max_eval_tokens": 1024, "max_iterations": 2}),
-               "lm-wo-int4-gptq": ("toolchain weight-only int4, gptq + bias correction",
-                                   {"mode": "weight-only", "bits": 4, "algorithm": "gptq", "bias_correction": True})}
+               "lm-wo-int4-gptq": ("toolchain weight-only int4, gptq",
+                                   {"mode": "weight-only", "bits": 4, "algorithm": "gptq"})}
 
 
 def weight_only_variant(base: Variant, key: str, name: str, settings: dict, out: Path, echo) -> Variant:

@@ -174,8 +174,9 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
         blocks = tuple(inits[head.input[1]].dims)[1]
         name = head.input[1]
         # The head's own scales, reshaped by a node (folded when the session loads): one copy in the file.
+        padded = blocks * attr["block_size"]  # a K that the block size does not divide is padded to whole blocks
         extra = [numpy_helper.from_array(np.array([vocab, blocks, 1], dtype=np.int64), f"{name}/gather_scales_shape"),
-                 numpy_helper.from_array(np.array([hidden], dtype=np.int64), f"{name}/gather_width")]
+                 numpy_helper.from_array(np.array([padded], dtype=np.int64), f"{name}/gather_width")]
         inputs = [name, None, f"{name}/gather_scales"]
         if zp is not None:
             zeros = numpy_helper.to_array(zp)
@@ -210,6 +211,12 @@ def share_tied_embeddings(model, tied: dict[str, str], row_scales: dict | None =
                 helper.make_node("Add", [f"{out}/blocks_q", f"{out}/offsets"], [f"{out}/blocks"],
                                  name=f"{gather_name}_shared/add_offsets")]
             new[1].output[0] = f"{out}/blocks_q"
+        if padded != hidden:  # the rows' padding off again
+            extra += [numpy_helper.from_array(np.array([v], dtype=np.int64), f"{name}/gather_{k}")
+                      for k, v in (("start", 0), ("end", hidden), ("axis", -1))]
+            new[-1].output[0] = f"{out}/padded"
+            new.append(helper.make_node("Slice", [f"{out}/padded"] + [f"{name}/gather_{k}" for k in ("start", "end", "axis")],
+                                        [out], name=f"{gather_name}_shared/unpad"))
         model.graph.initializer.extend(extra)
         at = list(model.graph.node).index(target)
         model.graph.node.remove(target)
