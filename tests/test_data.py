@@ -116,6 +116,20 @@ def test_calibration_batches_are_single_examples_of_task_data(tiny):
     assert len(text_cal) == 3 and all(b["input_ids"].shape == (1, 16) for b in text_cal)
 
 
+def test_text_calibration_never_reads_the_held_out_last_tenth():
+    """Perplexity on a text's last tenth is on text that no calibration (quantize, prune) saw."""
+    from toolchain.data import training_text
+
+    text = "a line of training text\n" * 90 + ("z" * 23 + "\n") * 10  # lines of equal length
+    assert training_text(text) == "a line of training text\n" * 90
+
+    def by_char(t):  # a tokenizer of one id per character
+        return {"input_ids": [ord(c) for c in t]}
+
+    windows = calibration_batches(by_char, text, n=50, max_length=16)
+    assert len(windows) == 50 and ord("z") not in np.concatenate([w["input_ids"][0] for w in windows])
+
+
 def test_hub_dataset_uses_its_validation_split_as_test(monkeypatch):
     import datasets
 

@@ -286,7 +286,7 @@ def test_cli_weight_only(tiny_onnx, tmp_path):
 
 
 def test_awq_folds_scales_into_norms_and_ranks_layers_in_the_scaled_space(tiny_onnx, tmp_path):
-    cfg = QuantizeConfig(mode="weight-only", algorithm="awq", data="hamlet", calibration_samples=8,
+    cfg = QuantizeConfig(mode="weight-only", algorithm="awq", data="hamlet", calibration_samples=16,
                          max_perplexity_increase=0.0, max_iterations=1, max_eval_tokens=256)
     with pytest.warns(UserWarning, match="budget not met"):
         art = quantize(tiny_onnx("llama-past"), cfg, tmp_path / "awq")
@@ -297,7 +297,7 @@ def test_awq_folds_scales_into_norms_and_ranks_layers_in_the_scaled_space(tiny_o
     assert awq["folded_into_norm"] + len(muls) == awq["scaled_inputs"]
     # x/s against sW: a layer compared in the wrong space would show ~0 dB, not 4-bit noise (~15-25 dB)
     assert min(r["sqnr_db"] for r in m["sensitivity"]) > 8
-    assert awq["folded_into_norm"] >= 1
+    assert awq["folded_into_norm"] >= 1  # (16 samples: with 8 of the text's first nine tenths no norm-fed input scaled)
 
 
 def test_a_tied_lm_head_reading_the_transposed_embedding_is_quantized(tmp_path):

@@ -403,6 +403,17 @@ def _from_hub(spec: DataSpec) -> ClassificationData:
     return data
 
 
+HELD_OUT_SHARE = 0.1  # plain text (LMs): the last tenth is held out; calibration and vocabulary read the rest
+
+
+def training_text(text: str) -> str:
+    """A plain text without its last tenth (cut at a line end): what calibration (quantize, prune) and
+    trim-vocab read, so that perplexity on the last tenth is on text none of them saw (distill holds out
+    the last tenth of its windows alike)."""
+    keep = int(len(text) * (1 - HELD_OUT_SHARE))
+    return text[:text.rfind("\n", 0, keep) + 1 or keep]
+
+
 def load_text(source: str = "hamlet") -> str:
     """Plain text for language-model perplexity: the built-in hamlet or a UTF-8 .txt file."""
     if source == "hamlet":
@@ -478,10 +489,11 @@ def calibration_batches(tokenizer, data: ClassificationData | str, n: int, max_l
                         split: str = "train") -> list[dict[str, np.ndarray]]:
     """`n` single-example batches of task data, the same for every stage that calibrates on them.
 
-    Classification data gives its first n examples of `split`; plain text gives n windows of text.
+    Classification data gives its first n examples of `split`; plain text gives n windows spread over its
+    training text (all but the last tenth, held out for perplexity).
     """
     if isinstance(data, str):
-        ids = tokenizer(data)["input_ids"]
+        ids = tokenizer(training_text(data) if split == "train" else data)["input_ids"]
         window = max_length
         starts = range(0, max(1, len(ids) - window), max(1, (len(ids) - window) // max(n, 1)))
         out = [{"input_ids": np.array([ids[s:s + window]], dtype=np.int64),

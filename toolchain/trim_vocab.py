@@ -33,7 +33,6 @@ from .guard import writes_output
 from .modeling import ModelSource, infer_task, load_model, load_tokenizer, resolve_model, source_hash
 
 DEFAULT_DATA = {"text-generation": "hamlet"}  # everything else reads rotten-tomatoes
-HELD_OUT_SHARE = 0.1  # plain text (LMs): the last tenth is held out, the rest is "training text"
 CHECK_TEXTS = 2000  # training texts whose tokenization is checked to be unchanged, id for id
 PARITY_ATOL = 1e-5  # trimmed vs original logits on identically tokenized text: the same rows, gathered
 # Token ids a config names; each must stay in the vocabulary and be renumbered.
@@ -179,13 +178,13 @@ class TaskText:
 
 def _texts(cfg: TrimVocabConfig, task: str) -> TaskText:
     """A classifier's train and validation splits, or plain text cut 90/10 at a line break."""
-    from .data import data_spec, load_classification, load_text
+    from .data import data_spec, load_classification, load_text, training_text
 
     name = _data_name(cfg, task)
     if task == "text-generation":
         text = load_text(name)
-        cut = text.rfind("\n", 0, int(len(text) * (1 - HELD_OUT_SHARE))) + 1 or int(len(text) * (1 - HELD_OUT_SHARE))
-        return TaskText([line for line in text[:cut].splitlines() if line.strip()], [text[cut:]])
+        train = training_text(text)
+        return TaskText([line for line in train.splitlines() if line.strip()], [text[len(train):]])
     data = load_classification(data_spec(cfg, name))  # the user's splits: only train texts choose the vocabulary
     train, val = data.split("train"), data.split("validation").subset(cfg.max_eval_samples)
     return TaskText(train.texts + (train.pairs or []), val.texts + (val.pairs or []), val, data.label_names)
