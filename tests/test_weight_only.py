@@ -380,7 +380,7 @@ def test_gptq_codes_are_reused_between_builds(monkeypatch):
     assert [t.raw_data for t in first.graph.initializer] == [t.raw_data for t in second.graph.initializer]
 
 
-@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq", "awq"])
 def test_bias_correction_takes_back_the_mean_of_the_rounding_error(tmp_path, algorithm):
     model, w, x = _one_matmul()
     x = x + np.linspace(-2.0, 2.0, x.shape[1], dtype=np.float32)  # channels with a mean, as LLM activations have
